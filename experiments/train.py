@@ -1,0 +1,55 @@
+r"""Trains FedRecon or a baseline. Every field of fedrecon_jax.config.Config is a flag.
+
+  python -m experiments.train --workdir=/tmp/fedrecon            # FedRecon, uci_multifeature
+  python -m experiments.train --workdir=/tmp/zf --method=zero_fill --alpha=0.1
+  python -m experiments.train --helpfull                          # every flag
+
+Re-running the same command resumes from the latest checkpoint in --workdir.
+"""
+
+import dataclasses
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from fedrecon_jax.config import Config
+
+_DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
+           float: flags.DEFINE_float, str: flags.DEFINE_string}
+
+
+def define_flags() -> None:
+  """One absl flag per Config field, same name, default and help."""
+  for f in dataclasses.fields(Config):
+    kind = type(f.default)
+    if f.metadata.get('choices'):
+      flags.DEFINE_enum(f.name, f.default, f.metadata['choices'],
+                        f.metadata['help'])
+    else:
+      _DEFINE[kind](f.name, f.default, f.metadata['help'])
+
+
+def config_from_flags() -> Config:
+  return Config(**{f.name: flags.FLAGS[f.name].value
+                   for f in dataclasses.fields(Config)}).validate()
+
+
+def main(argv):
+  del argv
+  from fedrecon_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    cfg = config_from_flags()
+    summary = train.run(cfg)
+  except ValueError as e:  # bad flags or an incompatible workdir
+    logging.debug('', exc_info=True)
+    sys.exit(f'error: {e}')
+  logging.info('summary: %s', json.dumps(
+      {k: v for k, v in summary.items() if k != 'config'}))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,202 @@
+"""One client's local update, written once and vmapped over the cohort.
+
+A client's data is one slice of `partition.ClientData` (no leading client
+axis): every array is padded to the population's largest client. Local
+training runs a fixed number of steps, ceil(max_n / batch) per epoch, over a
+per-epoch shuffle that puts the real samples first; steps whose batch holds no
+real sample leave parameters and optimizer state untouched (`jnp.where`), and
+padding rows are masked out of every loss, so padding never changes a result.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedrecon_jax import generator
+from fedrecon_jax.config import Config, GEN_STAGE
+from fedrecon_jax.models import Model
+
+# loss_fn(params, batch, key) -> (per-sample loss [B], per-sample terms)
+LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+def trainable_groups(cfg: Config, stage: int) -> tuple[str, ...]:
+  """Parameter groups that clients train (and the server updates) in a stage."""
+  if stage == GEN_STAGE:
+    return ('gen',) if cfg.method == 'fedrecon_no_map' else ('gen', 'map')
+  if cfg.method == 'fedrecon_no_freeze':
+    return ('gen', 'map', 'task')
+  if cfg.method == 'fedrecon' and cfg.train_mapping_in_stage2:
+    return ('map', 'task')
+  return ('task',)
+
+
+def generator_kind(cfg: Config) -> str:
+  return cfg.joint_posterior if cfg.method == 'fedrecon_no_map' else 'mapping'
+
+
+def task_inputs(cfg: Config, model: Model, params: dict, xs, present):
+  """The task model's view of a batch: (inputs, attention mask [B, M])."""
+  if cfg.uses_generator:
+    xs = generator.complete(generator_kind(cfg), model, params, xs, present)
+    return xs, jnp.ones_like(present)
+  if cfg.method == 'unimodal':
+    return xs, present   # present holds only the chosen modality (see train.py)
+  return xs, jnp.ones_like(present)   # zero_fill: absent inputs are zeros
+
+
+def make_loss(cfg: Config, model: Model, stage: int) -> LossFn:
+  """The per-sample client objective of a method in a stage."""
+  gen_kw = dict(beta=cfg.beta, match_weight=cfg.match_weight)
+  kind = generator_kind(cfg)
+
+  def gen_loss(params, batch, key):
+    return generator.objective(kind, model, params, batch['xs'],
+                               batch['present'], key, **gen_kw)
+
+  def task_loss(params, batch, key):
+    xs, attend = task_inputs(cfg, model, params, batch['xs'], batch['present'])
+    logits = model.logits(params['task'], xs, attend)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
+    terms = {'ce': ce}
+    loss = ce
+    if cfg.method == 'fedrecon_no_freeze':
+      g, gterms = gen_loss(params, batch, key)
+      loss, terms = loss + g, {**terms, **gterms}
+    elif 'map' in trainable_groups(cfg, stage):
+      match = generator.match_loss(model, params, batch['xs'], batch['present'])
+      loss, terms = loss + cfg.match_weight * match, {**terms, 'match': match}
+    return loss, terms
+
+  return gen_loss if stage == GEN_STAGE else task_loss
+
+
+def client_optimizer(cfg: Config, stage: int) -> optax.GradientTransformation:
+  lr = cfg.gen_lr if stage == GEN_STAGE else cfg.client_lr
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                     optax.add_decayed_weights(cfg.weight_decay),
+                     optax.sgd(lr, momentum=cfg.momentum))
+
+
+def contribution_weights(trainable: dict, data, spec) -> dict:
+  """How many samples trained each parameter group, shaped like `trainable`.
+
+  A modality's encoder/decoder counts the samples holding that modality; a
+  mapping T(n<-m) ([P] per leaf) those holding both; fusion and head all
+  samples. Groups a client did not train get weight 0, so the server never
+  averages them with untouched copies.
+  """
+  pairs, index = spec.pairs, {n: i for i, n in enumerate(spec.modalities)}
+  mask = data.sample_mask[:, None] & data.modality_mask        # [max_n, M]
+  per_modality = mask.sum(0).astype(jnp.float32)               # [M]
+  per_pair = (mask[:, pairs[:, 0]] & mask[:, pairs[:, 1]]).sum(0).astype(
+      jnp.float32)                                             # [P]
+  total = data.sample_mask.sum().astype(jnp.float32)
+
+  def weight(path, leaf):
+    del leaf
+    keys = [getattr(k, 'key', None) for k in path]
+    if keys[0] == 'map':
+      return per_pair
+    if keys[1] in ('enc', 'dec'):
+      return per_modality[index[keys[2]]]
+    return total
+
+  return jax.tree_util.tree_map_with_path(weight, trainable)
+
+
+def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
+                 loss_fn: LossFn, tx: optax.GradientTransformation,
+                 batch_size: int, local_epochs: int,
+                 prox_mu: float = 0.0) -> tuple[dict, dict]:
+  """Runs local epochs on one client.
+
+  Args:
+    trainable: the server's params for the groups trained this stage.
+    frozen: the other groups (inputs only, never updated).
+    data: one client's padded data (partition.ClientData without client axis).
+    key: this client's key for the round.
+  Returns:
+    (trained params, metrics dict of scalars).
+  """
+  max_n = data.y.shape[0]
+  steps = -(-max_n // batch_size)
+  chex.assert_rank(data.sample_mask, 1)
+
+  def objective(params, batch, step_key):
+    per_sample, terms = loss_fn({**frozen, **params}, batch, step_key)
+    weight = batch['mask'] / jnp.maximum(batch['mask'].sum(), 1.0)
+    loss = jnp.sum(per_sample * weight)
+    if prox_mu:
+      loss += 0.5 * prox_mu * optax.tree.norm(
+          jax.tree.map(jnp.subtract, params, trainable), squared=True)
+    return loss, {k: jnp.sum(v * weight) for k, v in terms.items()}
+
+  grad_fn = jax.grad(objective, has_aux=True)
+
+  def epoch_order(epoch_key):
+    # A key per sample index, so the order of the real samples does not
+    # depend on how much padding follows them.
+    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(epoch_key, i))
+                 )(jnp.arange(max_n))
+    order = jnp.argsort(jnp.where(data.sample_mask, u, 2.0))
+    return jnp.pad(order, (0, steps * batch_size - max_n),
+                   constant_values=-1).reshape(steps, batch_size)
+
+  def step(carry, inp):
+    params, opt_state, totals = carry
+    idx, step_key = inp
+    valid = idx >= 0
+    safe = jnp.where(valid, idx, 0)
+    mask = (data.sample_mask[safe] & valid).astype(jnp.float32)
+    batch = {'xs': tuple(x[safe] for x in data.xs), 'y': data.y[safe],
+             'mask': mask,
+             'present': data.modality_mask[safe] & (mask[:, None] > 0)}
+    grads, terms = grad_fn(params, batch, step_key)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    real = mask.sum() > 0
+    keep = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(real, a, b), new, old)
+    n = mask.sum()
+    totals = {k: totals[k] + (terms[k] if k != 'count' else 1.0) * n
+              for k in totals}
+    return (keep(new_params, params), keep(new_opt, opt_state), totals), None
+
+  epoch_keys = jax.random.split(key, local_epochs)
+  orders = jax.vmap(epoch_order)(epoch_keys).reshape(-1, batch_size)
+  step_keys = jax.vmap(lambda e: jax.vmap(
+      lambda s: jax.random.fold_in(e, s))(jnp.arange(steps)))(
+          jax.random.split(jax.random.fold_in(key, 1), local_epochs)
+      ).reshape(-1, *key.shape)
+  # Term names come from one abstract evaluation of the loss.
+  probe = {'xs': tuple(x[:batch_size] for x in data.xs),
+           'y': data.y[:batch_size],
+           'mask': jnp.zeros(min(batch_size, max_n)),
+           'present': data.modality_mask[:batch_size]}
+  term_names = jax.eval_shape(lambda: objective(trainable, probe, key)[1])
+  totals = {k: jnp.zeros(()) for k in term_names} | {'count': jnp.zeros(())}
+  (params, _, totals), _ = jax.lax.scan(
+      step, (trainable, tx.init(trainable), totals), (orders, step_keys))
+  count = jnp.maximum(totals.pop('count'), 1.0)
+  return params, {k: v / count for k, v in totals.items()}
+
+
+def make_client_update(cfg: Config, model: Model, stage: int):
+  """(trainable, frozen, data, key) -> (params, weights, metrics) for one client."""
+  update = functools.partial(
+      local_update, loss_fn=make_loss(cfg, model, stage),
+      tx=client_optimizer(cfg, stage), batch_size=cfg.batch_size,
+      local_epochs=cfg.local_epochs, prox_mu=cfg.fedprox_mu)
+
+  def client_update(trainable, frozen, data, key):
+    params, metrics = update(trainable, frozen, data, key)
+    return params, contribution_weights(trainable, data, model.spec), metrics
+
+  return client_update

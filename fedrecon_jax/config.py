@@ -1,0 +1,156 @@
+"""The one place where a run's settings are defined, documented and validated.
+
+`experiments/train.py` turns every field of `Config` into an absl flag of the
+same name (same default, same help), so a field added here is a flag there.
+Library code receives the frozen `Config` and reads what it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+GEN_STAGE, TASK_STAGE = 1, 2
+
+METHODS = ('fedrecon', 'fedrecon_no_freeze', 'fedrecon_no_map', 'zero_fill',
+           'unimodal')
+SERVER_OPTS = ('fedavg', 'fedopt')
+SERVER_OPTIMIZERS = ('sgdm', 'adam', 'yogi', 'adagrad')
+JOINT_POSTERIORS = ('poe', 'moe', 'mopoe')
+
+# Fields whose change on resume is harmless (they do not define the experiment).
+RESUMABLE_OVERRIDES = ('rounds', 'workdir', 'data_dir', 'manual_dir',
+                       'eval_every', 'checkpoint_every', 'keep_checkpoints',
+                       'num_devices')
+
+
+def _f(default: Any, help_: str, **choices):
+  return dataclasses.field(default=default, metadata={'help': help_, **choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A FedRecon run. Each field is also the absl flag `--<field>`."""
+  # Data and partition.
+  dataset: str = _f('uci_multifeature', 'TFDS builder to train on.',
+                    choices=('uci_multifeature', 'polymnist_5k', 'polymnist',
+                             'uci_har'))
+  data_dir: str = _f('', 'TFDS data_dir (default: $TFDS_DATA_DIR or '
+                     '~/tensorflow_datasets).')
+  manual_dir: str = _f('', 'Folder with user-provided files for polymnist / '
+                       'uci_har / original UCI mfeat files.')
+  num_clients: int = _f(20, 'Population size K (ignored by --natural_split).')
+  natural_split: bool = _f(False, 'One client per natural group (UCI-HAR '
+                           'subject) instead of a Dirichlet split.')
+  alpha: float = _f(5.0, 'Dirichlet label-skew concentration (>0; 0.1 high, '
+                    '5.0 low imbalance).')
+  missing_rate: float = _f(0.3, 'Probability that a client (or sample) lacks '
+                           'each modality, in [0, 1).')
+  per_sample_missing: bool = _f(False, 'Draw missingness per sample instead of '
+                                'per client.')
+  min_client_size: int = _f(5, 'Redraw the Dirichlet split until every client '
+                            'has at least this many samples.')
+  # Method.
+  method: str = _f('fedrecon', 'Training method.', choices=METHODS)
+  joint_posterior: str = _f('poe', 'Generator of fedrecon_no_map.',
+                            choices=JOINT_POSTERIORS)
+  unimodal_modality: str = _f('best', "Modality of --method=unimodal, or "
+                              "'best' (best ridge probe on train data).")
+  train_mapping_in_stage2: bool = _f(False, 'Keep training T(n<-m) with '
+                                     'L_match during the task stage.')
+  # Federated schedule.
+  clients_per_round: int = _f(10, 'Cohort size sampled each round.')
+  gen_rounds: int = _f(30, 'Stage-1 rounds (generator + mapping).')
+  rounds: int = _f(50, 'Stage-2 rounds (task model).')
+  local_epochs: int = _f(1, 'Local epochs per round.')
+  batch_size: int = _f(16, 'Client batch size.')
+  # Client optimisation (SGD with momentum, FedMultimodal defaults).
+  client_lr: float = _f(0.05, 'Client learning rate, task stage.')
+  gen_lr: float = _f(0.01, 'Client learning rate, generator stage.')
+  momentum: float = _f(0.9, 'Client SGD momentum.')
+  weight_decay: float = _f(1e-5, 'Client weight decay.')
+  clip_norm: float = _f(10.0, 'Client gradient clipping (global norm).')
+  fedprox_mu: float = _f(0.0, 'FedProx proximal coefficient (0 = off).')
+  # Server.
+  server_opt: str = _f('fedopt', 'Server aggregation.', choices=SERVER_OPTS)
+  server_optimizer: str = _f('adam', 'optax optimizer on the pseudo-gradient '
+                             'for --server_opt=fedopt.',
+                             choices=SERVER_OPTIMIZERS)
+  server_lr: float = _f(0.01, 'Server learning rate (fedopt).')
+  gen_server_lr: float = _f(0.01, 'Server learning rate (fedopt), generator '
+                            'stage.')
+  # Models.
+  latent_dim: int = _f(32, 'MVAE latent size d.')
+  gen_width: int = _f(256, 'Hidden width of the MVAE MLPs.')
+  map_width: int = _f(256, 'Hidden width of T(n<-m) (the paper uses 512).')
+  task_width: int = _f(64, 'Per-modality feature size of the task model.')
+  beta: float = _f(1.0, 'KL weight of the generator ELBOs.')
+  match_weight: float = _f(1.0, 'Weight of L_match.')
+  # Run.
+  seed: int = _f(0, 'Seed of every random choice of the run.')
+  eval_every: int = _f(5, 'Evaluate on the test set every N rounds (and at '
+                       'the end of each stage).')
+  workdir: str = _f('', 'Where metrics.jsonl, summary.json and checkpoints '
+                    'go (required).')
+  checkpoint_every: int = _f(10, 'Save a checkpoint every N rounds (0 = off).')
+  keep_checkpoints: int = _f(3, 'Checkpoints kept.')
+  num_devices: int = _f(0, 'Devices of the clients mesh (0 = all).')
+
+  @property
+  def uses_generator(self) -> bool:
+    return self.method.startswith('fedrecon')
+
+  @property
+  def stage1_rounds(self) -> int:
+    return self.gen_rounds if self.uses_generator else 0
+
+  @property
+  def total_rounds(self) -> int:
+    return self.stage1_rounds + self.rounds
+
+  def stage(self, round_: int) -> int:
+    """Rounds count from 1; the first stage1_rounds train the generator."""
+    return GEN_STAGE if round_ <= self.stage1_rounds else TASK_STAGE
+
+  def validate(self) -> 'Config':
+    """Raises ValueError naming the flag and its allowed values."""
+    for f in dataclasses.fields(self):
+      choices = f.metadata.get('choices')
+      value = getattr(self, f.name)
+      if choices and value not in choices:
+        raise ValueError(f'--{f.name}={value!r} is not one of {choices}.')
+    _check(self.alpha > 0 and math.isfinite(self.alpha), 'alpha',
+           self.alpha, 'a finite number > 0')
+    _check(0 <= self.missing_rate < 1, 'missing_rate', self.missing_rate,
+           'in [0, 1)')
+    for name in ('num_clients', 'clients_per_round', 'local_epochs',
+                 'batch_size', 'latent_dim', 'gen_width', 'map_width',
+                 'task_width', 'min_client_size', 'keep_checkpoints'):
+      _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
+    for name in ('gen_rounds', 'rounds', 'checkpoint_every', 'num_devices'):
+      _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+    _check(self.eval_every >= 1, 'eval_every', self.eval_every, '>= 1')
+    for name in ('client_lr', 'gen_lr', 'server_lr', 'gen_server_lr'):
+      v = getattr(self, name)
+      _check(v > 0 and math.isfinite(v), name, v, 'a finite number > 0')
+    for name in ('momentum',):
+      _check(0 <= self.momentum < 1, name, self.momentum, 'in [0, 1)')
+    for name in ('weight_decay', 'fedprox_mu', 'beta', 'match_weight'):
+      _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+    _check(self.clip_norm > 0, 'clip_norm', self.clip_norm, '> 0')
+    _check(self.natural_split or self.clients_per_round <= self.num_clients,
+           'clients_per_round', self.clients_per_round,
+           f'<= --num_clients ({self.num_clients})')
+    _check(self.total_rounds >= 1, 'rounds', self.rounds,
+           '>= 1 in total with --gen_rounds')
+    _check(bool(self.workdir), 'workdir', self.workdir, 'a non-empty path')
+    return self
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+  if not ok:
+    raise ValueError(f'--{name}={value!r} is invalid: must be {allowed}.')

@@ -1,0 +1,173 @@
+"""The training loop: data -> partition -> stage 1 (generator) -> freeze ->
+stage 2 (task), with evaluation, metrics.jsonl, checkpoints and summary.json.
+
+The rounds themselves live in `rounds.py`; this file only sequences them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fedrecon_jax import checkpoint, data, evaluation, partition, rounds
+from fedrecon_jax.config import Config
+from fedrecon_jax.models import DataSpec, Model
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything a run derives from its Config before the first round."""
+  cfg: Config
+  spec: DataSpec
+  model: Model
+  population: partition.ClientData   # numpy, [K, max_n, ...]
+  test_xs: tuple
+  test_y: np.ndarray
+  test_present: np.ndarray            # [N_test, M] bool
+  unimodal_index: int | None
+
+
+def _seed(cfg: Config, purpose: int) -> int:
+  """Independent integer seeds for the numpy-side random choices."""
+  return int(np.random.SeedSequence([cfg.seed, purpose]).generate_state(1)[0])
+
+
+def build(cfg: Config) -> Experiment:
+  cfg.validate()
+  ds = data.load(cfg.dataset, data_dir=cfg.data_dir or None,
+                 manual_dir=cfg.manual_dir or None)
+  spec = DataSpec(ds.modalities, ds.kinds,
+                  tuple(x.shape[1:] for x in ds.train.xs), ds.num_classes)
+  m = spec.num_modalities
+  if cfg.natural_split and ds.train.group is None:
+    raise ValueError(f'--natural_split needs a dataset with a grouping key; '
+                     f'{cfg.dataset} has none.')
+  indices, mmask = partition.make_partition(
+      ds.train.y, num_clients=cfg.num_clients, num_modalities=m,
+      alpha=cfg.alpha, missing_rate=cfg.missing_rate, seed=cfg.seed,
+      min_client_size=cfg.min_client_size,
+      per_sample_missing=cfg.per_sample_missing,
+      groups=ds.train.group if cfg.natural_split else None)
+  test_present = partition.sample_modality_mask(
+      len(ds.test.y), m, cfg.missing_rate, seed=_seed(cfg, 1))
+  uni = None
+  if cfg.method == 'unimodal':
+    uni = _unimodal_index(cfg, ds)
+    # The unimodal baseline sees only its modality: clients without it hold
+    # no usable sample, and the fusion attends to that modality alone.
+    keep = np.zeros(m, bool)
+    keep[uni] = True
+    mmask = mmask & keep
+    test_present = test_present & keep
+  population = partition.stack_clients(ds.train.xs, ds.train.y, indices, mmask)
+  if uni is not None:
+    has = population.modality_mask[..., uni]
+    population = population.replace(sample_mask=population.sample_mask & has,
+                                    num_samples=has.sum(1).astype(np.int32))
+  model = Model(spec, latent_dim=cfg.latent_dim, gen_width=cfg.gen_width,
+                map_width=cfg.map_width, task_width=cfg.task_width)
+  return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
+                    test_present, uni)
+
+
+def _unimodal_index(cfg: Config, ds) -> int:
+  if cfg.unimodal_modality != 'best':
+    if cfg.unimodal_modality not in ds.modalities:
+      raise ValueError(f'--unimodal_modality={cfg.unimodal_modality!r} is not '
+                       f"one of {ds.modalities} or 'best'.")
+    return ds.modalities.index(cfg.unimodal_modality)
+  # 'best': a ridge probe per modality on a held-out fifth of the train split.
+  n = len(ds.train.y)
+  perm = np.random.default_rng(_seed(cfg, 2)).permutation(n)
+  tr, va = perm[: 4 * n // 5], perm[4 * n // 5:]
+  y = ds.train.y
+  scores = [evaluation.ridge_probe_accuracy(x[tr], y[tr], x[va], y[va],
+                                            ds.num_classes) for x in ds.train.xs]
+  return int(np.argmax(scores))
+
+
+def run(cfg: Config) -> dict:
+  """Trains (or resumes) the run in cfg.workdir; returns the summary."""
+  exp = build(cfg)
+  os.makedirs(cfg.workdir, exist_ok=True)
+  mesh = rounds.make_mesh(cfg.num_devices)
+  replicated = NamedSharding(mesh, P())
+  population = jax.device_put(exp.population, replicated)
+  num_clients = exp.population.y.shape[0]
+  key = jax.random.key(cfg.seed)
+  evaluate = evaluation.make_evaluator(cfg, exp.model, exp.test_xs, exp.test_y,
+                                       exp.test_present)
+  ckpt = checkpoint.Checkpointer(cfg)
+  state = ckpt.restore_or_none(exp, cfg)
+  if state is None:
+    params = jax.jit(exp.model.init)(jax.random.fold_in(key, 0))
+    state = {'params': params, 'opt_state': None, 'round': 0}
+  metrics_path = os.path.join(cfg.workdir, 'metrics.jsonl')
+  checkpoint.truncate_metrics(metrics_path, state['round'])
+  last_eval = {}
+  round_fns = {}
+  t_start = time.time()
+  for r in range(state['round'] + 1, cfg.total_rounds + 1):
+    stage = cfg.stage(r)
+    if stage not in round_fns:
+      round_fns[stage] = rounds.make_round(cfg, exp.model, stage, mesh,
+                                           num_clients)
+    round_fn, tx = round_fns[stage]
+    if state['opt_state'] is None or cfg.stage(r - 1) != stage:
+      state['opt_state'] = rounds.init_server_opt(tx, state['params'], cfg,
+                                                  stage)
+    # Same placement as the round's outputs (a no-op after the first round),
+    # so every round of a stage reuses one compiled program.
+    params, opt_state = jax.device_put(
+        (state['params'], state['opt_state']), replicated)
+    t0 = time.time()
+    params, opt_state, metrics = round_fn(
+        params, opt_state, population,
+        jax.random.fold_in(key, r))
+    state = {'params': params, 'opt_state': opt_state, 'round': r}
+    record = {'round': r, 'stage': stage,
+              **{k: float(v) for k, v in metrics.items()}}
+    record['skipped_clients'] = int(metrics['skipped_clients'])
+    end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
+    if r % cfg.eval_every == 0 or end_of_stage:
+      last_eval = evaluate(params)
+      record.update(last_eval)
+    record['seconds'] = time.time() - t0
+    with open(metrics_path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    logging.info('round %d/%d stage %d %s', r, cfg.total_rounds, stage,
+                 ' '.join(f'{k}={v:.4g}' for k, v in record.items()
+                          if k not in ('round', 'stage')))
+    ckpt.maybe_save(state, r)
+  ckpt.close()
+  if not last_eval:
+    last_eval = evaluate(state['params'])
+  summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
+             'wall_seconds': time.time() - t_start, **last_eval}
+  if exp.unimodal_index is not None:
+    summary['unimodal_modality'] = exp.spec.modalities[exp.unimodal_index]
+  if cfg.uses_generator:
+    summary['zero_fill_mse'] = float(evaluation.fill_mse(
+        exp.test_xs, [0.0] * len(exp.test_xs)).mean())
+    summary['mean_fill_mse'] = float(evaluation.fill_mse(
+        exp.test_xs, _train_means(exp)).mean())
+  with open(os.path.join(cfg.workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def _train_means(exp: Experiment):
+  """Per-modality mean over the real, present training samples."""
+  out = []
+  for i, x in enumerate(exp.population.xs):
+    w = (exp.population.sample_mask & exp.population.modality_mask[..., i])
+    w = w.reshape(*w.shape, *[1] * (x.ndim - 2)).astype(np.float64)
+    out.append((x * w).sum((0, 1)) / max(w.sum(), 1.0))
+  return out
