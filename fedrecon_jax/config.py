@@ -78,6 +78,8 @@ class Config:
                              'for --server_opt=fedopt.',
                              choices=SERVER_OPTIMIZERS)
   server_lr: float = _f(0.01, 'Server learning rate (fedopt).')
+  server_eps: float = _f(1e-3, 'Adaptivity eps (tau) of adam/yogi/adagrad; '
+                         'Reddi et al. 2021 use ~1e-3, not 1e-8.')
   gen_server_lr: float = _f(0.01, 'Server learning rate (fedopt), generator '
                             'stage.')
   # Models.
@@ -136,6 +138,7 @@ class Config:
       _check(v > 0 and math.isfinite(v), name, v, 'a finite number > 0')
     for name in ('momentum',):
       _check(0 <= self.momentum < 1, name, self.momentum, 'in [0, 1)')
+    _check(self.server_eps > 0, 'server_eps', self.server_eps, '> 0')
     for name in ('weight_decay', 'fedprox_mu', 'beta', 'match_weight'):
       _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
     _check(self.clip_norm > 0, 'clip_norm', self.clip_norm, '> 0')

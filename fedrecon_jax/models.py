@@ -128,7 +128,10 @@ class AttentionFusion(nn.Module):
 
   @nn.compact
   def __call__(self, h, mask):
-    scores = nn.Dense(1)(jnp.tanh(nn.Dense(h.shape[-1])(h)))[..., 0]  # [B, M]
+    # No bias on the score: softmax ignores it, so its gradient is pure
+    # rounding noise that an adaptive server optimizer would amplify.
+    scores = nn.Dense(1, use_bias=False)(jnp.tanh(nn.Dense(h.shape[-1])(h)))
+    scores = scores[..., 0]                                          # [B, M]
     scores = jnp.where(mask, scores, -1e9)
     weights = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum('bm,bmh->bh', weights, h)

@@ -22,9 +22,9 @@ def server_optimizer(cfg: Config, stage: int) -> optax.GradientTransformation:
     return optax.sgd(1.0)
   return {
       'sgdm': lambda: optax.sgd(lr, momentum=0.9),
-      'adam': lambda: optax.adam(lr),
-      'yogi': lambda: optax.yogi(lr),
-      'adagrad': lambda: optax.adagrad(lr),
+      'adam': lambda: optax.adam(lr, eps=cfg.server_eps),
+      'yogi': lambda: optax.yogi(lr, eps=cfg.server_eps),
+      'adagrad': lambda: optax.adagrad(lr, eps=cfg.server_eps),
   }[cfg.server_optimizer]()
 
 

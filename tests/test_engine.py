@@ -113,7 +113,8 @@ def test_padding_changes_nothing(setup):
   cfg = cfg_for(local_epochs=2)
   take = lambda i: jax.tree.map(lambda x: x[i], population)
   data = take(2)                                  # 7 real samples of 30 slots
-  pad = lambda x: np.concatenate([x, np.zeros((37, *x.shape[1:]), x.dtype)])
+  pad = lambda x: x if x.ndim == 0 else np.concatenate(
+      [x, np.zeros((37, *x.shape[1:]), x.dtype)])
   padded = jax.tree.map(pad, data)
   for stage, groups in ((GEN_STAGE, ('gen', 'map')), (TASK_STAGE, ('task',))):
     update = jax.jit(client.make_client_update(cfg, model, stage))
@@ -178,9 +179,9 @@ params = model.init(jax.random.key(0))
 pop = t.make_population()
 cfg = t.cfg_for(clients_per_round=5)
 mesh = rounds.make_mesh()
-p, _, _ = t.one_round(cfg, model, GEN_STAGE, params, pop, jax.random.key(7), mesh)
-p, _, _ = t.one_round(cfg, model, TASK_STAGE, p, pop, jax.random.key(8), mesh)
-np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(p)])
+p1, _, _ = t.one_round(cfg, model, GEN_STAGE, params, pop, jax.random.key(7), mesh)
+p2, _, _ = t.one_round(cfg, model, TASK_STAGE, params, pop, jax.random.key(8), mesh)
+np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves((p1, p2))])
 '''
 
 
