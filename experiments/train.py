@@ -39,6 +39,10 @@ def config_from_flags() -> Config:
 
 def main(argv):
   del argv
+  # Progress goes to stdout one line per round; keep library INFO logs
+  # (orbax's per-save chatter) out of the console unless asked for.
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
   from fedrecon_jax import train  # pylint: disable=g-import-not-at-top
   try:
     cfg = config_from_flags()
@@ -46,7 +50,7 @@ def main(argv):
   except ValueError as e:  # bad flags or an incompatible workdir
     logging.debug('', exc_info=True)
     sys.exit(f'error: {e}')
-  logging.info('summary: %s', json.dumps(
+  print('summary:', json.dumps(
       {k: v for k, v in summary.items() if k != 'config'}))
 
 

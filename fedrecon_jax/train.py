@@ -11,7 +11,6 @@ import json
 import os
 import time
 
-from absl import logging
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -142,9 +141,9 @@ def run(cfg: Config) -> dict:
     record['seconds'] = time.time() - t0
     with open(metrics_path, 'a') as f:
       f.write(json.dumps(record) + '\n')
-    logging.info('round %d/%d stage %d %s', r, cfg.total_rounds, stage,
-                 ' '.join(f'{k}={v:.4g}' for k, v in record.items()
-                          if k not in ('round', 'stage')))
+    print(f'round {r}/{cfg.total_rounds} stage {stage} ' + ' '.join(
+        f'{k}={v:.4g}' for k, v in record.items() if k not in ('round', 'stage')),
+          flush=True)
     ckpt.maybe_save(state, r)
   ckpt.close()
   if not last_eval:
