@@ -60,6 +60,10 @@ class MLP(nn.Module):
     return nn.Dense(self.out)(x)
 
 
+# Small on purpose: the FedRecon objective decodes every latent with every
+# other decoder, M(M-1) + M decoder passes per batch.
+
+
 class ConvEncoder(nn.Module):
   """[B, 3, 28, 28] -> [B, out]."""
   out: int
@@ -67,9 +71,9 @@ class ConvEncoder(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = jnp.transpose(x, (0, 2, 3, 1))
-    x = nn.gelu(nn.Conv(32, (4, 4), strides=2)(x))   # 14x14
-    x = nn.gelu(nn.Conv(64, (4, 4), strides=2)(x))   # 7x7
-    x = nn.gelu(nn.Dense(256)(x.reshape(x.shape[0], -1)))
+    x = nn.gelu(nn.Conv(16, (3, 3), strides=2)(x))   # 14x14
+    x = nn.gelu(nn.Conv(32, (3, 3), strides=2)(x))   # 7x7
+    x = nn.gelu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
     return nn.Dense(self.out)(x)
 
 
@@ -78,9 +82,9 @@ class ConvDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z):
-    x = nn.gelu(nn.Dense(7 * 7 * 64)(z)).reshape(z.shape[0], 7, 7, 64)
-    x = nn.gelu(nn.ConvTranspose(32, (4, 4), strides=(2, 2))(x))  # 14x14
-    x = nn.sigmoid(nn.ConvTranspose(3, (4, 4), strides=(2, 2))(x))  # 28x28
+    x = nn.gelu(nn.Dense(7 * 7 * 32)(z)).reshape(z.shape[0], 7, 7, 32)
+    x = nn.gelu(nn.ConvTranspose(16, (3, 3), strides=(2, 2))(x))  # 14x14
+    x = nn.sigmoid(nn.ConvTranspose(3, (3, 3), strides=(2, 2))(x))  # 28x28
     return jnp.transpose(x, (0, 3, 1, 2))
 
 

@@ -54,9 +54,13 @@ def test_default_run_reaches_target(tmp_path, data_dir):
   check_learning(summary, 0.90)
 
 
+# The generator-stage baselines compile large programs (~1-2 min each here);
+# their round mechanics are covered in test_engine.py, so only the end-to-end
+# runs are slow-marked.
 @pytest.mark.parametrize('method,extra', [
-    ('fedrecon_no_freeze', {}),
-    ('fedrecon_no_map', {'joint_posterior': 'moe'}),
+    pytest.param('fedrecon_no_freeze', {}, marks=pytest.mark.slow),
+    pytest.param('fedrecon_no_map', {'joint_posterior': 'moe'},
+                 marks=pytest.mark.slow),
     ('zero_fill', {'server_opt': 'fedavg'}),
     ('unimodal', {}),
 ])
