@@ -7,7 +7,6 @@ The rounds themselves live in `rounds.py`; this file only sequences them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -15,7 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fedrecon_jax import checkpoint, data, evaluation, partition, rounds
+from fedrecon_jax import checkpoint, data, evaluation, metrics_writer
+from fedrecon_jax import partition, rounds
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
 
@@ -65,7 +65,8 @@ def build(cfg: Config) -> Experiment:
     keep[uni] = True
     mmask = mmask & keep
     test_present = test_present & keep
-  population = partition.stack_clients(ds.train.xs, ds.train.y, indices, mmask)
+  population = partition.stack_clients(ds.train.xs, ds.train.y, indices, mmask,
+                                       per_sample=cfg.per_sample_missing)
   if uni is not None:
     has = population.modality_mask[..., uni]
     population = population.replace(sample_mask=population.sample_mask & has,
@@ -108,8 +109,10 @@ def run(cfg: Config) -> dict:
   if state is None:
     params = jax.jit(exp.model.init)(jax.random.fold_in(key, 0))
     state = {'params': params, 'opt_state': None, 'round': 0}
-  metrics_path = os.path.join(cfg.workdir, 'metrics.jsonl')
-  checkpoint.truncate_metrics(metrics_path, state['round'])
+  # Drops records of rounds after the restored one (a killed run wrote them)
+  # and refills any lost ones from the checkpoint: no duplicated rounds.
+  writer = metrics_writer.MetricsWriter(cfg.workdir, state['round'],
+                                        state.get('metrics', ()))
   last_eval = {}
   round_fns = {}
   t_start = time.time()
@@ -139,13 +142,13 @@ def run(cfg: Config) -> dict:
       last_eval = evaluate(params)
       record.update(last_eval)
     record['seconds'] = time.time() - t0
-    with open(metrics_path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    writer.write(record)
     print(f'round {r}/{cfg.total_rounds} stage {stage} ' + ' '.join(
         f'{k}={v:.4g}' for k, v in record.items() if k not in ('round', 'stage')),
           flush=True)
-    ckpt.maybe_save(state, r)
+    ckpt.maybe_save(state, r, writer.records)
   ckpt.close()
+  writer.close()
   if not last_eval:
     last_eval = evaluate(state['params'])
   summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
@@ -157,8 +160,9 @@ def run(cfg: Config) -> dict:
         exp.test_xs, [0.0] * len(exp.test_xs)).mean())
     summary['mean_fill_mse'] = float(evaluation.fill_mse(
         exp.test_xs, _train_means(exp)).mean())
-  with open(os.path.join(cfg.workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=1)
+  # Atomic: a sweep takes an existing summary.json to mean a finished run.
+  metrics_writer.write_json_atomic(
+      os.path.join(cfg.workdir, 'summary.json'), summary, indent=1)
   return summary
 
 

@@ -1,0 +1,219 @@
+"""Checkpoints and resumption, as a user meets them: `python -m
+experiments.train` subprocesses that get killed, corrupted and re-run."""
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from fedrecon_jax import checkpoint, metrics_writer
+from fedrecon_jax.config import Config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny runs: 3 generator + 5 task rounds, checkpoints at 2, 4, 6, 8.
+FLAGS = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=3',
+         '--rounds=5', '--map_width=16', '--gen_width=32', '--latent_dim=8',
+         '--checkpoint_every=2', '--keep_checkpoints=3')
+TOTAL_ROUNDS = 8
+# Compilation dominates these runs; share compiled programs across the
+# subprocesses (and test sessions: the cache is keyed by jax version/flags).
+CACHE_DIR = (os.environ.get('JAX_COMPILATION_CACHE_DIR') or  # conftest's
+             os.path.join(tempfile.gettempdir(), 'fedrecon_jax_test_cache'))
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              TFDS_DATA_DIR=str(tmp_path_factory.mktemp('tfds')))
+
+
+def train_cmd(workdir, *extra):
+  return [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}',
+          *FLAGS, *extra]
+
+
+def train(env, workdir, *extra, check=True):
+  proc = subprocess.run(train_cmd(workdir, *extra), cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc
+
+
+def records(workdir):
+  """metrics.jsonl as parsed records, without the wall-clock field."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    lines = [json.loads(line) for line in f]
+  return [{k: v for k, v in r.items() if k != 'seconds'} for r in lines]
+
+
+def steps(workdir):
+  d = os.path.join(workdir, 'checkpoints')
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def _committed_steps(workdir):
+  d = os.path.join(workdir, 'checkpoints')
+  return steps(workdir) if os.path.isdir(d) else []
+
+
+def _lines(workdir):
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return f.read().count('\n')
+
+
+@pytest.fixture(scope='module')
+def reference(env, tmp_path_factory):
+  """An uninterrupted run."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  train(env, workdir)
+  return workdir
+
+
+def test_uninterrupted_run_layout(reference):
+  got = records(reference)
+  assert [r['round'] for r in got] == list(range(1, TOTAL_ROUNDS + 1))
+  assert steps(reference) == [4, 6, 8]  # --keep_checkpoints=3
+  assert os.path.exists(os.path.join(reference, 'summary.json'))
+  assert any(n.startswith('events.out.tfevents')
+             for n in os.listdir(reference))
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(env, reference,
+                                                       tmp_path):
+  workdir = str(tmp_path / 'killed')
+  proc = subprocess.Popen(train_cmd(workdir), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  try:
+    # Kill once a checkpoint is committed and later rounds are in
+    # metrics.jsonl, so resuming has rounds to drop and redo.
+    while proc.poll() is None and time.time() < deadline:
+      done = _committed_steps(workdir)
+      if done and _lines(workdir) > done[-1]:
+        break
+      time.sleep(0.01)
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait()
+  assert not os.path.exists(os.path.join(workdir, 'summary.json'))
+  assert _lines(workdir) < TOTAL_ROUNDS
+
+  out = train(env, workdir).stdout
+  assert 'round 1/' not in out, 'restarted instead of resuming'
+  got = records(workdir)
+  assert [r['round'] for r in got] == list(range(1, TOTAL_ROUNDS + 1))
+  # Bitwise on CPU: same seed, same fold_in(key, round) keys, exact state.
+  assert got[-1] == records(reference)[-1]
+  assert got == records(reference)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(env, reference,
+                                                          tmp_path):
+  workdir = str(tmp_path / 'corrupt')
+  shutil.copytree(reference, workdir)
+  newest = steps(workdir)[-1]
+  step_dir = os.path.join(workdir, 'checkpoints', str(newest))
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+  os.remove(os.path.join(workdir, 'summary.json'))
+
+  proc = train(env, workdir)
+  assert f'Skipping unreadable checkpoint {newest}' in proc.stderr
+  # Resumed from the checkpoint before, so rounds after it ran again.
+  assert f'round {newest}/{TOTAL_ROUNDS}' in proc.stdout
+  assert f'round {newest - 2}/' not in proc.stdout
+  # Nothing deleted: the bad step was moved aside, the run then re-saved it.
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints_corrupt',
+                                    str(newest)))
+  assert steps(workdir)[-1] == newest
+  assert os.path.exists(os.path.join(workdir, 'summary.json'))
+  assert records(workdir) == records(reference)
+
+
+def test_changed_alpha_is_refused(env, reference, tmp_path):
+  workdir = str(tmp_path / 'alpha')
+  shutil.copytree(reference, workdir)
+  before = open(os.path.join(workdir, 'metrics.jsonl')).read()
+  proc = train(env, workdir, '--alpha=0.1', check=False)
+  assert proc.returncode != 0
+  assert '--alpha' in proc.stdout + proc.stderr
+  assert open(os.path.join(workdir, 'metrics.jsonl')).read() == before
+
+
+def test_read_metrics_skips_a_torn_last_line(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  with open(path, 'w') as f:
+    f.write('{"round": 1, "a": 1.0}\n{"round": 2, "a": 2.0}\n{"round": 3, "a')
+  assert [r['round'] for r in metrics_writer.read_metrics(path)] == [1, 2]
+
+
+def test_truncate_metrics_drops_later_rounds_and_refills_lost_ones(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  with open(path, 'w') as f:
+    f.write('{"round": 1, "a": 1.0}\n{"round": 3, "a": 3.0}\n'
+            '{"round": 4, "a": 4.0}\n{"round": 5, "a')
+  saved = [{'round': 1, 'a': -1.0}, {'round': 2, 'a': 2.0},
+           {'round': 3, 'a': -3.0}]
+  kept = metrics_writer.truncate_metrics(path, 3, saved)
+  assert kept == [{'round': 1, 'a': 1.0}, {'round': 2, 'a': 2.0},
+                  {'round': 3, 'a': 3.0}]
+  assert metrics_writer.read_metrics(path) == kept
+
+
+def test_check_compatible_lists_every_differing_flag():
+  saved = Config(workdir='/a').to_dict()
+  # Harmless changes (config.RESUMABLE_OVERRIDES) are allowed.
+  checkpoint.check_compatible(saved, Config(workdir='/b', rounds=99))
+  with pytest.raises(ValueError, match=r'--alpha .*--seed'):
+    checkpoint.check_compatible(saved, Config(workdir='/a', alpha=0.1, seed=3))
+  # A flag the checkpoint predates counts as its default.
+  del saved['beta']
+  checkpoint.check_compatible(saved, Config(workdir='/a'))
+
+
+def _tb_scalars(logdir):
+  """(tag, step, value) of every scalar in the event files of logdir."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in sorted(os.listdir(logdir)):
+    if not name.startswith('events.out.tfevents'):
+      continue
+    with open(os.path.join(logdir, name), 'rb') as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):  # TFRecord: len u64, crc u32, data, crc u32
+      (n,) = struct.unpack('<Q', data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 16 + n
+      for v in event.summary.value:
+        out.append((v.tag, event.step, v.simple_value))
+  return out
+
+
+def test_metrics_writer_writes_jsonl_and_tensorboard(tmp_path):
+  workdir = str(tmp_path)
+  with metrics_writer.MetricsWriter(workdir) as w:
+    w.write({'round': 1, 'stage': 2, 'ce': 0.5, 'f1_macro': 0.25})
+    w.write({'round': 2, 'stage': 2, 'ce': 0.25})
+  assert [r['round'] for r in metrics_writer.read_metrics(
+      os.path.join(workdir, 'metrics.jsonl'))] == [1, 2]
+  scalars = _tb_scalars(workdir)
+  assert ('f1_macro', 1, 0.25) in scalars
+  assert ('ce', 2, 0.25) in scalars
+  assert not any(tag in ('round', 'stage') for tag, _, _ in scalars)

@@ -1,0 +1,191 @@
+"""experiments.sweep and experiments.report: a real tiny sweep end to end,
+and the grid / sweep-root checks on fakes."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import matplotlib.image
+import pytest
+
+from experiments import report, sweep
+from fedrecon_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=3',
+        '--rounds=5', '--map_width=16', '--gen_width=32', '--latent_dim=8',
+        '--checkpoint_every=2')
+GRID = ('--methods=fedrecon,zero_fill', '--seeds=0,1')
+# The same persistent compilation cache as tests/test_resume.py.
+CACHE_DIR = (os.environ.get('JAX_COMPILATION_CACHE_DIR') or  # conftest's
+             os.path.join(tempfile.gettempdir(), 'fedrecon_jax_test_cache'))
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              TFDS_DATA_DIR=str(tmp_path_factory.mktemp('tfds')))
+
+
+def run_sweep_cli(env, root, *args, check=True):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.sweep', f'--sweep_root={root}',
+       *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc
+
+
+@pytest.fixture(scope='module')
+def swept(env, tmp_path_factory):
+  """2 methods x 2 seeds, tiny runs."""
+  root = str(tmp_path_factory.mktemp('sweep'))
+  run_sweep_cli(env, root, *GRID, *TINY)
+  return root
+
+
+def summary_mtimes(root):
+  return {n: os.stat(os.path.join(root, n, 'summary.json')).st_mtime_ns
+          for n in os.listdir(root) if '=' in n}
+
+
+def test_sweep_writes_one_row_per_cell_and_plots(swept):
+  names = sorted(n for n in os.listdir(swept) if '=' in n)
+  assert names == [
+      f'method={m},alpha=5.0,missing_rate=0.3,seed={s},dataset=uci_multifeature'
+      for m in ('fedrecon', 'zero_fill') for s in (0, 1)]
+  with open(os.path.join(swept, 'results.md')) as f:
+    text = f.read()
+  rows = [line for line in text.splitlines()
+          if line.startswith('| ') and 'seeds done' not in line]
+  assert len(rows) == 2, text  # one per method; seeds are averaged
+  for method, row in zip(('fedrecon', 'zero_fill'), rows):
+    cols = [c.strip() for c in row.strip('|').split('|')]
+    assert cols[0] == method and cols[5] == '2/2', row
+    assert '±' in cols[6] and '±' in cols[7], row     # f1_macro, accuracy
+  assert rows[1].rstrip(' |').endswith('-')             # zero_fill: no recon
+  plots = os.listdir(os.path.join(swept, 'plots'))
+  assert any(p.startswith('f1_vs_missing_rate') for p in plots)
+  assert any(p.startswith('curves') for p in plots)
+  for p in plots:
+    path = os.path.join(swept, 'plots', p)
+    with open(path, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and min(image.shape[:2]) > 100
+    assert f'plots/{p}' in text
+
+
+def test_rerun_skips_finished_cells(env, swept):
+  before = summary_mtimes(swept)
+  out = run_sweep_cli(env, swept, *GRID, *TINY).stdout
+  assert out.count('skipping') == 4 and 'running' not in out, out
+  assert summary_mtimes(swept) == before
+
+
+def test_different_grid_in_same_root_is_refused(env, swept):
+  before = summary_mtimes(swept)
+  proc = run_sweep_cli(env, swept, *GRID, '--alphas=0.1', *TINY, check=False)
+  assert proc.returncode != 0
+  assert '--alphas' in proc.stderr and 'different grid' in proc.stderr
+  proc = run_sweep_cli(env, swept, *GRID, *TINY[:-1], '--checkpoint_every=3',
+                       '--num_clients=7', check=False)
+  assert proc.returncode != 0 and '--num_clients' in proc.stderr
+  assert summary_mtimes(swept) == before
+
+
+# The rest runs the sweep logic on fakes: no training.
+
+
+def fake_run(calls, fail=()):
+  def run(cfg):
+    calls.append(os.path.basename(cfg.workdir))
+    if cfg.seed in fail:
+      raise RuntimeError('boom')
+    os.makedirs(cfg.workdir, exist_ok=True)
+    with open(os.path.join(cfg.workdir, 'summary.json'), 'w') as f:
+      json.dump({'rounds': cfg.total_rounds, 'f1_macro': 0.5 + cfg.seed / 10,
+                 'accuracy': 0.5}, f)
+    return {}
+  return run
+
+
+def test_failed_cell_costs_no_finished_cell(monkeypatch, tmp_path):
+  root = str(tmp_path)
+  grid = sweep.make_grid({'method': ['zero_fill'], 'seed': ['0', '1', '2']},
+                         {'rounds': 3})
+  calls = []
+  monkeypatch.setattr(train, 'run', fake_run(calls, fail=(1,)))
+  failed = sweep.run_sweep(grid, root)
+  assert len(calls) == 3 and failed == [calls[1]]
+  calls.clear()
+  monkeypatch.setattr(train, 'run', fake_run(calls))
+  assert sweep.run_sweep(grid, root) == []
+  assert calls == [failed[0]]  # only the unfinished cell ran again
+  # More rounds (a harmless flag): same sweep root, every cell goes on.
+  calls.clear()
+  more = sweep.make_grid({'method': ['zero_fill'], 'seed': ['0', '1', '2']},
+                         {'rounds': 4})
+  sweep.run_sweep(more, root)
+  assert len(calls) == 3
+  with open(os.path.join(root, 'results.md')) as f:
+    assert '| zero_fill | fedopt | 5.0 | 0.3 | uci_multifeature | 3/3 |' in (
+        f.read())
+
+
+def test_shards_split_the_cells(monkeypatch, tmp_path):
+  grid = sweep.make_grid({'method': ['zero_fill', 'unimodal'],
+                          'seed': ['0', '1', '2']}, {})
+  got = []
+  for i in range(4):
+    calls = []
+    monkeypatch.setattr(train, 'run', fake_run(calls))
+    sweep.run_sweep(grid, str(tmp_path), shard_index=i, num_shards=4,
+                    report=False)
+    got += calls
+  assert sorted(got) == sorted(c.name for c in grid.cells())
+  with pytest.raises(sweep.GridError, match='--shard_index'):
+    sweep.shard(grid.cells(), 4, 4)
+
+
+def test_bad_grids_name_the_flag(tmp_path):
+  with pytest.raises(sweep.GridError, match='--methods.*empty'):
+    sweep.make_grid({'method': []}, {})
+  with pytest.raises(sweep.GridError, match='--alphas.*not a valid float'):
+    sweep.make_grid({'alpha': ['x']}, {})
+  with pytest.raises(sweep.GridError, match='--seeds.*more than once'):
+    sweep.make_grid({'seed': ['0', '0']}, {})
+  config = tmp_path / 'bad.json'
+  config.write_text(json.dumps({'grid': {'learning_rate': [0.1]}}))
+  with pytest.raises(sweep.GridError, match="'learning_rate'"):
+    sweep.make_grid({}, {}, str(config))
+  config.write_text(json.dumps({'grid': {'alpha': []}}))
+  with pytest.raises(sweep.GridError, match="alpha.*empty"):
+    sweep.make_grid({}, {}, str(config))
+  grid = sweep.make_grid({'alpha': ['-1']}, {})
+  with pytest.raises(sweep.GridError, match='--alpha=-1.0'):
+    sweep.validate_cells(grid, str(tmp_path))
+
+
+def test_root_with_cells_of_another_grid_is_refused(tmp_path):
+  os.makedirs(tmp_path / 'method=unimodal,seed=7')
+  grid = sweep.make_grid({'method': ['zero_fill']}, {})
+  with pytest.raises(sweep.GridError, match='method=unimodal,seed=7'):
+    sweep.check_sweep_root(grid, str(tmp_path))
+
+
+def test_config_files_in_experiments_configs_load():
+  paper = sweep.make_grid({}, {}, 'paper_uci')
+  assert len(paper.cells()) == 5 * 2 * 4 * 3
+  assert paper.flags['rounds'] == 50
+  smoke = sweep.make_grid({'seed': ['3']}, {'rounds': 2}, 'smoke')
+  assert [c.values['seed'] for c in smoke.cells()] == [3, 3]
+  assert smoke.flags['rounds'] == 2 and smoke.flags['num_clients'] == 6
+
+
+def test_report_without_grid_is_a_clear_error(tmp_path):
+  with pytest.raises(sweep.GridError, match='grid.json'):
+    report.write_report(str(tmp_path))
