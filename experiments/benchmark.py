@@ -1,0 +1,523 @@
+r"""Round throughput and memory: vmapped cohort vs chunked cohort vs a client loop.
+
+  python -m experiments.benchmark        # canonical run, budgeted to ~9 min
+  python -m experiments.benchmark --population=10000 --cohorts=1000 \
+      --variants=vmap,chunked,chunked_donate,chunked_host,sequential \
+      --rounds=1 --budget_s=1800 --out=experiments/results/benchmark_cpu_10k.json
+
+Workload: FedRecon on uci_multifeature (6 modalities), stage 1 (generator +
+mappings) and stage 2 (task model), batch 16, 1 local epoch, the Config
+defaults otherwise. The 1600 training samples are Dirichlet-split (alpha 5)
+into --base_clients clients; the population of --population clients is that
+split tiled: client k holds base client k mod base_clients's data under its own
+id (so its cohort key, hence shuffles and noise, differ). Per-client work is
+then the same at every cohort size and time per round should be linear in N.
+
+Variants, each timed in this process after a warm-up (median of --rounds):
+  vmap           rounds.make_round: the whole cohort vmapped, one program.
+  chunked        distributed.make_chunked_round: the cohort scanned in chunks
+                 of --clients_per_device x devices, streaming aggregation.
+  chunked_host   the same, population kept on the host, cohort rows gathered
+                 outside the program.
+  sequential     rounds.sequential_round: one jitted single-client update called
+                 per client in Python, then server.aggregate over the stack.
+                 At N > --seq_max_clients it runs a cohort of seq_max_clients
+                 and the time is scaled by N / seq_max_clients ('extrapolated').
+  *_donate       the variant with params / opt_state buffers donated.
+
+Achieved GFLOP/s use the same numerator for every variant: N x the XLA cost
+analysis of one client's update (x its step count: XLA counts a loop body
+once) - the model's useful work, next to a jitted f32 matmul's peak. A
+variant whose compiled program XLA says needs more than --memory_gb is not
+run; one that would not finish within --budget_s is skipped, and both say so.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_OUT = flags.DEFINE_string('out', 'experiments/results/benchmark_cpu.json',
+                           'Where the JSON results go.')
+_COHORTS = flags.DEFINE_list('cohorts', ['16', '64', '256', '1024'],
+                             'Cohort sizes N (clients per round).')
+_POPULATION = flags.DEFINE_integer('population', 0,
+                                   'Clients K in the population (0 = max N).')
+_BASE_CLIENTS = flags.DEFINE_integer(
+    'base_clients', 200, 'Dirichlet clients of the real split, tiled to K.')
+_STAGES = flags.DEFINE_list('stages', ['1', '2'], 'FedRecon stages to time.')
+_VARIANTS = flags.DEFINE_list(
+    'variants', ['vmap', 'chunked', 'sequential'],
+    'Any of vmap, chunked, chunked_host, sequential, with an optional '
+    '_donate suffix on the first three.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (median).')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed rounds after compiling.')
+_SEQ_MAX = flags.DEFINE_integer(
+    'seq_max_clients', 16, 'Clients the sequential baseline really runs per '
+    'round; larger N are extrapolated per client.')
+_PER_DEVICE = flags.DEFINE_list(
+    'clients_per_device', ['1', '8'], 'Chunk size per device of the chunked '
+    'variants, for stage 1 and stage 2 (the best of 1/2/8/32 here: one client '
+    'of the 23 MB generator at a time, 8 of the 0.6 MB task model).')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', 1, 'CPU devices of the clients mesh (jax_num_cpu_devices).')
+_MEMORY_GB = flags.DEFINE_float(
+    'memory_gb', 12.0, 'Skip programs XLA says need more than this (GB).')
+_BUDGET_S = flags.DEFINE_float(
+    'budget_s', 540.0, 'Wall-clock budget; configurations that would exceed '
+    'it are skipped (smallest N first, so the large N go).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the split and the params.')
+
+GB = 1e9
+
+
+# ------------------------------------------------------------ instruments
+
+
+class CompileCounter:
+  """Counts XLA backend compilations (jax.monitoring), by function name."""
+
+  def __init__(self):
+    self.events = collections.Counter()
+    # Listeners cannot be unregistered; this one lives for the process.
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event, duration, **kwargs):
+    del duration
+    if event == '/jax/core/compile/backend_compile_duration':
+      self.events[kwargs.get('fun_name', '?')] += 1
+
+  def total(self) -> int:
+    return sum(self.events.values())
+
+
+def reset_peak_rss() -> bool:
+  """Resets the kernel's high-water mark of this process's RSS (VmHWM)."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def peak_rss_gb() -> float:
+  """VmHWM: peak RSS since the last reset_peak_rss (or process start)."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024 / GB
+  except OSError:
+    pass
+  return max_rss_gb()
+
+
+def max_rss_gb() -> float:
+  # ru_maxrss is in KiB on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
+
+
+def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
+  """Best-of-`repeats` f32 [n, n] @ [n, n] under jit on the default device."""
+  f = jax.jit(jnp.matmul)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best / GB
+
+
+def memory_gb(compiled) -> float | None:
+  """What XLA says the program needs live: arguments + outputs + temps."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return (m.argument_size_in_bytes + m.output_size_in_bytes
+          + m.temp_size_in_bytes - m.alias_size_in_bytes) / GB
+
+
+def xla_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):   # older jax: one dict per program
+    cost = cost[0]
+  return float(cost.get('flops', 0.0))
+
+
+# ---------------------------------------------------------------- workload
+
+
+def tile_population(population, num_clients: int):
+  """Client k <- base client k % K0: the padded store, K rows."""
+  base = population.y.shape[0]
+  rows = np.arange(num_clients) % base
+  return jax.tree.map(lambda x: np.ascontiguousarray(x[rows]), population)
+
+
+def workload(num_clients: int):
+  """(model, host population [K, ...], base Config) of the canonical run."""
+  from fedrecon_jax import train  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax.config import Config  # pylint: disable=g-import-not-at-top
+  base = Config(workdir='/tmp/fedrecon_benchmark_unused',
+                num_clients=_BASE_CLIENTS.value, seed=_SEED.value)
+  exp = train.build(base)
+  population = tile_population(exp.population, num_clients)
+  return exp.model, population, base
+
+
+# ---------------------------------------------------------------- variants
+
+
+class Runner:
+  """One variant at one (stage, N): build + AOT compile, then rounds."""
+
+  def __init__(self, variant, cfg, model, stage, mesh, num_clients,
+               host_pop, device_pop, params, built):
+    from fedrecon_jax import client, distributed, rounds  # pylint: disable=g-import-not-at-top
+    self.variant = variant
+    self.kind = variant.removesuffix('_donate')
+    donate = variant.endswith('_donate')
+    self.cfg, self.stage, self.mesh = cfg, stage, mesh
+    self.num_clients = num_clients
+    self.note = ''
+    self.params = params
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    if self.kind == 'vmap':
+      fn, self.tx = rounds.make_round(cfg, model, stage, mesh, num_clients)
+      if donate:
+        fn = jax.jit(fn.__wrapped__, out_shardings=replicated,
+                     donate_argnums=(0, 1))
+      self.fn = fn
+      self.args = lambda p, o, key: (p, o, device_pop, key)
+    elif self.kind in ('chunked', 'chunked_host'):
+      host = self.kind == 'chunked_host'
+      # One program serves every cohort size (device store): build it once
+      # per stage and variant, so larger N reuse the compiled round.
+      if (stage, variant) not in built:
+        built[stage, variant] = distributed.make_chunked_round(
+            cfg, model, stage, mesh, num_clients,
+            clients_per_device=int(_PER_DEVICE.value[stage - 1]),
+            host_population=host,
+            donate=donate)
+      cr = built[stage, variant]
+      self.fn, self.tx = cr.jitted, cr.tx
+      pop = host_pop if host else device_pop
+      n = cfg.clients_per_round
+      self.args = lambda p, o, key: cr.args(p, o, pop, key, cohort_size=n)
+      self.note = f'chunk={cr.chunk}, {cr.padded(n) - n} pads'
+    elif self.kind == 'sequential':
+      self.tx = None
+      self.host_pop = host_pop
+      self.rounds_mod = rounds
+      self.model = model
+      self.client_mod = client
+    else:
+      raise ValueError(f'unknown variant {variant!r}')
+    self.place = lambda tree: jax.device_put(tree, replicated)
+    if self.kind == 'sequential':
+      # The loop runs its jitted update on one device, like FedJAX does.
+      one = jax.devices()[0]
+      self.place = lambda tree: jax.device_put(tree, one)
+
+  def compile(self):
+    """AOT-compiles (which also fills the jit cache). -> info dict."""
+    from fedrecon_jax import rounds, server  # pylint: disable=g-import-not-at-top
+    key = self.place(jax.random.key(0))
+    self.params = self.place(self.params)
+    if self.kind == 'sequential':
+      tx = server.server_optimizer(self.cfg, self.stage)
+      self.opt = self.place(rounds.init_server_opt(tx, self.params, self.cfg,
+                                                   self.stage))
+      # The same jit object sequential_round calls (cached on cfg).
+      update, _ = rounds._sequential_parts(  # pylint: disable=protected-access
+          self.cfg, self.model, self.stage)
+      trainable, frozen = rounds.split_params(
+          self.params, self.client_mod.trainable_groups(self.cfg, self.stage))
+      one = jax.tree.map(lambda x: x[0], self.host_pop)
+      t = time.perf_counter()
+      compiled = update.lower(trainable, frozen, one, key).compile()
+      info = {'compile_s': time.perf_counter() - t,
+              'xla_flops_program': xla_flops(compiled),
+              'xla_memory_gb': memory_gb(compiled),
+              'program': 'one client update'}
+      return info
+    self.opt = self.place(rounds.init_server_opt(self.tx, self.params,
+                                                 self.cfg, self.stage))
+    t = time.perf_counter()
+    compiled = self.fn.lower(*self.args(self.params, self.opt, key)).compile()
+    return {'compile_s': time.perf_counter() - t,
+            'xla_flops_program': xla_flops(compiled),
+            'xla_memory_gb': memory_gb(compiled), 'program': 'round'}
+
+  def run_round(self, r: int) -> float:
+    key = self.place(jax.random.key(1000 + r))
+    t = time.perf_counter()
+    if self.kind == 'sequential':
+      out = self.rounds_mod.sequential_round(
+          self.cfg, self.model, self.stage, self.params, self.opt,
+          self.host_pop, key, self.num_clients)
+      jax.block_until_ready(out)
+      # Keep the server state fixed: every timed round is the same work.
+      return time.perf_counter() - t
+    p, o, metrics = self.fn(*self.args(self.params, self.opt, key))
+    jax.block_until_ready((p, o, metrics))
+    self.params, self.opt = p, o
+    return time.perf_counter() - t
+
+  def cache_size(self) -> int | None:
+    if self.kind == 'sequential':
+      return None
+    return self.fn._cache_size()  # pylint: disable=protected-access
+
+
+# ------------------------------------------------------------------- driver
+
+
+def client_flops(cfg, model, stage, host_pop, params) -> tuple[float, int]:
+  """(FLOPs of one client's local update, its local steps)."""
+  from fedrecon_jax import client, rounds  # pylint: disable=g-import-not-at-top
+  update, _ = rounds._sequential_parts(cfg, model, stage)  # pylint: disable=protected-access
+  trainable, frozen = rounds.split_params(
+      params, client.trainable_groups(cfg, stage))
+  one = jax.tree.map(lambda x: x[0], host_pop)
+  compiled = update.lower(trainable, frozen, one, jax.random.key(0)).compile()
+  steps = -(-host_pop.y.shape[1] // cfg.batch_size) * cfg.local_epochs
+  # XLA's cost analysis counts the body of the step loop once.
+  return xla_flops(compiled) * steps, steps
+
+
+def main(argv):
+  del argv
+  t_start = time.time()
+  deadline = t_start + _BUDGET_S.value
+  jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
+  from fedrecon_jax import distributed, rounds  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  counter = CompileCounter()
+  cohorts = sorted(int(n) for n in _COHORTS.value)
+  stages = [int(s) for s in _STAGES.value]
+  num_clients = _POPULATION.value or max(cohorts)
+  if num_clients < max(cohorts):
+    raise app.UsageError(f'--population={num_clients} < max cohort.')
+  load_start = os.getloadavg()
+  peak = matmul_peak_gflops()
+  print(f'matmul peak: {peak:.1f} GFLOP/s (f32 4096^2, jit)', flush=True)
+
+  t = time.perf_counter()
+  model, host_pop, base_cfg = workload(num_clients)
+  mesh = rounds.make_mesh(_CPU_DEVICES.value)
+  device_pop = None
+  if any(not v.startswith(('sequential', 'chunked_host'))
+         for v in _VARIANTS.value):
+    device_pop = distributed.replicate(host_pop, mesh)
+  params = jax.device_get(jax.jit(model.init)(jax.random.key(_SEED.value)))
+  store_gb = sum(x.nbytes for x in jax.tree.leaves(host_pop)) / GB
+  print(f'population: {num_clients} clients x max_n={host_pop.y.shape[1]} '
+        f'({store_gb:.2f} GB store), setup {time.perf_counter() - t:.1f} s',
+        flush=True)
+
+  flops_per_client = {}
+  built = {}
+  results = []
+  history = {}   # (stage, variant) -> dict(n, compile_s, round_s, memory_gb)
+  for n in cohorts:
+    # The cheap task stage first, so a tight budget cuts stage 1 at large N.
+    for stage in sorted(stages, reverse=True):
+      cfg = dataclasses.replace(base_cfg, num_clients=num_clients,
+                                clients_per_round=n)
+      if stage not in flops_per_client:
+        seq_cfg = dataclasses.replace(
+            cfg, clients_per_round=min(n, _SEQ_MAX.value))
+        flops_per_client[stage] = client_flops(seq_cfg, model, stage,
+                                               host_pop, params)
+      f_client, steps = flops_per_client[stage]
+      for variant in _VARIANTS.value:
+        row = {'stage': stage, 'cohort': n, 'variant': variant,
+               'steps_per_client': steps}
+        results.append(row)
+        seq = variant == 'sequential'
+        ran = min(n, _SEQ_MAX.value) if seq else n
+        run_cfg = dataclasses.replace(cfg, clients_per_round=ran)
+        prev = history.get((stage, variant))
+        # Skip without compiling when the last N already says it won't fit.
+        if prev and not seq and prev['memory_gb']:
+          guess = prev['memory_gb'] * n / prev['n']
+          if guess > 1.25 * _MEMORY_GB.value:
+            row['skipped'] = (f'memory: ~{guess:.1f} GB extrapolated from '
+                              f'N={prev["n"]} > --memory_gb')
+            print(f'stage {stage} N={n} {variant}: {row["skipped"]}',
+                  flush=True)
+            history[(stage, variant)] = {**prev, 'n': n, 'memory_gb': guess}
+            continue
+        # The chunked (device store) and sequential programs do not depend on
+        # N: once warm at a smaller N they need neither compile nor warm-up.
+        reuses = variant in ('chunked', 'chunked_donate', 'sequential')
+        warm_planned = 0 if prev and reuses else _WARMUP.value
+        rounds_wanted = warm_planned + _ROUNDS.value
+        if prev:
+          per_round = prev['round_s'] * ran / prev['ran']
+          left = deadline - time.time() - (0 if reuses else prev['compile_s'])
+          fit = int(left // max(per_round, 1e-3))
+          if fit < warm_planned + 1:
+            row['skipped'] = (f'time budget: ~{per_round:.0f} s/round '
+                              f'projected, {max(left, 0):.0f} s left')
+            print(f'stage {stage} N={n} {variant}: {row["skipped"]}',
+                  flush=True)
+            continue
+          rounds_wanted = min(rounds_wanted, fit)
+        reset_peak_rss()
+        before = counter.total()
+        runner = Runner(variant, run_cfg, model, stage, mesh, num_clients,
+                        host_pop, device_pop, params, built)
+        info = runner.compile()
+        info['compiles_in_aot'] = counter.total() - before
+        row.update(info)
+        if info['xla_memory_gb'] and info['xla_memory_gb'] > _MEMORY_GB.value:
+          row['skipped'] = (f'memory: XLA needs {info["xla_memory_gb"]:.1f} '
+                            f'GB > --memory_gb')
+          print(f'stage {stage} N={n} {variant}: {row["skipped"]}', flush=True)
+          history[(stage, variant)] = {'n': n, 'ran': ran, 'round_s': 0.0,
+                                       'compile_s': info['compile_s'],
+                                       'memory_gb': info['xla_memory_gb']}
+          del runner
+          continue
+        fresh = prev is None or info['compiles_in_aot'] > 0
+        warm = min(_WARMUP.value if fresh else 0, rounds_wanted - 1)
+        warm_times = [runner.run_round(r) for r in range(warm)]
+        after_warmup = counter.total()
+        timed = [runner.run_round(r) for r in range(warm, rounds_wanted)]
+        row['warmup_times_s'] = warm_times
+        row['round_times_s'] = timed
+        row['compiles_setup'] = after_warmup - before
+        row['compiles_after_warmup'] = counter.total() - after_warmup
+        row['jit_cache_size'] = runner.cache_size()
+        round_s = statistics.median(timed)
+        row['rounds_timed'] = len(timed)
+        row['clients_run'] = ran
+        row['seconds_per_round_measured'] = round_s
+        if ran < n:
+          row['extrapolated'] = f'from {ran} of {n} clients, x{n / ran:g}'
+          round_s *= n / ran
+        row['seconds_per_round'] = round_s
+        row['client_steps_per_s'] = n * steps / round_s
+        row['gflops_per_s'] = n * f_client / round_s / GB
+        row['fraction_of_peak'] = row['gflops_per_s'] / peak
+        row['peak_rss_gb'] = peak_rss_gb()
+        if runner.note:
+          row['note'] = runner.note
+        history[(stage, variant)] = {'n': n, 'ran': ran,
+                                     'round_s': statistics.median(timed),
+                                     'compile_s': info['compile_s'],
+                                     'memory_gb': info['xla_memory_gb']}
+        print(f'stage {stage} N={n} {variant}: {round_s:.3f} s/round '
+              f'{row["client_steps_per_s"]:.1f} client-steps/s '
+              f'{row["gflops_per_s"]:.1f} GFLOP/s compile '
+              f'{info["compile_s"]:.1f} s, XLA mem '
+              f'{info["xla_memory_gb"] or 0:.2f} GB, compiles after warm-up '
+              f'{row["compiles_after_warmup"]} {row.get("extrapolated", "")}',
+              flush=True)
+        del runner
+
+  order = {v: i for i, v in enumerate(_VARIANTS.value)}
+  results.sort(key=lambda r: (r['stage'], r['cohort'], order[r['variant']]))
+  _add_ratios(results)
+  report = {
+      'machine': {
+          'platform': platform.platform(), 'python': sys.version.split()[0],
+          'jax': jax.__version__, 'cpu_count': os.cpu_count(),
+          'devices': [str(d) for d in mesh.devices.flat],
+          'matmul_peak_gflops': peak,
+          'loadavg_start': load_start, 'loadavg_end': os.getloadavg(),
+      },
+      'workload': {
+          'dataset': base_cfg.dataset, 'method': base_cfg.method,
+          'batch_size': base_cfg.batch_size,
+          'local_epochs': base_cfg.local_epochs,
+          'population': num_clients, 'base_clients': _BASE_CLIENTS.value,
+          'max_n': int(host_pop.y.shape[1]),
+          'population_store_gb': store_gb,
+          'flops_per_client_update': {str(s): f for s, (f, _) in
+                                      flops_per_client.items()},
+          'clients_per_device': _PER_DEVICE.value,
+          'population_note': (
+              'Dirichlet split (alpha 5, min 5 samples) of the 1600 train '
+              'samples into base_clients clients, tiled to the population; '
+              'copies differ only by client id (hence their keys).'),
+      },
+      'flags': {f: flags.FLAGS[f].value for f in (
+          'cohorts', 'population', 'stages', 'variants', 'rounds', 'warmup',
+          'seq_max_clients', 'clients_per_device', 'cpu_devices',
+          'memory_gb', 'budget_s')},
+      'results': results,
+      'compiles_by_function': dict(counter.events),
+      'peak_rss_gb_process': max_rss_gb(),
+      'wall_s': time.time() - t_start,
+  }
+  table = markdown_table(results, peak)
+  print(table)
+  print(f'peak RSS (process): {max_rss_gb():.2f} GB; wall '
+        f'{report["wall_s"]:.0f} s; load average {load_start} -> '
+        f'{report["machine"]["loadavg_end"]}')
+  report['table_markdown'] = table
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, 'w') as f:
+    json.dump(report, f, indent=1, default=str)
+  print(f'wrote {_OUT.value}')
+
+
+def _add_ratios(results):
+  """speedup_vs_sequential on every row that has a sequential partner."""
+  seq = {(r['stage'], r['cohort']): r.get('seconds_per_round')
+         for r in results if r['variant'] == 'sequential'}
+  for r in results:
+    s = seq.get((r['stage'], r['cohort']))
+    if s and r.get('seconds_per_round') and r['variant'] != 'sequential':
+      r['speedup_vs_sequential'] = s / r['seconds_per_round']
+
+
+def markdown_table(results, peak) -> str:
+  head = ('| stage | N | variant | s/round | client-steps/s | x seq | GFLOP/s '
+          f'| % of peak ({peak:.0f}) | XLA mem GB | peak RSS GB | compiles '
+          'setup / after warm-up | note |')
+  lines = [head, '|' + '---|' * 12]
+  for r in results:
+    if 'skipped' in r:
+      lines.append(f'| {r["stage"]} | {r["cohort"]} | {r["variant"]} | - | - '
+                   f'| - | - | - | {_fmt(r.get("xla_memory_gb"))} | - | - | '
+                   f'skipped: {r["skipped"]} |')
+      continue
+    note = '; '.join(x for x in (r.get('extrapolated', ''),
+                                 r.get('note', '')) if x)
+    lines.append(
+        f'| {r["stage"]} | {r["cohort"]} | {r["variant"]} '
+        f'| {r["seconds_per_round"]:.3f} | {r["client_steps_per_s"]:.1f} '
+        f'| {_fmt(r.get("speedup_vs_sequential"))} '
+        f'| {r["gflops_per_s"]:.1f} | {100 * r["fraction_of_peak"]:.1f} '
+        f'| {_fmt(r.get("xla_memory_gb"))} | {r["peak_rss_gb"]:.2f} '
+        f'| {r["compiles_setup"]} / {r["compiles_after_warmup"]} | {note} |')
+  return '\n'.join(lines)
+
+
+def _fmt(x) -> str:
+  return '-' if x is None else f'{x:.2f}'
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,584 @@
+"""Evaluation of reconstruction: cross-modal MSE, coherence and retrieval.
+
+FEDRECON.md, "Evaluation of reconstruction":
+  * reconstruction error of a modality rebuilt from other modalities
+    (`recon_mse_matrix`: every target n from every single source m);
+  * coherence: a classifier ("probe") trained on real data of modality n
+    labels the reconstructions x_n-hat; its accuracy is the coherence
+    (`train_probe`, `coherence`, `cached_probes`);
+  * cross-modal retrieval as in the paper's CUB evaluation: cosine similarity
+    of T(n<-m)(mu_m) against every mu_n of the test set, Top@1/5/10 and
+    median / mean rank, against the raw-latent baseline (`retrieval`).
+`table2_metrics` runs all of them for one trained model; `image_grid` lays
+out PolyMNIST reconstructions for a figure.
+
+Everything works on whole test sets held in host memory and runs the model in
+fixed-size chunks (the last one zero-padded), so each jitted program compiles
+once per chunk shape and device memory stays bounded by the chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import os
+from typing import Any, Callable, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from fedrecon_jax import generator
+from fedrecon_jax.models import Model
+
+# reconstruct_from(xs, present [B, M]) -> per-modality reconstructions [B, ...].
+ReconstructFn = Callable[[Sequence[jax.Array], jax.Array], Sequence[jax.Array]]
+
+DEFAULT_CHUNK = 256
+# Part of every cached probe's fingerprint: bump it when the probe modules or
+# their training change, so probes stored by older code are refitted.
+PROBE_VERSION = 1
+
+
+# ------------------------------------------------------------- chunked passes
+
+
+def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+  """Zero-pads the leading axis of x up to `size` rows."""
+  pad = size - x.shape[0]
+  if pad == 0:
+    return x
+  return np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+
+
+def _chunk_slices(n: int, chunk: int):
+  """(start, stop) of consecutive chunks covering n rows."""
+  return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+
+def reconstructor(kind: str, model: Model, params: Any) -> jax.tree_util.Partial:
+  """generator.reconstruct with kind/model/params bound, as a pytree.
+
+  The params are the Partial's leaves, so the functions below trace them as
+  arguments instead of baking them into the program as constants: one
+  compilation serves every parameter value of the same model.
+  """
+  return jax.tree_util.Partial(_bound_reconstruct(kind, model), params)
+
+
+@functools.lru_cache(maxsize=None)
+def _bound_reconstruct(kind: str, model: Model):
+  # Cached so that repeated reconstructor() calls give Partials with an equal
+  # (identical) function, which is what jit's cache compares.
+  return functools.partial(generator.reconstruct, kind, model)
+
+
+def _as_pytree(fn: ReconstructFn) -> jax.tree_util.Partial:
+  # A plain callable becomes a Partial with no leaves: jit keys its cache on
+  # the function's identity and treats anything it closes over as constants.
+  if isinstance(fn, jax.tree_util.Partial):
+    return fn
+  return jax.tree_util.Partial(fn)
+
+
+@jax.jit
+def _reconstruct_chunk(reconstruct_from, xs, present):
+  """One chunk: absent inputs zeroed, then rebuilt.
+
+  Returns (x_hats per modality [B, ...], per-sample per-feature MSE [B, M]).
+  Zeroing makes sure nothing of an absent modality can leak into its own
+  reconstruction, whatever the generator does with `present`.
+  """
+  held = tuple(
+      jnp.where(present[:, i].reshape(-1, *[1] * (x.ndim - 1)), x,
+                jnp.zeros_like(x)) for i, x in enumerate(xs))
+  x_hats = tuple(reconstruct_from(held, present))
+  err = jnp.stack([jnp.square(xh - x).reshape(x.shape[0], -1).mean(1)
+                   for xh, x in zip(x_hats, xs)], axis=1)
+  return x_hats, err
+
+
+def reconstruct_in_chunks(reconstruct_from: ReconstructFn,
+                          xs: Sequence[np.ndarray], present: np.ndarray, *,
+                          chunk: int = DEFAULT_CHUNK):
+  """Rebuilds every modality of a whole set from the `present` ones.
+
+  Args:
+    reconstruct_from: (xs, present [B, M]) -> per-modality reconstructions.
+      A `jax.tree_util.Partial` (e.g. from `reconstructor`) has its leaves
+      traced; any other callable is compiled with what it closes over.
+    xs: per modality [N, ...] true values.
+    present: [M] bool (the same modalities for every sample) or [N, M].
+    chunk: rows per compiled call.
+
+  Returns:
+    (x_hats, err): x_hats per modality [N, ...] numpy; err [N, M] the
+    per-sample mean over features of the squared error against xs.
+  """
+  m, n = len(xs), xs[0].shape[0]
+  present = np.asarray(present, bool)
+  if present.ndim == 1:
+    present = np.broadcast_to(present, (n, m))
+  chex.assert_shape(present, (n, m))
+  for x in xs:
+    chex.assert_axis_dimension(x, 0, n)
+  fn = _as_pytree(reconstruct_from)
+  size = min(chunk, n)
+  x_hats, errs = [], []
+  for lo, hi in _chunk_slices(n, size):
+    xc = tuple(_pad_rows(np.asarray(x[lo:hi], np.float32), size) for x in xs)
+    xh, err = _reconstruct_chunk(fn, xc, _pad_rows(present[lo:hi], size))
+    x_hats.append([np.asarray(a[:hi - lo]) for a in xh])
+    errs.append(np.asarray(err[:hi - lo]))
+  return (tuple(np.concatenate(parts) for parts in zip(*x_hats)),
+          np.concatenate(errs))
+
+
+def _only(m: int, num: int) -> np.ndarray:
+  return np.arange(num) == m
+
+
+def recon_mse_matrix(reconstruct_from: ReconstructFn, xs: Sequence[np.ndarray],
+                     *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+  """[M, M] cross-modal reconstruction error over a whole set.
+
+  Entry (n, m) is the per-feature MSE of modality n rebuilt from modality m
+  alone (the others absent and zeroed), averaged over samples; the diagonal
+  is self-reconstruction.
+
+  Args:
+    reconstruct_from: see `reconstruct_in_chunks`.
+    xs: per modality [N, ...].
+    chunk: rows per compiled call.
+  """
+  num = len(xs)
+  out = np.zeros((num, num))
+  for m in range(num):
+    _, err = reconstruct_in_chunks(reconstruct_from, xs, _only(m, num),
+                                   chunk=chunk)
+    out[:, m] = err.mean(0)
+  return out
+
+
+# ---------------------------------------------------------------- coherence
+
+
+class _ProbeMLP(nn.Module):
+  """Flattened input -> hidden (ReLU) -> logits."""
+  num_classes: int
+  hidden: int = 256
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(self.num_classes)(nn.relu(nn.Dense(self.hidden)(x)))
+
+
+class _ProbeCNN(nn.Module):
+  """[B, C, H, W] images -> logits: two conv + max-pool blocks, one hidden
+  layer. (A cheaper variant with three stride-2 convs and no pooling underfit
+  polymnist_5k's cluttered backgrounds at lr 1e-3: train accuracy 0.86, test
+  0.77-0.81.)"""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.transpose(x, (0, 2, 3, 1))
+    for c in (16, 32):
+      x = nn.relu(nn.Conv(c, (3, 3))(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(self.num_classes)(x)
+
+
+def _module(arch: str, num_classes: int) -> nn.Module:
+  if arch == 'mlp':
+    return _ProbeMLP(num_classes)
+  if arch == 'cnn':
+    return _ProbeCNN(num_classes)
+  raise ValueError(f"probe arch {arch!r} is not one of ('mlp', 'cnn').")
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  """A classifier of one modality's real samples.
+
+  arch: 'cnn' for [C, H, W] images, 'mlp' for anything else (flattened).
+  """
+  arch: str
+  num_classes: int
+  params: Any
+
+
+def default_arch(sample_shape: Sequence[int]) -> str:
+  """'cnn' for CHW images, 'mlp' otherwise."""
+  return 'cnn' if len(sample_shape) == 3 else 'mlp'
+
+
+@functools.partial(jax.jit, static_argnames=('arch', 'num_classes', 'steps',
+                                             'batch_size'))
+def _fit(key, x, y, *, arch, num_classes, steps, batch_size, learning_rate,
+         weight_decay):
+  """Adam-W on cross-entropy for a fixed number of steps; minibatches drawn
+  with replacement from `key`, so the result is a function of the key."""
+  module = _module(arch, num_classes)
+  init_key, batch_key = jax.random.split(key)
+  params = module.init(init_key, x[:1])['params']
+  tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps),
+                   weight_decay=weight_decay)
+
+  def loss_fn(p, xb, yb):
+    logits = module.apply({'params': p}, xb)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  def step(carry, i):
+    p, opt = carry
+    idx = jax.random.randint(jax.random.fold_in(batch_key, i), (batch_size,),
+                             0, x.shape[0])
+    loss, g = jax.value_and_grad(loss_fn)(p, x[idx], y[idx])
+    upd, opt = tx.update(g, opt, p)
+    return (optax.apply_updates(p, upd), opt), loss
+
+  (params, _), losses = jax.lax.scan(step, (params, tx.init(params)),
+                                     jnp.arange(steps))
+  return params, losses
+
+
+def train_probe(x: np.ndarray, y: np.ndarray, num_classes: int, *,
+                key: jax.Array, arch: str | None = None, steps: int = 1500,
+                batch_size: int = 64, learning_rate: float = 3e-3,
+                weight_decay: float = 1e-4) -> Probe:
+  """Trains a probe on real samples of one modality.
+
+  Args:
+    x: [N, ...] real training samples of one modality.
+    y: [N] int labels in [0, num_classes).
+    num_classes: number of classes.
+    key: PRNG key; the probe is a deterministic function of it and the data.
+    arch: 'mlp' | 'cnn'; default `default_arch(x.shape[1:])`.
+    steps, batch_size, learning_rate, weight_decay: the optimisation.
+
+  Returns:
+    The fitted Probe.
+  """
+  chex.assert_rank(y, 1)
+  chex.assert_axis_dimension(x, 0, y.shape[0])
+  arch = arch or default_arch(x.shape[1:])
+  params, _ = _fit(key, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32),
+                   arch=arch, num_classes=num_classes, steps=steps,
+                   batch_size=batch_size, learning_rate=learning_rate,
+                   weight_decay=weight_decay)
+  return Probe(arch, num_classes, jax.device_get(params))
+
+
+_TRAIN_DEFAULTS = {k: p.default for k, p in
+                   inspect.signature(train_probe).parameters.items()
+                   if p.kind == p.KEYWORD_ONLY and k != 'key'}
+
+
+@functools.partial(jax.jit, static_argnames=('arch', 'num_classes'))
+def _predict_chunk(params, x, *, arch, num_classes):
+  logits = _module(arch, num_classes).apply({'params': params}, x)
+  return jnp.argmax(logits, -1)
+
+
+def predict(probe: Probe, x: np.ndarray, *,
+            chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+  """[N, ...] samples -> [N] predicted labels."""
+  n = x.shape[0]
+  size = min(chunk, n)
+  out = [np.asarray(_predict_chunk(
+      probe.params, _pad_rows(np.asarray(x[lo:hi], np.float32), size),
+      arch=probe.arch, num_classes=probe.num_classes))[:hi - lo]
+         for lo, hi in _chunk_slices(n, size)]
+  return np.concatenate(out)
+
+
+def coherence(probe: Probe, x_hat: np.ndarray, y: np.ndarray, *,
+              chunk: int = DEFAULT_CHUNK) -> float:
+  """Accuracy of `probe` (trained on real data) on reconstructions x_hat
+  [N, ...] of samples labelled y [N]: the PolyMNIST coherence."""
+  chex.assert_rank(y, 1)
+  chex.assert_axis_dimension(x_hat, 0, y.shape[0])
+  return float(np.mean(predict(probe, x_hat, chunk=chunk) == np.asarray(y)))
+
+
+def _fingerprint(x, y, num_classes, key, settings) -> str:
+  """Hash of everything a fitted probe depends on (data, key, settings)."""
+  h = hashlib.sha256()
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):   # else a raw uint32 key
+    key = jax.random.key_data(key)
+  for part in (np.ascontiguousarray(x, np.float32), np.asarray(y, np.int64),
+               np.asarray(key)):
+    h.update(str(part.shape).encode())
+    h.update(part.tobytes())
+  h.update(repr((PROBE_VERSION, num_classes, sorted(settings.items())))
+           .encode())
+  return h.hexdigest()
+
+
+def save_probe(path: str, probe: Probe, fingerprint: str = '') -> None:
+  """Writes the probe to an .npz (atomically: write then rename)."""
+  flat = traverse_util.flatten_dict(probe.params, sep='/')
+  arrays = {f'params/{k}': np.asarray(v) for k, v in flat.items()}
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, arch=np.array(probe.arch), num_classes=probe.num_classes,
+           fingerprint=np.array(fingerprint), **arrays)
+  os.replace(tmp, path)
+
+
+def load_probe(path: str) -> tuple[Probe, str]:
+  """Reads a probe written by `save_probe` -> (probe, fingerprint)."""
+  with np.load(path, allow_pickle=False) as f:
+    flat = {k[len('params/'):]: f[k] for k in f.files if k.startswith('params/')}
+    probe = Probe(str(f['arch']), int(f['num_classes']),
+                  traverse_util.unflatten_dict(flat, sep='/'))
+    return probe, str(f['fingerprint'])
+
+
+def cached_probe(path: str, x: np.ndarray, y: np.ndarray, num_classes: int, *,
+                 key: jax.Array, arch: str | None = None,
+                 **train_kwargs) -> Probe:
+  """`train_probe`, reusing the probe stored at `path` when it was fitted on
+  the same data, key and settings (else refits and overwrites it)."""
+  # Resolved defaults are hashed too, so a changed default refits the probe.
+  settings = {**_TRAIN_DEFAULTS, **train_kwargs,
+              'arch': arch or default_arch(x.shape[1:])}
+  fp = _fingerprint(x, y, num_classes, key, settings)
+  if os.path.exists(path):
+    probe, stored = load_probe(path)
+    if stored == fp:
+      return probe
+  probe = train_probe(x, y, num_classes, key=key, **settings)
+  save_probe(path, probe, fp)
+  return probe
+
+
+def cached_probes(workdir: str, names: Sequence[str],
+                  xs: Sequence[np.ndarray], y: np.ndarray, num_classes: int, *,
+                  key: jax.Array, **train_kwargs) -> list[Probe]:
+  """One cached probe per modality, stored as <workdir>/probe_<name>.npz.
+
+  Modality i trains from fold_in(key, i).
+  """
+  chex.assert_equal(len(names), len(xs))
+  return [cached_probe(os.path.join(workdir, f'probe_{name}.npz'), x, y,
+                       num_classes, key=jax.random.fold_in(key, i),
+                       **train_kwargs)
+          for i, (name, x) in enumerate(zip(names, xs))]
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+def retrieval(queries: np.ndarray, targets: np.ndarray, *,
+              chunk: int = 1024) -> dict[str, float]:
+  """Cross-modal retrieval of each query's partner, the target of same index.
+
+  Each query ranks all N targets by cosine similarity; the rank (1-based) of
+  its partner counts every other target at least as similar, so ties rank
+  against the query: a collapsed embedding (all latents equal) scores rank N,
+  not a perfect Top@1.
+
+  Args:
+    queries: [N, d], e.g. T(n<-m)(mu_m) over a test set.
+    targets: [N, d], e.g. mu_n over the same samples.
+    chunk: query rows per similarity block ([chunk, N] floats at a time).
+
+  Returns:
+    top1, top5, top10 (fraction of queries whose partner ranks within k),
+    median_rank and mean_rank.
+  """
+  chex.assert_rank(queries, 2)
+  chex.assert_equal_shape((queries, targets))
+  def unit(a):
+    a = np.asarray(a, np.float64)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+  q, t = unit(queries), unit(targets)
+  n = q.shape[0]
+  ranks = np.empty(n, np.int64)
+  for lo, hi in _chunk_slices(n, chunk):
+    sim = q[lo:hi] @ t.T                                   # [b, N]
+    # The partner's score read from the same matrix, so equal vectors compare
+    # equal exactly and the partner itself is counted once (rank >= 1).
+    own = sim[np.arange(hi - lo), np.arange(lo, hi)][:, None]
+    ranks[lo:hi] = (sim >= own).sum(1)
+  return {'top1': float(np.mean(ranks <= 1)),
+          'top5': float(np.mean(ranks <= 5)),
+          'top10': float(np.mean(ranks <= 10)),
+          'median_rank': float(np.median(ranks)),
+          'mean_rank': float(np.mean(ranks))}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _latents_chunk(model: Model, params, xs):
+  """mu [M, B, d] and the mapped means T(n<-m)(mu_m) [P, B, d]."""
+  mu, _ = model.encode(params['gen'], xs)
+  return mu, model.map_pairs(params['map'], mu)
+
+
+def latents(model: Model, params: Any, xs: Sequence[np.ndarray], *,
+            chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+  """Posterior means over a whole set: (mu [M, N, d], mapped [P, N, d]),
+  mapped[p] = T(pairs[p, 0] <- pairs[p, 1])(mu[pairs[p, 1]])."""
+  n = xs[0].shape[0]
+  size = min(chunk, n)
+  mus, maps = [], []
+  for lo, hi in _chunk_slices(n, size):
+    xc = tuple(_pad_rows(np.asarray(x[lo:hi], np.float32), size) for x in xs)
+    mu, mapped = _latents_chunk(model, params, xc)
+    mus.append(np.asarray(mu[:, :hi - lo]))
+    maps.append(np.asarray(mapped[:, :hi - lo]))
+  return np.concatenate(mus, 1), np.concatenate(maps, 1)
+
+
+def _mean_stats(stats: Sequence[dict[str, float]]) -> dict[str, float]:
+  return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+
+
+# ------------------------------------------------------------------ table 2
+
+
+def table2_metrics(kind: str, model: Model, params: Any,
+                   test_xs: Sequence[np.ndarray], test_y: np.ndarray,
+                   probes: Sequence[Probe] | None, *,
+                   chunk: int = DEFAULT_CHUNK) -> dict[str, Any]:
+  """Every reconstruction metric of one trained generator on a test set.
+
+  Args:
+    kind: generator kind ('mapping', 'poe', 'moe', 'mopoe').
+    model: the Model.
+    params: its params ('gen', and 'map' for kind 'mapping').
+    test_xs: per modality [N, ...] (all modalities present).
+    test_y: [N] labels.
+    probes: one Probe per modality trained on real data, or None to skip
+      coherence.
+    chunk: rows per compiled call.
+
+  Returns:
+    A dict (numpy arrays indexed by modality in model.spec order):
+      modalities: names.
+      mse: [M, M], (n, m) = MSE of n rebuilt from m alone (recon_mse_matrix).
+      mse_loo: [M], n rebuilt from all the others.
+      With probes:
+      probe_accuracy: [M], each probe on the real test samples (the ceiling).
+      coherence_loo: [M], n rebuilt from all the others.
+      coherence_single: [M, M], n rebuilt from m alone (diagonal: self).
+      coherence_single_mean: [M], mean over the sources m != n.
+      For kind 'mapping':
+      retrieval: {'mapping': {...}, 'raw': {...}}; each holds one stats dict
+        (see `retrieval`) per ordered pair, keyed 'n<-m', plus 'mean' over
+        pairs. 'mapping' queries T(n<-m)(mu_m), 'raw' queries mu_m itself;
+        both retrieve among the mu_n of the test set.
+  """
+  spec = model.spec
+  names, num = spec.modalities, spec.num_modalities
+  chex.assert_equal(len(test_xs), num)
+  chex.assert_rank(test_y, 1)
+  if probes is not None:
+    chex.assert_equal(len(probes), num)
+  fn = reconstructor(kind, model, params)
+  out: dict[str, Any] = {'modalities': tuple(names)}
+
+  # Single sources: one pass per source gives a column of the MSE matrix and
+  # the reconstructions the probes label.
+  mse = np.zeros((num, num))
+  coh_single = np.zeros((num, num))
+  for m in range(num):
+    x_hats, err = reconstruct_in_chunks(fn, test_xs, _only(m, num), chunk=chunk)
+    mse[:, m] = err.mean(0)
+    if probes is not None:
+      for n in range(num):
+        coh_single[n, m] = coherence(probes[n], x_hats[n], test_y, chunk=chunk)
+  out['mse'] = mse
+
+  mse_loo = np.zeros(num)
+  coh_loo = np.zeros(num)
+  for n in range(num):
+    x_hats, err = reconstruct_in_chunks(fn, test_xs, ~_only(n, num),
+                                        chunk=chunk)
+    mse_loo[n] = err[:, n].mean()
+    if probes is not None:
+      coh_loo[n] = coherence(probes[n], x_hats[n], test_y, chunk=chunk)
+  out['mse_loo'] = mse_loo
+
+  if probes is not None:
+    out['probe_accuracy'] = np.array([
+        coherence(p, x, test_y, chunk=chunk) for p, x in zip(probes, test_xs)])
+    out['coherence_loo'] = coh_loo
+    out['coherence_single'] = coh_single
+    off_diagonal = ~np.eye(num, dtype=bool)
+    out['coherence_single_mean'] = np.array([
+        coh_single[n, off_diagonal[n]].mean() for n in range(num)])
+
+  if kind == 'mapping':
+    mu, mapped = latents(model, params, test_xs, chunk=chunk)
+    res = {'mapping': {}, 'raw': {}}
+    for p, (n, m) in enumerate(spec.pairs):
+      key = f'{names[n]}<-{names[m]}'
+      res['mapping'][key] = retrieval(mapped[p], mu[n])
+      res['raw'][key] = retrieval(mu[m], mu[n])
+    for stats in res.values():
+      stats['mean'] = _mean_stats(list(stats.values()))
+    out['retrieval'] = res
+  return out
+
+
+# ------------------------------------------------------------------- figure
+
+
+def image_grid(true_xs: Sequence[np.ndarray],
+               recon_from_each: Sequence[Sequence[np.ndarray]], *,
+               pad: int = 2) -> np.ndarray:
+  """Lays out cross-modal reconstructions of CHW images as one uint8 image.
+
+  Row 0 shows the true images of each target modality; row 1 + m shows the
+  reconstructions from source m alone. Column n holds target modality n; each
+  cell holds the same k examples side by side, `pad` white pixels apart, and
+  cells are 2 * pad apart.
+
+  Args:
+    true_xs: per modality [k, C, H, W] in [0, 1], C in {1, 3}.
+    recon_from_each: [M_src][M_dst] arrays [k, C, H, W] in [0, 1].
+    pad: gap in pixels.
+
+  Returns:
+    [(M_src + 1) * H + M_src * 2 * pad,
+     M_dst * (k * W + (k - 1) * pad) + (M_dst - 1) * 2 * pad, 3] uint8.
+  """
+  rows = [list(true_xs)] + [list(r) for r in recon_from_each]
+  k, _, h, w = np.shape(true_xs[0])
+  for row in rows:
+    chex.assert_equal(len(row), len(true_xs))
+    for cell in row:
+      chex.assert_shape(cell, (k, None, h, w))
+
+  def to_hwc(img):                       # [C, H, W] float -> [H, W, 3] uint8
+    img = np.clip(np.asarray(img, np.float32), 0.0, 1.0)
+    img = np.broadcast_to(img, (3, h, w)) if img.shape[0] == 1 else img
+    return np.round(np.transpose(img, (1, 2, 0)) * 255).astype(np.uint8)
+
+  def hcat(parts, gap):
+    white = np.full((parts[0].shape[0], gap, 3), 255, np.uint8)
+    out = [parts[0]]
+    for p in parts[1:]:
+      out += [white, p]
+    return np.concatenate(out, 1)
+
+  def vcat(parts, gap):
+    white = np.full((gap, parts[0].shape[1], 3), 255, np.uint8)
+    out = [parts[0]]
+    for p in parts[1:]:
+      out += [white, p]
+    return np.concatenate(out, 0)
+
+  lines = [hcat([hcat([to_hwc(img) for img in cell], pad) for cell in row],
+                2 * pad) for row in rows]
+  return vcat(lines, 2 * pad)

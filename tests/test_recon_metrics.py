@@ -1,0 +1,266 @@
+"""Reconstruction metrics (recon_metrics.py) on cases with known answers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedrecon_jax import recon_metrics as rm
+from fedrecon_jax.models import DataSpec, Model
+
+
+def _xs(n=10, dims=(3, 2, 4), seed=0):
+  rng = np.random.default_rng(seed)
+  return tuple(rng.normal(size=(n, d)).astype(np.float32) + i
+               for i, d in enumerate(dims))
+
+
+# ------------------------------------------------------------ MSE matrix
+
+
+@pytest.mark.parametrize('chunk', [4, 256])
+def test_mse_matrix_copying_inputs_sees_only_the_source(chunk):
+  xs = _xs()                              # 10 rows: chunk 4 pads the last one
+  copy = lambda held, present: held       # absent inputs arrive zeroed
+  mse = rm.recon_mse_matrix(copy, xs, chunk=chunk)
+  # Self-reconstruction is exact; a target rebuilt from another source is
+  # the zeroed input, so its error is the target's mean square.
+  expected = np.array([[0.0 if n == m else np.mean(xs[n]**2) for m in range(3)]
+                       for n in range(3)])
+  np.testing.assert_allclose(mse, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_mse_matrix_entry_depends_on_the_single_source():
+  xs = _xs()
+  # Every target is filled with (m + 1) where m is the one present source.
+  src_value = lambda held, present: tuple(
+      jnp.broadcast_to((present.astype(jnp.float32) @ jnp.arange(1.0, 4.0))
+                       [:, None], x.shape) for x in held)
+  mse = rm.recon_mse_matrix(src_value, xs, chunk=3)
+  expected = np.array([[np.mean((xs[n] - (m + 1))**2) for m in range(3)]
+                       for n in range(3)])
+  np.testing.assert_allclose(mse, expected, rtol=1e-5)
+
+
+# ----------------------------------------------------------------- probes
+
+
+def _blobs(n, num_classes=3, dim=6, seed=0):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, num_classes, n).astype(np.int32)
+  centres = rng.normal(size=(num_classes, dim)) * 4
+  return (centres[y] + rng.normal(size=(n, dim))).astype(np.float32), y
+
+
+def _images(n, seed=0):
+  """[n, 3, 8, 8] noise with a bright 4x4 quadrant chosen by the label."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 4, n).astype(np.int32)
+  x = rng.uniform(0, 0.5, (n, 3, 8, 8)).astype(np.float32)
+  for i, c in enumerate(y):
+    r, q = divmod(int(c), 2)
+    x[i, :, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 0.5
+  return x, y
+
+
+@pytest.fixture(scope='module')
+def vector_probe():
+  x, y = _blobs(300)
+  return rm.train_probe(x[:200], y[:200], 3, key=jax.random.key(0), steps=150)
+
+
+def test_mlp_probe_learns_and_coherence_of_real_data_is_its_accuracy(
+    vector_probe):
+  x, y = _blobs(300)
+  assert vector_probe.arch == 'mlp'
+  acc = float(np.mean(rm.predict(vector_probe, x[200:]) == y[200:]))
+  assert acc > 0.95
+  # A perfect reconstruction (x_hat = x) scores exactly the probe's accuracy,
+  # whatever the chunking (the padded rows must not count).
+  assert rm.coherence(vector_probe, x[200:], y[200:]) == acc
+  assert rm.coherence(vector_probe, x[200:], y[200:], chunk=7) == acc
+  # A reconstruction that always yields one class is right on that class only.
+  one = np.broadcast_to(x[y == 0][:1], (100, x.shape[1]))
+  assert rm.coherence(vector_probe, one, y[200:]) == pytest.approx(
+      np.mean(y[200:] == rm.predict(vector_probe, one[:1])[0]))
+
+
+def test_probe_is_a_function_of_its_key(vector_probe):
+  x, y = _blobs(300)
+  again = rm.train_probe(x[:200], y[:200], 3, key=jax.random.key(0), steps=150)
+  jax.tree.map(np.testing.assert_array_equal, vector_probe.params,
+               again.params)
+  other = rm.train_probe(x[:200], y[:200], 3, key=jax.random.key(1), steps=150)
+  assert not np.array_equal(other.params['Dense_0']['kernel'],
+                            again.params['Dense_0']['kernel'])
+
+
+def test_cnn_probe_learns_images():
+  x, y = _images(240)
+  probe = rm.train_probe(x[:160], y[:160], 4, key=jax.random.key(1), steps=80)
+  assert probe.arch == 'cnn'
+  assert rm.coherence(probe, x[160:], y[160:]) > 0.9
+
+
+def test_cached_probes_are_reused_and_refit_on_new_data(tmp_path, monkeypatch):
+  x, y = _blobs(300)
+  # Shapes and steps as in vector_probe and `tiny`, so no new compilation.
+  xs, y, steps = (x[:200], x[:200, :4]), y[:200], 150
+  key = jax.random.key(2)
+  first = rm.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key,
+                           steps=steps)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['probe_a.npz',
+                                                        'probe_b.npz']
+
+  def no_training(*args, **kwargs):
+    raise AssertionError('a cached probe was retrained')
+
+  real_train = rm.train_probe
+  monkeypatch.setattr(rm, 'train_probe', no_training)
+  again = rm.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key,
+                           steps=steps)
+  for p, q, x_m in zip(first, again, xs):
+    assert (q.arch, q.num_classes) == (p.arch, p.num_classes)
+    jax.tree.map(np.testing.assert_array_equal, p.params, q.params)
+    np.testing.assert_array_equal(rm.predict(q, x_m), rm.predict(p, x_m))
+  # Other settings, key or data invalidate the stored probe.
+  with pytest.raises(AssertionError, match='retrained'):
+    rm.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key, steps=149)
+  with pytest.raises(AssertionError, match='retrained'):
+    rm.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3,
+                     key=jax.random.key(3), steps=steps)
+  monkeypatch.setattr(rm, 'train_probe', real_train)
+  new_xs = (xs[0] + 1, xs[1])
+  rm.cached_probes(str(tmp_path), ('a', 'b'), new_xs, y, 3, key=key,
+                   steps=steps)
+  monkeypatch.setattr(rm, 'train_probe', no_training)
+  rm.cached_probes(str(tmp_path), ('a', 'b'), new_xs, y, 3, key=key,
+                   steps=steps)
+
+
+# -------------------------------------------------------------- retrieval
+
+
+def test_retrieval_identity_is_perfect():
+  t = np.random.default_rng(0).normal(size=(50, 8))
+  stats = rm.retrieval(t, t)
+  assert stats == {'top1': 1.0, 'top5': 1.0, 'top10': 1.0,
+                   'median_rank': 1.0, 'mean_rank': 1.0}
+  # Cosine similarity ignores the scale of either side.
+  assert rm.retrieval(3.0 * t, t)['top1'] == 1.0
+
+
+def test_retrieval_known_ranks():
+  n = 30
+  ranks = np.array([1, 1, 2, 3, 5, 6, 10, 11, 20, 30] * 3)
+  targets = np.eye(n)
+  # Query i scores target j with n - ((j - i + r_i - 1) mod n): a cyclic
+  # ordering of the targets in which its partner (j = i) comes r_i-th.
+  j, i = np.meshgrid(np.arange(n), np.arange(n))
+  queries = n - ((j - i + ranks[:, None] - 1) % n).astype(float)
+  stats = rm.retrieval(queries, targets, chunk=7)
+  assert stats['top1'] == pytest.approx(np.mean(ranks <= 1))
+  assert stats['top5'] == pytest.approx(np.mean(ranks <= 5))
+  assert stats['top10'] == pytest.approx(np.mean(ranks <= 10))
+  assert stats['median_rank'] == np.median(ranks)
+  assert stats['mean_rank'] == pytest.approx(ranks.mean())
+
+
+def test_retrieval_of_a_collapsed_embedding_ranks_last():
+  t = np.random.default_rng(0).normal(size=(20, 4))
+  # All targets equal: every one ties with the partner, so ties must not be
+  # resolved in the query's favour (that would give Top@1 = 1).
+  stats = rm.retrieval(t, np.ones((20, 4)))
+  assert stats['top10'] == 0.0
+  assert stats['median_rank'] == stats['mean_rank'] == 20
+
+
+def test_retrieval_of_random_latents_is_at_chance():
+  rng = np.random.default_rng(0)
+  n = 500
+  stats = rm.retrieval(rng.normal(size=(n, 16)), rng.normal(size=(n, 16)))
+  assert stats['top1'] < 0.02 and stats['top10'] < 0.05
+  assert 0.4 * n < stats['mean_rank'] < 0.6 * n
+  assert 0.35 * n < stats['median_rank'] < 0.65 * n
+
+
+# -------------------------------------------------------------- table 2
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  # 200 samples, 6-d and 4-d probes trained for 150 steps: the shapes of the
+  # probe tests above, so the probes reuse their compiled training program.
+  dims = (6, 4, 6)
+  spec = DataSpec(('a', 'b', 'c'), ('vector',) * 3, tuple((d,) for d in dims),
+                  3)
+  model = Model(spec, latent_dim=4, gen_width=8, map_width=8, task_width=4)
+  params = model.init(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 3, 200).astype(np.int32)
+  xs = tuple((np.eye(3)[y] @ rng.normal(size=(3, d)) * 3
+              + rng.normal(size=(200, d))).astype(np.float32) for d in dims)
+  probes = [rm.train_probe(x, y, 3, key=jax.random.key(i), steps=150)
+            for i, x in enumerate(xs)]
+  return model, params, xs, y, probes
+
+
+def test_table2_metrics_mapping_end_to_end(tiny):
+  model, params, xs, y, probes = tiny
+  out = rm.table2_metrics('mapping', model, params, xs, y, probes, chunk=64)
+  assert out['modalities'] == ('a', 'b', 'c')
+  assert out['mse'].shape == (3, 3) and np.all(np.isfinite(out['mse']))
+  assert np.all(out['mse'] > 0)
+  # The same numbers as the standalone matrix, with the params traced.
+  np.testing.assert_allclose(
+      out['mse'], rm.recon_mse_matrix(
+          rm.reconstructor('mapping', model, params), xs, chunk=64),
+      rtol=1e-6)
+  assert out['mse_loo'].shape == (3,)
+  for name in ('probe_accuracy', 'coherence_loo', 'coherence_single_mean'):
+    assert out[name].shape == (3,)
+    assert np.all((out[name] >= 0) & (out[name] <= 1))
+  assert out['coherence_single'].shape == (3, 3)
+  for n in range(3):
+    assert out['probe_accuracy'][n] == rm.coherence(probes[n], xs[n], y)
+  ret = out['retrieval']
+  assert set(ret) == {'mapping', 'raw'}
+  pairs = {'a<-b', 'a<-c', 'b<-a', 'b<-c', 'c<-a', 'c<-b'}
+  for method in ('mapping', 'raw'):
+    assert set(ret[method]) == pairs | {'mean'}
+    for stats in ret[method].values():
+      assert set(stats) == {'top1', 'top5', 'top10', 'median_rank',
+                            'mean_rank'}
+      assert 0 <= stats['top1'] <= stats['top5'] <= stats['top10'] <= 1
+      assert 1 <= stats['median_rank'] <= 200
+      assert 1 <= stats['mean_rank'] <= 200
+    assert ret[method]['mean']['mean_rank'] == pytest.approx(np.mean(
+        [ret[method][p]['mean_rank'] for p in pairs]))
+
+
+def test_table2_metrics_joint_posterior_has_no_retrieval(tiny):
+  model, params, xs, y, _ = tiny
+  out = rm.table2_metrics('moe', model, params, xs, y, None)
+  assert 'retrieval' not in out and 'coherence_loo' not in out
+  assert out['mse'].shape == (3, 3) and np.all(np.isfinite(out['mse_loo']))
+  # Each column comes from a different single source.
+  assert not np.allclose(out['mse'][:, 0], out['mse'][:, 1])
+
+
+# ------------------------------------------------------------------ figure
+
+
+def test_image_grid_shape_and_values():
+  k, h, w = 3, 5, 4
+  true = [np.ones((k, 3, h, w)), np.zeros((k, 1, h, w))]
+  recon = [[np.full((k, 3, h, w), 2.0), np.full((k, 1, h, w), 0.5)]
+           for _ in range(2)]
+  grid = rm.image_grid(true, recon, pad=1)
+  assert grid.dtype == np.uint8
+  assert grid.shape == (3 * h + 2 * 2, 2 * (k * w + (k - 1)) + 2, 3)
+  assert np.all(grid[:h, :w] == 255)                   # true image of target a
+  assert np.all(grid[:h, w:w + 1] == 255)              # the white gap
+  col_b = k * w + (k - 1) + 2
+  assert np.all(grid[:h, col_b:col_b + w] == 0)        # grey expanded to RGB
+  assert np.all(grid[h + 2:2 * h + 2, :w] == 255)      # 2.0 clipped to 1
+  assert np.all(grid[h + 2:2 * h + 2, col_b:col_b + w] == 128)
