@@ -62,7 +62,8 @@ def _chunk_slices(n: int, chunk: int):
   return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
 
 
-def reconstructor(kind: str, model: Model, params: Any) -> jax.tree_util.Partial:
+def reconstructor(kind: str, model: Model,
+                  params: Any) -> jax.tree_util.Partial:
   """generator.reconstruct with kind/model/params bound, as a pytree.
 
   The params are the Partial's leaves, so the functions below trace them as
@@ -337,7 +338,8 @@ def save_probe(path: str, probe: Probe, fingerprint: str = '') -> None:
 def load_probe(path: str) -> tuple[Probe, str]:
   """Reads a probe written by `save_probe` -> (probe, fingerprint)."""
   with np.load(path, allow_pickle=False) as f:
-    flat = {k[len('params/'):]: f[k] for k in f.files if k.startswith('params/')}
+    prefix = 'params/'
+    flat = {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}
     probe = Probe(str(f['arch']), int(f['num_classes']),
                   traverse_util.unflatten_dict(flat, sep='/'))
     return probe, str(f['fingerprint'])
