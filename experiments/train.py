@@ -43,9 +43,12 @@ def main(argv):
   # (orbax's per-save chatter) out of the console unless asked for.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from fedrecon_jax import train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import distributed
+  from fedrecon_jax import train
   try:
     cfg = config_from_flags()
+    distributed.initialize_from_config(cfg)
     summary = train.run(cfg)
   except ValueError as e:  # bad flags or an incompatible workdir
     logging.debug('', exc_info=True)

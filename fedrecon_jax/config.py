@@ -22,7 +22,8 @@ JOINT_POSTERIORS = ('poe', 'moe', 'mopoe')
 # Fields whose change on resume is harmless (they do not define the experiment).
 RESUMABLE_OVERRIDES = ('rounds', 'workdir', 'data_dir', 'manual_dir',
                        'eval_every', 'checkpoint_every', 'keep_checkpoints',
-                       'num_devices')
+                       'num_devices', 'distributed', 'coordinator_address',
+                       'num_processes', 'process_id')
 
 
 def _f(default: Any, help_: str, **choices):
@@ -98,6 +99,13 @@ class Config:
   checkpoint_every: int = _f(10, 'Save a checkpoint every N rounds (0 = off).')
   keep_checkpoints: int = _f(3, 'Checkpoints kept.')
   num_devices: int = _f(0, 'Devices of the clients mesh (0 = all).')
+  # Multi-host (jax.distributed); every process runs the same command.
+  distributed: bool = _f(False, 'Call jax.distributed.initialize before '
+                         'training (TPU pods: no other flag needed).')
+  coordinator_address: str = _f('', 'host:port of process 0 (empty = '
+                                'auto-detect on TPU / SLURM).')
+  num_processes: int = _f(0, 'Number of processes (0 = auto-detect).')
+  process_id: int = _f(-1, 'This process (-1 = auto-detect).')
 
   @property
   def uses_generator(self) -> bool:
@@ -130,7 +138,8 @@ class Config:
                  'batch_size', 'latent_dim', 'gen_width', 'map_width',
                  'task_width', 'min_client_size', 'keep_checkpoints'):
       _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
-    for name in ('gen_rounds', 'rounds', 'checkpoint_every', 'num_devices'):
+    for name in ('gen_rounds', 'rounds', 'checkpoint_every', 'num_devices',
+                 'num_processes'):
       _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
     _check(self.eval_every >= 1, 'eval_every', self.eval_every, '>= 1')
     for name in ('client_lr', 'gen_lr', 'server_lr', 'gen_server_lr'):
