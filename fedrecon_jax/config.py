@@ -22,7 +22,7 @@ JOINT_POSTERIORS = ('poe', 'moe', 'mopoe')
 # Fields whose change on resume is harmless (they do not define the experiment).
 RESUMABLE_OVERRIDES = ('rounds', 'workdir', 'data_dir', 'manual_dir',
                        'eval_every', 'checkpoint_every', 'keep_checkpoints',
-                       'num_devices', 'distributed', 'coordinator_address',
+                       'num_devices', 'clients_per_device', 'distributed', 'coordinator_address',
                        'num_processes', 'process_id')
 
 
@@ -99,6 +99,10 @@ class Config:
   checkpoint_every: int = _f(10, 'Save a checkpoint every N rounds (0 = off).')
   keep_checkpoints: int = _f(3, 'Checkpoints kept.')
   num_devices: int = _f(0, 'Devices of the clients mesh (0 = all).')
+  clients_per_device: int = _f(0, 'Train the cohort in chunks of this many '
+                               'clients per device (a loop inside the round '
+                               'program; bounds memory for large cohorts). '
+                               '0 = the whole cohort at once.')
   # Multi-host (jax.distributed); every process runs the same command.
   distributed: bool = _f(False, 'Call jax.distributed.initialize before '
                          'training (TPU pods: no other flag needed).')
@@ -139,7 +143,7 @@ class Config:
                  'task_width', 'min_client_size', 'keep_checkpoints'):
       _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
     for name in ('gen_rounds', 'rounds', 'checkpoint_every', 'num_devices',
-                 'num_processes'):
+                 'num_processes', 'clients_per_device'):
       _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
     _check(self.eval_every >= 1, 'eval_every', self.eval_every, '>= 1')
     for name in ('client_lr', 'gen_lr', 'server_lr', 'gen_server_lr'):

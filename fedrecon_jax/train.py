@@ -14,8 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fedrecon_jax import checkpoint, data, evaluation, metrics_writer
-from fedrecon_jax import partition, rounds
+from fedrecon_jax import checkpoint, data, distributed, evaluation
+from fedrecon_jax import metrics_writer, partition, rounds
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
 
@@ -118,7 +118,12 @@ def run(cfg: Config) -> dict:
   t_start = time.time()
   for r in range(state['round'] + 1, cfg.total_rounds + 1):
     stage = cfg.stage(r)
-    if stage not in round_fns:
+    if stage not in round_fns and cfg.clients_per_device:
+      chunked = distributed.make_chunked_round(
+          cfg, exp.model, stage, mesh, num_clients,
+          clients_per_device=cfg.clients_per_device)
+      round_fns[stage] = (chunked, chunked.tx)
+    elif stage not in round_fns:
       round_fns[stage] = rounds.make_round(cfg, exp.model, stage, mesh,
                                            num_clients)
     round_fn, tx = round_fns[stage]
