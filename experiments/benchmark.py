@@ -259,6 +259,10 @@ class Runner:
       return info
     self.opt = self.place(rounds.init_server_opt(self.tx, self.params,
                                                  self.cfg, self.stage))
+    if self.variant.endswith('_donate'):
+      # Fresh buffers: a donated one may not alias the driver's numpy copy.
+      self.params, self.opt = jax.tree.map(lambda x: x.copy(),
+                                           (self.params, self.opt))
     t = time.perf_counter()
     compiled = self.fn.lower(*self.args(self.params, self.opt, key)).compile()
     return {'compile_s': time.perf_counter() - t,
