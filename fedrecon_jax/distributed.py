@@ -74,9 +74,8 @@ def initialize(coordinator_address: str | None = None,
 def initialize_from_config(cfg: Config) -> bool:
   """`initialize` from the Config's multi-host fields; False if not asked.
 
-  Fields (proposed for config.py): distributed (bool), coordinator_address
-  ('' = auto-detect), num_processes (0 = auto), process_id (-1 = auto).
-  Missing fields read as a single-process run.
+  Config fields: distributed (bool), coordinator_address ('' = auto-detect),
+  num_processes (0 = auto), process_id (-1 = auto).
   """
   if not getattr(cfg, 'distributed', False):
     return False
