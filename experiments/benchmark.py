@@ -1,8 +1,8 @@
 r"""Round throughput and memory: vmapped cohort vs chunked cohort vs a client loop.
 
-  python -m experiments.benchmark        # canonical run, budgeted to ~9 min
+  python -m experiments.benchmark        # canonical run, budget 9 min
   python -m experiments.benchmark --population=10000 --cohorts=1000 \
-      --variants=vmap,chunked,chunked_donate,chunked_host,sequential \
+      --variants=vmap,vmap_donate,chunked,chunked_donate,chunked_host,sequential \
       --rounds=1 --budget_s=1800 --out=experiments/results/benchmark_cpu_10k.json
 
 Workload: FedRecon on uci_multifeature (6 modalities), stage 1 (generator +
@@ -15,8 +15,10 @@ then the same at every cohort size and time per round should be linear in N.
 
 Variants, each timed in this process after a warm-up (median of --rounds):
   vmap           rounds.make_round: the whole cohort vmapped, one program.
-  chunked        distributed.make_chunked_round: the cohort scanned in chunks
-                 of --clients_per_device x devices, streaming aggregation.
+  chunked        distributed.make_chunked_round: the cohort run in chunks of
+                 --clients_per_device x devices, one after another inside
+                 one program, aggregation accumulated as it goes; the program
+                 serves every N (compiled once per stage).
   chunked_host   the same, population kept on the host, cohort rows gathered
                  outside the program.
   sequential     rounds.sequential_round: one jitted single-client update called

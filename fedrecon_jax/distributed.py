@@ -89,25 +89,27 @@ def initialize_from_config(cfg: Config) -> bool:
 def replicate(tree, mesh: jax.sharding.Mesh):
   """Host (or single-device) values -> arrays replicated over the whole mesh.
 
-  Every process must pass the same values. Unlike `jax.device_put`, this also
-  works across processes for values that already live on one local device
-  (e.g. `model.init(...)` outputs or `jax.random.key(...)`), which device_put
-  refuses to send to a sharding with non-addressable devices.
+  Every process must pass the same values. Unlike a plain `jax.device_put`,
+  this also works across processes for arrays that live on one local device
+  (e.g. `model.init(...)` outputs, `jax.random.key(...)`): device_put refuses
+  to send those to devices of other processes, so they go through the host.
+  The result has the same type (mesh included) as a jitted round's
+  replicated outputs, so feeding either to the round compiles once.
   """
   sharding = NamedSharding(mesh, P())
 
   def one(x):
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
-        x.dtype, jax.dtypes.prng_key):
-      data = one(jax.random.key_data(x))
-      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     if isinstance(x, jax.Array):
-      if x.sharding.is_equivalent_to(sharding, x.ndim):
+      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = one(jax.random.key_data(x))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+      # Equal, not just equivalent: a 1-device NamedSharding is equivalent to
+      # the SingleDeviceSharding of a plain array, but jit keys on the mesh.
+      if x.sharding == sharding:
         return x                               # e.g. last round's outputs
-      if not x.is_fully_addressable:
-        return jax.device_put(x, sharding)     # already global: reshard
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+      if x.is_fully_addressable and not sharding.is_fully_addressable:
+        x = np.asarray(x)                      # local array -> other hosts
+    return jax.device_put(x, sharding)
 
   return jax.tree.map(one, tree)
 

@@ -81,7 +81,8 @@ def _with_nan_client():
 def _train_like(engine, params, population, schedule):
   """Runs rounds the way train.run does (per-round key, replicated state, a
   fresh server state when the stage changes); compile count after each."""
-  replicated = NamedSharding(rounds.make_mesh(1), P())
+  mesh = rounds.make_mesh(1)
+  replicated = NamedSharding(mesh, P())
   state, after = None, []
   for r, stage in enumerate(schedule, 1):
     if engine == 'make_round':
@@ -92,9 +93,12 @@ def _train_like(engine, params, population, schedule):
     if state is None or schedule[r - 2] != stage:
       state = (params if state is None else state[0],
                rounds.init_server_opt(tx, params, CFG, stage))
-    state = jax.device_put(state, replicated)
-    p, o, m = fn(*state, population,
-                 jax.random.fold_in(jax.random.key(0), r))
+    key = jax.random.fold_in(jax.random.key(0), r)
+    if engine == 'make_round':      # train.run's placement today
+      state = jax.device_put(state, replicated)
+    else:                           # the multi-process-safe placement
+      *state, key = distributed.replicate((*state, key), mesh)
+    p, o, m = fn(*state, population, key)
     jax.block_until_ready((p, o, m))
     float(m['skipped_clients'])        # as train.run logs it
     state = (p, o)
