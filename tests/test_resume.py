@@ -8,7 +8,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -22,17 +21,6 @@ FLAGS = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=3',
          '--rounds=5', '--map_width=16', '--gen_width=32', '--latent_dim=8',
          '--checkpoint_every=2', '--keep_checkpoints=3')
 TOTAL_ROUNDS = 8
-# Compilation dominates these runs; share compiled programs across the
-# subprocesses (and test sessions: the cache is keyed by jax version/flags).
-CACHE_DIR = (os.environ.get('JAX_COMPILATION_CACHE_DIR') or  # conftest's
-             os.path.join(tempfile.gettempdir(), 'fedrecon_jax_test_cache'))
-
-
-@pytest.fixture(scope='module')
-def env(tmp_path_factory):
-  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              TFDS_DATA_DIR=str(tmp_path_factory.mktemp('tfds')))
 
 
 def train_cmd(workdir, *extra):

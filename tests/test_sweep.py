@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import matplotlib.image
 import pytest
@@ -18,16 +17,6 @@ TINY = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=3',
         '--rounds=5', '--map_width=16', '--gen_width=32', '--latent_dim=8',
         '--checkpoint_every=2')
 GRID = ('--methods=fedrecon,zero_fill', '--seeds=0,1')
-# The same persistent compilation cache as tests/test_resume.py.
-CACHE_DIR = (os.environ.get('JAX_COMPILATION_CACHE_DIR') or  # conftest's
-             os.path.join(tempfile.gettempdir(), 'fedrecon_jax_test_cache'))
-
-
-@pytest.fixture(scope='module')
-def env(tmp_path_factory):
-  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              TFDS_DATA_DIR=str(tmp_path_factory.mktemp('tfds')))
 
 
 def run_sweep_cli(env, root, *args, check=True):
