@@ -139,7 +139,7 @@ def plot_curves(grid, runs, out_dir) -> list[str]:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     drawn = False
     for name, line in sorted(_by_label(grid, panel).items()):
-      curves = [_task_curve(r) for r in line]
+      curves = [task_curve(r) for r in line]
       common = sorted(set.intersection(*(set(c) for c in curves)))
       if not common:  # e.g. metrics.jsonl missing
         continue
@@ -167,7 +167,7 @@ def _by_label(grid, runs) -> dict[str, list[Run]]:
   return out
 
 
-def _task_curve(run: Run) -> dict[int, float]:
+def task_curve(run: Run) -> dict[int, float]:
   # Rounds counted from the start of the task stage, so methods with and
   # without a generator stage line up.
   return {r['round'] - run.cfg.stage1_rounds: r['f1_macro']

@@ -3,8 +3,8 @@ r"""Runs a grid of experiments, one workdir per cell, then writes the report.
   python -m experiments.sweep --sweep_root=/tmp/sweep \
       --methods=fedrecon,zero_fill --alphas=0.1,5.0 --missing_rates=0.1,0.3,0.5 \
       --seeds=0,1,2 --rounds=50 --gen_rounds=30
-  python -m experiments.sweep --sweep_root=/tmp/paper --config=paper_uci
-  python -m experiments.sweep --sweep_root=/tmp/paper --config=paper_uci \
+  python -m experiments.sweep --sweep_root=/tmp/paper --config=table1
+  python -m experiments.sweep --sweep_root=/tmp/paper --config=table1 \
       --num_shards=4 --shard_index=1          # a quarter of the cells
 
 Grid axes: --methods, --server_opts, --alphas, --missing_rates, --seeds,
@@ -38,6 +38,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import train as train_flags
 from fedrecon_jax import config as config_lib
 from fedrecon_jax.config import Config
 
@@ -344,16 +345,8 @@ def define_flags() -> None:
     flags.DEFINE_list(name, None, f'Grid axis: comma-separated values of '
                       f'--{key} (default: {_FIELDS[key].default!r}'
                       f'{"" if key in DEFAULT_AXES else ", not an axis"}).')
-  define = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
-            float: flags.DEFINE_float, str: flags.DEFINE_string}
-  for f in dataclasses.fields(Config):
-    if f.name in _NOT_PASSED:
-      continue
-    help_ = f'Passed to every cell: {f.metadata["help"]}'
-    if f.metadata.get('choices'):
-      flags.DEFINE_enum(f.name, f.default, f.metadata['choices'], help_)
-    else:
-      define[type(f.default)](f.name, f.default, help_)
+  train_flags.define_flags(exclude=_NOT_PASSED,
+                           help_prefix='Passed to every cell: ')
 
 
 def grid_from_flags() -> Grid:

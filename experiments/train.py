@@ -21,15 +21,17 @@ _DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
            float: flags.DEFINE_float, str: flags.DEFINE_string}
 
 
-def define_flags() -> None:
-  """One absl flag per Config field, same name, default and help."""
+def define_flags(exclude=(), help_prefix: str = '') -> None:
+  """One absl flag per Config field (but `exclude`), same name, default and
+  help (after `help_prefix`)."""
   for f in dataclasses.fields(Config):
-    kind = type(f.default)
+    if f.name in exclude:
+      continue
+    help_ = help_prefix + f.metadata['help']
     if f.metadata.get('choices'):
-      flags.DEFINE_enum(f.name, f.default, f.metadata['choices'],
-                        f.metadata['help'])
+      flags.DEFINE_enum(f.name, f.default, f.metadata['choices'], help_)
     else:
-      _DEFINE[kind](f.name, f.default, f.metadata['help'])
+      _DEFINE[type(f.default)](f.name, f.default, help_)
 
 
 def config_from_flags() -> Config:

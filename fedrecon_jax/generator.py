@@ -19,6 +19,9 @@ import numpy as np
 from fedrecon_jax.models import Model
 
 GENERATORS = ('mapping', 'poe', 'moe', 'mopoe')
+# Inference-only kind: a mapping generator read without its T (T = identity),
+# the paper's no-mapping baseline for reconstruction and retrieval.
+RAW = 'raw'
 
 
 def gaussian_nll(x_hat: jax.Array, x: jax.Array, batch_ndim: int = 1):
@@ -158,14 +161,14 @@ def infer_latents(kind: str, model: Model, params: dict, xs, present):
 
   mapping: the mean over present m of T(n<-m)(mu_m) (the average of the mapped
   latents is this project's choice for several present modalities); a present
-  modality keeps its own mu. poe / mopoe: the joint PoE mean of the present
+  modality keeps its own mu. raw: the same with T = identity (mu_m itself). poe / mopoe: the joint PoE mean of the present
   experts. moe: the mean of the present experts' means.
   """
   pres = present.T.astype(jnp.float32)                    # [M, B]
   mu, logvar = model.encode(params['gen'], xs)
-  if kind == 'mapping':
+  if kind in ('mapping', RAW):
     dst, src = model.spec.pairs[:, 0], model.spec.pairs[:, 1]
-    tmu = model.map_pairs(params['map'], mu)              # [P, B, d]
+    tmu = model.map_pairs(params['map'], mu) if kind == 'mapping' else mu[src]
     w = pres[src]                                         # [P, B]
     num = jnp.zeros_like(mu).at[dst].add(tmu * w[..., None])
     den = jnp.zeros_like(pres).at[dst].add(w)[..., None]
@@ -176,7 +179,8 @@ def infer_latents(kind: str, model: Model, params: dict, xs, present):
   elif kind == 'moe':
     joint = _masked_mean(mu, pres[..., None], 0)
   else:
-    raise ValueError(f'generator kind {kind!r} is not one of {GENERATORS}.')
+    raise ValueError(f'generator kind {kind!r} is not one of '
+                     f'{GENERATORS + (RAW,)}.')
   return jnp.broadcast_to(joint, mu.shape)
 
 

@@ -329,7 +329,7 @@ def save_probe(path: str, probe: Probe, fingerprint: str = '') -> None:
   flat = traverse_util.flatten_dict(probe.params, sep='/')
   arrays = {f'params/{k}': np.asarray(v) for k, v in flat.items()}
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp.npz'
+  tmp = f'{path}.tmp{os.getpid()}.npz'   # processes may share a cache
   np.savez(tmp, arch=np.array(probe.arch), num_classes=probe.num_classes,
            fingerprint=np.array(fingerprint), **arrays)
   os.replace(tmp, path)

@@ -157,7 +157,9 @@ def run(cfg: Config) -> dict:
   if not last_eval:
     last_eval = evaluate(state['params'])
   summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
-             'wall_seconds': time.time() - t_start, **last_eval}
+             'wall_seconds': time.time() - t_start,
+             'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+             **last_eval}
   if exp.unimodal_index is not None:
     summary['unimodal_modality'] = exp.spec.modalities[exp.unimodal_index]
   if cfg.uses_generator:

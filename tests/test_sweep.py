@@ -167,9 +167,12 @@ def test_root_with_cells_of_another_grid_is_refused(tmp_path):
 
 
 def test_config_files_in_experiments_configs_load():
-  paper = sweep.make_grid({}, {}, 'paper_uci')
-  assert len(paper.cells()) == 5 * 2 * 4 * 3
-  assert paper.flags['rounds'] == 50
+  full = sweep.make_grid({}, {}, 'table1')
+  assert len(full.cells()) == 5 * 2 * 2 * 3 * 3
+  assert full.flags['eval_every'] == 1
+  reduced = sweep.make_grid({}, {}, 'table1_reduced')
+  assert len(reduced.cells()) == 5 * 2 * 3
+  assert reduced.axes['method'] == full.axes['method']
   smoke = sweep.make_grid({'seed': ['3']}, {'rounds': 2}, 'smoke')
   assert [c.values['seed'] for c in smoke.cells()] == [3, 3]
   assert smoke.flags['rounds'] == 2 and smoke.flags['num_clients'] == 6

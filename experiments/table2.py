@@ -1,0 +1,195 @@
+r"""Table 2: reconstruction quality of FedRecon's generator vs the alternatives.
+
+For each dataset, trains the generator stage (only) of FedRecon (mapping MVAE)
+and of the joint-posterior generators PoE, MoE and MoPoE (`--method=
+fedrecon_no_map --joint_posterior=...`), federated with the same partition and
+schedule, then scores each on the test set with `fedrecon_jax.recon_metrics`:
+cross-modal MSE, coherence (per-modality probes trained once on real data and
+cached) and, for FedRecon, retrieval with T(n<-m) vs raw latents. FedRecon's
+generator read with T = identity is the "no mapping" row.
+
+  python -m experiments.table2 --root=workdirs/table2 \
+      --datasets=uci_multifeature,polymnist_5k
+
+Writes <root>/<dataset>/<variant>/ (an ordinary training workdir; re-running
+skips finished ones and resumes the others) with the scores in its
+table2.json, the cached probes in <root>/<dataset>/, and for image data
+<root>/<dataset>/grid_<row>.png. Variants may run in separate processes
+(`--variants=poe`) sharing a root. `experiments.paper` turns the JSONs into
+the results page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from experiments import train as train_flags
+from fedrecon_jax import checkpoint, client, data, generator, recon_metrics
+from fedrecon_jax import train
+from fedrecon_jax.config import Config
+from fedrecon_jax.metrics_writer import write_json_atomic
+
+# Variant name -> the Config fields that make it.
+VARIANTS = {
+    'fedrecon': {'method': 'fedrecon'},
+    'poe': {'method': 'fedrecon_no_map', 'joint_posterior': 'poe'},
+    'moe': {'method': 'fedrecon_no_map', 'joint_posterior': 'moe'},
+    'mopoe': {'method': 'fedrecon_no_map', 'joint_posterior': 'mopoe'},
+}
+NO_MAPPING = 'fedrecon_no_T'   # fedrecon's generator read with T = identity
+RESULTS_JSON = 'table2.json'
+GRID_EXAMPLES = 6
+
+
+def variant_config(dataset: str, variant: str, root: str,
+                   **overrides) -> Config:
+  """Generator stage only (rounds=0); checkpointed at its last round."""
+  if variant not in VARIANTS:
+    raise ValueError(f'--variants: {variant!r} is not one of '
+                     f'{tuple(VARIANTS)}.')
+  fields = {**overrides, **VARIANTS[variant], 'dataset': dataset, 'rounds': 0,
+            # The scoring reads the last round's checkpoint.
+            'checkpoint_every': overrides.get('checkpoint_every') or 10,
+            'workdir': os.path.join(root, dataset, variant)}
+  return Config(**fields).validate()
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def run_variant(dataset: str, variant: str, root: str,
+                probe_steps: int = 1500, **overrides) -> dict[str, Any]:
+  """Trains (or resumes) one variant on `dataset`, then scores it.
+
+  Returns (and writes to <workdir>/table2.json) {row: metrics} with
+  `recon_metrics.table2_metrics` for the variant, plus the NO_MAPPING row for
+  'fedrecon', and the run's 'zero_fill_mse' / 'mean_fill_mse' references.
+  """
+  # Imported here so that --help works without touching jax.
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments import sweep  # pylint: disable=g-import-not-at-top
+  cfg = variant_config(dataset, variant, root, **overrides)
+  t0 = time.time()
+  if not sweep.is_finished(cfg):
+    print(f'table2: training {dataset}/{variant}', flush=True)
+    train.run(cfg)
+  exp = train.build(cfg)
+  state = checkpoint.Checkpointer(cfg).restore_or_none(exp, cfg)
+  if state is None or state['round'] != cfg.total_rounds:
+    raise ValueError(f'{cfg.workdir}: no checkpoint of round '
+                     f'{cfg.total_rounds}; use a new --root.')
+  with open(os.path.join(cfg.workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  # Probes are central judges trained on every real training sample, not part
+  # of the federated method; cached per dataset and shared by the variants.
+  ds = data.load(dataset, data_dir=cfg.data_dir or None,
+                 manual_dir=cfg.manual_dir or None)
+  probes = recon_metrics.cached_probes(
+      os.path.join(root, dataset), ds.modalities, ds.train.xs, ds.train.y,
+      ds.num_classes, key=jax.random.key(cfg.seed), steps=probe_steps)
+  kinds = {variant: client.generator_kind(cfg)}
+  if kinds[variant] == 'mapping':
+    kinds[NO_MAPPING] = generator.RAW
+  results = {'zero_fill_mse': summary['zero_fill_mse'],
+             'mean_fill_mse': summary['mean_fill_mse']}
+  for name, kind in kinds.items():
+    metrics = recon_metrics.table2_metrics(
+        kind, exp.model, state['params'], exp.test_xs, exp.test_y, probes)
+    results[name] = {**_jsonable(metrics),
+                     'train_seconds': summary['wall_seconds']}
+    if exp.spec.kinds[0] == 'image':
+      _save_grid(os.path.join(root, dataset, f'grid_{name}.png'), kind, exp,
+                 state['params'])
+  write_json_atomic(os.path.join(cfg.workdir, RESULTS_JSON), results, indent=1)
+  print(f'table2: {dataset}/{variant} done in {time.time() - t0:.0f} s',
+        flush=True)
+  return results
+
+
+def load_results(root: str, dataset: str) -> tuple[dict, dict]:
+  """(rows, refs) of `dataset` scored so far: rows maps a row name to its
+  metrics; refs holds the zero-fill / mean-fill MSE references."""
+  rows, refs = {}, {}
+  for variant in VARIANTS:
+    path = os.path.join(root, dataset, variant, RESULTS_JSON)
+    if os.path.exists(path):
+      with open(path) as f:
+        result = json.load(f)
+      refs = {k: result[k] for k in ('zero_fill_mse', 'mean_fill_mse')}
+      rows.update({k: v for k, v in result.items() if isinstance(v, dict)})
+  return rows, refs
+
+
+def _save_grid(path: str, kind: str, exp: train.Experiment, params) -> None:
+  """True test images (row 0) and their rebuilds from each single source."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  num = exp.spec.num_modalities
+  # One example per class where possible, the same ones in every grid.
+  idx = [int(np.flatnonzero(exp.test_y == c)[0])
+         for c in range(min(GRID_EXAMPLES, exp.spec.num_classes))]
+  true_xs = [x[idx] for x in exp.test_xs]
+  fn = recon_metrics.reconstructor(kind, exp.model, params)
+  rows = []
+  for m in range(num):
+    present = np.arange(num) == m
+    x_hats, _ = recon_metrics.reconstruct_in_chunks(fn, true_xs, present)
+    rows.append([np.asarray(x) for x in x_hats])
+  plt.imsave(path, recon_metrics.image_grid(true_xs, rows))
+
+
+# Set per variant and dataset; every other training flag passes through.
+_NOT_PASSED = ('dataset', 'method', 'joint_posterior', 'rounds', 'workdir')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  fl = flags.FLAGS
+  overrides = {f.name: fl[f.name].value
+               for f in dataclasses.fields(Config) if f.name not in _NOT_PASSED}
+  try:
+    for dataset in fl.datasets:
+      for variant in fl.variants:
+        run_variant(dataset, variant, fl.root, probe_steps=fl.probe_steps,
+                    **overrides)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('root', 'workdirs/table2',
+                      'Folder of the runs, probes and grids.')
+  flags.DEFINE_list('datasets', ['uci_multifeature', 'polymnist_5k'],
+                    'Datasets to score.')
+  flags.DEFINE_list('variants', list(VARIANTS),
+                    f'Generators, from {tuple(VARIANTS)}.')
+  flags.DEFINE_integer('probe_steps', 1500,
+                       'Training steps of each coherence probe.')
+  train_flags.define_flags(exclude=_NOT_PASSED,
+                           help_prefix='Passed to every run: ')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,87 @@
+"""experiments.table2 and experiments.paper on tiny real runs: the scores land
+where the page reads them, re-runs do no training, and the page's numbers are
+the runs' numbers."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import paper, report, sweep, table2
+from fedrecon_jax import generator
+from fedrecon_jax.models import DataSpec, Model
+
+TINY = dict(num_clients=6, clients_per_round=3, gen_rounds=2, rounds=3,
+            map_width=16, gen_width=32, latent_dim=8, checkpoint_every=2)
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('paper'))
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+  return {**TINY, 'data_dir': str(tmp_path_factory.mktemp('tfds'))}
+
+
+def test_raw_kind_decodes_the_source_latent_itself():
+  spec = DataSpec(('a', 'b', 'c'), ('vector',) * 3, ((5,), (4,), (3,)), 2)
+  model = Model(spec, latent_dim=4, gen_width=8, map_width=8, task_width=4)
+  params = model.init(jax.random.key(0))
+  xs = [jax.random.normal(jax.random.key(i), (6, *s))
+        for i, s in enumerate(spec.shapes)]
+  present = jnp.array([[True, False, False]] * 3 + [[False, True, True]] * 3)
+  mu, _ = model.encode(params['gen'], xs)
+  z = generator.infer_latents(generator.RAW, model, params, xs, present)
+  np.testing.assert_allclose(z[0, :3], mu[0, :3])     # present: its own mu
+  np.testing.assert_allclose(z[1, :3], mu[0, :3])     # b <- a (T = identity)
+  np.testing.assert_allclose(z[2, :3], mu[0, :3])
+  np.testing.assert_allclose(z[0, 3:], (mu[1, 3:] + mu[2, 3:]) / 2, rtol=1e-6)
+  mapped = generator.infer_latents('mapping', model, params, xs, present)
+  assert not np.allclose(mapped[1, :3], mu[0, :3])    # T is not identity
+
+
+def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
+  t2 = os.path.join(root, 'table2')
+  for v in ('fedrecon', 'moe'):
+    table2.run_variant('uci_multifeature', v, t2, probe_steps=30, **tiny)
+  rows, refs = table2.load_results(t2, 'uci_multifeature')
+  assert set(rows) == {'fedrecon', table2.NO_MAPPING, 'moe'}
+  assert refs['zero_fill_mse'] > 0.9                  # standardised features
+  for r in rows.values():
+    assert np.shape(r['mse']) == (6, 6) and np.all(np.isfinite(r['mse']))
+    assert np.shape(r['coherence_loo']) == (6,)
+  # One probe set shared by the variants; T matters for the mapping rows.
+  assert rows['fedrecon']['probe_accuracy'] == rows['moe']['probe_accuracy']
+  assert rows['fedrecon']['mse'] != rows[table2.NO_MAPPING]['mse']
+  assert 'retrieval' in rows['fedrecon'] and 'retrieval' not in rows['moe']
+  metrics = os.path.join(t2, 'uci_multifeature', 'moe', 'metrics.jsonl')
+  before = os.stat(metrics).st_mtime_ns
+  again = table2.run_variant('uci_multifeature', 'moe', t2, probe_steps=30,
+                             **tiny)
+  assert os.stat(metrics).st_mtime_ns == before       # nothing retrained
+  assert again['moe']['mse'] == rows['moe']['mse']
+
+
+def test_page_reports_the_runs_margins_and_freezing(root, tiny):
+  t1 = paper.table1_root(root, 'reduced')
+  grid = sweep.make_grid(
+      {'method': ['fedrecon', 'fedrecon_no_freeze', 'unimodal'],
+       'alpha': ['0.1'], 'seed': ['0', '1']},
+      {**tiny, 'eval_every': 1, 'checkpoint_every': 0})
+  assert sweep.run_sweep(grid, t1, report=False) == []
+  path = paper.write_page(root, 'reduced', ['uci_multifeature'],
+                          os.path.join(root, 'out'), ['paper'])
+  text = open(path).read()
+  _, runs = report.load_runs(t1)
+  f1 = {(r.cfg.method, r.cfg.seed): 100 * r.summary['f1_macro'] for r in runs}
+  margin = np.mean([f1['fedrecon', s] - f1['unimodal', s] for s in (0, 1)])
+  row = next(l for l in text.splitlines() if l.startswith('| fedopt 0.1 0.3'))
+  assert row.split('|')[2].strip().startswith(f'{margin:+.1f}'), row
+  assert os.path.exists(os.path.join(root, 'out', 'freezing.png'))
+  assert '| fedopt 0.3 | fedrecon_no_freeze | 2 |' in text
+  assert '| fedrecon_no_T |' in text                 # Table 2 from the runs
+  assert 'No Table 2 results' not in text
