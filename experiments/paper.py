@@ -243,6 +243,9 @@ def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
     lines.append(f'- Table 2, {d}: run time '
                  f'{_compute(_table2_summaries(os.path.join(root, "table2"), d))}'
                  ' (training; scoring adds about a minute).')
+  if os.path.exists(os.path.join(out, 'reading.md')):
+    lines += ['', 'How to read these numbers, and where they differ from the '
+              'paper: [reading.md](reading.md) (written by hand).']
   lines += ['', '## Table 1: macro-F1, UCI Multiple Features', '']
   lines += table1_section(runs)
   lines += ['', f'## Figure: freezing the generator (α={FREEZE_ALPHA})', '']

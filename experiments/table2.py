@@ -12,8 +12,8 @@ generator read with T = identity is the "no mapping" row.
       --datasets=uci_multifeature,polymnist_5k
 
 Writes <root>/<dataset>/<variant>/ (an ordinary training workdir; re-running
-skips finished ones and resumes the others) with the scores in its
-table2.json, the cached probes in <root>/<dataset>/, and for image data
+skips scored ones, scores trained ones and resumes the others) with the scores
+in its table2.json, the cached probes in <root>/<dataset>/, and for image data
 <root>/<dataset>/grid_<row>.png. Variants may run in separate processes
 (`--variants=poe`) sharing a root. `experiments.paper` turns the JSONs into
 the results page.
@@ -89,6 +89,10 @@ def run_variant(dataset: str, variant: str, root: str,
   from experiments import sweep  # pylint: disable=g-import-not-at-top
   cfg = variant_config(dataset, variant, root, **overrides)
   t0 = time.time()
+  scores = os.path.join(cfg.workdir, RESULTS_JSON)
+  if sweep.is_finished(cfg) and os.path.exists(scores):
+    with open(scores) as f:
+      return json.load(f)
   if not sweep.is_finished(cfg):
     print(f'table2: training {dataset}/{variant}', flush=True)
     train.run(cfg)
@@ -119,7 +123,7 @@ def run_variant(dataset: str, variant: str, root: str,
     if exp.spec.kinds[0] == 'image':
       _save_grid(os.path.join(root, dataset, f'grid_{name}.png'), kind, exp,
                  state['params'])
-  write_json_atomic(os.path.join(cfg.workdir, RESULTS_JSON), results, indent=1)
+  write_json_atomic(scores, results, indent=1)
   print(f'table2: {dataset}/{variant} done in {time.time() - t0:.0f} s',
         flush=True)
   return results
