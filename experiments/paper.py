@@ -11,7 +11,8 @@ Parts (each skips finished runs, so re-running resumes where it stopped):
   table2  experiments.table2 for --table2_datasets in <root>/table2.
   report  <out>/results.md: the command, commit, machines and compute time at
           the top; Table 1 with FedRecon's margins over the baselines next to
-          the paper's; the freezing figure (macro-F1 per task round, fedrecon
+          the paper's (and on complete test samples, from <root>/
+          table1_complete, when `--config=table1_complete` was swept there); the freezing figure (macro-F1 per task round, fedrecon
           vs fedrecon_no_freeze at alpha=0.1) with a fluctuation statistic;
           Table 2 per dataset; PolyMNIST reconstruction grids.
 """
@@ -53,6 +54,8 @@ _DATASETS = flags.DEFINE_list('table2_datasets',
 # The paper's headline: FedRecon minus FedOpt (unimodal), macro-F1 points.
 PAPER_MARGIN = {0.1: 2.81, 5.0: 3.84}
 FREEZE_ALPHA = 0.1
+# Optional sweep root (config of the same name) scored on complete test data.
+COMPLETE = 'table1_complete'
 
 
 def table1_root(root: str, grid: str) -> str:
@@ -62,13 +65,12 @@ def table1_root(root: str, grid: str) -> str:
 # ------------------------------------------------------------------ table 1
 
 
-def _f1(run) -> float:
-  return 100 * run.summary['f1_macro']
-
-
-def table1_section(runs) -> list[str]:
-  """Macro-F1 (x100) mean ± std over seeds: methods x (server, alpha, p)."""
-  done = [r for r in runs if r.summary is not None]
+def table1_section(runs, metric: str = 'f1_macro') -> list[str]:
+  """Macro-F1 (x100) mean ± std over seeds: methods x (server, alpha, p);
+  then FedRecon's per-seed margins over the other methods."""
+  def _f1(run) -> float:
+    return 100 * run.summary[metric]
+  done = [r for r in runs if r.summary is not None and metric in r.summary]
   cols = sorted({(r.cfg.server_opt, r.cfg.alpha, r.cfg.missing_rate)
                  for r in done})
   methods = [m for m in METHODS
@@ -251,6 +253,14 @@ def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
   lines += ['', f'## Figure: freezing the generator (α={FREEZE_ALPHA})', '']
   lines += freezing_figure(runs, out) or ['No runs of fedrecon / '
                                           'fedrecon_no_freeze at α=0.1.']
+  complete = os.path.join(root, COMPLETE)
+  if os.path.exists(os.path.join(complete, sweep.GRID_FILE)):
+    _, runs = report.load_runs(complete)
+    lines += ['', '## Table 1 on complete test samples', '',
+              f'The cells of `configs/{COMPLETE}.py`, scored on the test set '
+              'with nothing missing (`f1_macro_complete`), as the paper scores '
+              'its unimodal baseline; the models are the same as above.', '']
+    lines += table1_section(runs, 'f1_macro_complete')
   for d in datasets:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
     lines += table2_section(os.path.join(root, 'table2'), d, out)

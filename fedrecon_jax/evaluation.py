@@ -75,7 +75,7 @@ def ridge_probe_accuracy(x_train, y_train, x_val, y_val, num_classes: int,
 
 
 def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
-                   chunk: int = 500):
+                   present_complete=None, chunk: int = 500):
   """Returns evaluate(params) -> dict of floats.
 
   Args:
@@ -83,6 +83,10 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
     y_test: [N] labels.
     present_test: [N, M] bool test-time missingness (absent inputs are zeroed
       before the model sees them; the method completes them as in training).
+    present_complete: optional [N, M] bool, the modalities the method may see
+      with nothing missing (all, or the unimodal baseline's one); adds
+      'f1_macro_complete' and 'accuracy_complete', the metrics without
+      test-time missingness (the paper's setting for its unimodal baseline).
   """
   n = len(y_test)
   pad = -n % chunk
@@ -92,6 +96,9 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
                            x, 0)) for i, x in enumerate(xs_test)]
   present = pad_to(present_test)
   xs_true = [pad_to(x) for x in xs_test]
+  if present_complete is not None:
+    xs_complete = [np.where(pad_to(present_complete)[:, i].reshape(
+        -1, *[1] * (x.ndim - 1)), x, 0) for i, x in enumerate(xs_true)]
   rows = pad_to(np.ones(n, np.float32))
   chunks = lambda arrs: [tuple(a[i:i + chunk] for a in arrs)
                          for i in range(0, n + pad, chunk)]
@@ -108,11 +115,17 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
     return leave_one_out_sse(
         lambda h, p: generator.reconstruct(kind, model, params, h, p), xs, rows)
 
+  def classify(params, xs, pres):
+    return np.concatenate([np.asarray(predict(params, c[:-1], c[-1]))
+                           for c in chunks([*xs, pres])])[:n]
+
   def evaluate(params) -> dict:
-    preds = np.concatenate([
-        np.asarray(predict(params, c[:-1], c[-1]))
-        for c in chunks([*xs_in, present])])[:n]
+    preds = classify(params, xs_in, present)
     out = {'f1_macro': macro_f1(y_test, preds), 'accuracy': accuracy(y_test, preds)}
+    if present_complete is not None:
+      preds = classify(params, xs_complete, pad_to(present_complete))
+      out['f1_macro_complete'] = macro_f1(y_test, preds)
+      out['accuracy_complete'] = accuracy(y_test, preds)
     if cfg.uses_generator:
       sse = sum(np.asarray(recon(params, c[:-1], c[-1]))
                 for c in chunks([*xs_true, rows]))

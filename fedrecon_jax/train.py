@@ -30,6 +30,7 @@ class Experiment:
   test_xs: tuple
   test_y: np.ndarray
   test_present: np.ndarray            # [N_test, M] bool
+  test_complete: np.ndarray           # [N_test, M] bool, nothing missing
   unimodal_index: int | None
 
 
@@ -56,6 +57,7 @@ def build(cfg: Config) -> Experiment:
       groups=ds.train.group if cfg.natural_split else None)
   test_present = partition.sample_modality_mask(
       len(ds.test.y), m, cfg.missing_rate, seed=_seed(cfg, 1))
+  test_complete = np.ones_like(test_present)
   uni = None
   if cfg.method == 'unimodal':
     uni = _unimodal_index(cfg, ds)
@@ -65,6 +67,7 @@ def build(cfg: Config) -> Experiment:
     keep[uni] = True
     mmask = mmask & keep
     test_present = test_present & keep
+    test_complete = test_complete & keep
   population = partition.stack_clients(ds.train.xs, ds.train.y, indices, mmask,
                                        per_sample=cfg.per_sample_missing)
   if uni is not None:
@@ -74,7 +77,7 @@ def build(cfg: Config) -> Experiment:
   model = Model(spec, latent_dim=cfg.latent_dim, gen_width=cfg.gen_width,
                 map_width=cfg.map_width, task_width=cfg.task_width)
   return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
-                    test_present, uni)
+                    test_present, test_complete, uni)
 
 
 def _unimodal_index(cfg: Config, ds) -> int:
@@ -103,7 +106,7 @@ def run(cfg: Config) -> dict:
   num_clients = exp.population.y.shape[0]
   key = jax.random.key(cfg.seed)
   evaluate = evaluation.make_evaluator(cfg, exp.model, exp.test_xs, exp.test_y,
-                                       exp.test_present)
+                                       exp.test_present, exp.test_complete)
   ckpt = checkpoint.Checkpointer(cfg)
   state = ckpt.restore_or_none(exp, cfg)
   if state is None:

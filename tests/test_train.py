@@ -76,6 +76,17 @@ def test_every_method_runs(tmp_path, data_dir, method, extra):
     # The ridge probe must pick one of the strong views (FIELD-NOTES: fac .98,
     # pix .97, kar .95 vs zer .82, fou .79, mor .72).
     assert summary['unimodal_modality'] in ('fac', 'pix', 'kar')
+    # Test samples lacking its modality are guesses; with none missing the
+    # same model must do clearly better.
+    assert summary['f1_macro_complete'] > summary['f1_macro'] + 0.05, summary
+
+
+def test_complete_test_metrics_equal_masked_ones_when_nothing_is_missing(
+    tmp_path, data_dir):
+  summary = train.run(Config(workdir=str(tmp_path), data_dir=data_dir,
+                             missing_rate=0.0, **TINY))
+  assert summary['f1_macro_complete'] == summary['f1_macro']
+  assert summary['accuracy_complete'] == summary['accuracy']
 
 
 def test_cli_rejects_bad_flag_by_name(tmp_path):
