@@ -6,14 +6,15 @@ r"""Regenerates the paper's tables and figures on shipped data in one command.
 
 Parts (each skips finished runs, so re-running resumes where it stopped):
   table1  experiments.sweep --config=table1_reduced (or table1) in
-          <root>/table1_reduced (or <root>/table1). Shard big grids with
+          <root>/table1_reduced (or <root>/table1), and --config=
+          table1_complete in <root>/table1_complete. Shard big grids with
           experiments.sweep itself over the same root; this picks them up.
   table2  experiments.table2 for --table2_datasets in <root>/table2.
   report  <out>/results.md: the command, commit, machines and compute time at
           the top; Table 1 with FedRecon's margins over the baselines next to
-          the paper's (and on complete test samples, from <root>/
-          table1_complete, when `--config=table1_complete` was swept there); the freezing figure (macro-F1 per task round, fedrecon
-          vs fedrecon_no_freeze at alpha=0.1) with a fluctuation statistic;
+          the paper's, also on complete test samples (table1_complete); the
+          freezing figure (macro-F1 per task round, fedrecon vs
+          fedrecon_no_freeze at alpha=0.1) with a fluctuation statistic;
           Table 2 per dataset; PolyMNIST reconstruction grids.
 """
 
@@ -241,6 +242,14 @@ def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
            + ' '.join(sys.argv[1:]) + f'` at commit {_commit()}.', '',
            f'- Table 1 ({os.path.basename(t1)}): {len(done)} of {len(runs)} '
            f'runs finished; run time {_compute(done)}.']
+  complete = os.path.join(root, COMPLETE)
+  complete_runs = []
+  if os.path.exists(os.path.join(complete, sweep.GRID_FILE)):
+    _, complete_runs = report.load_runs(complete)
+    done_c = [r.summary for r in complete_runs if r.summary is not None]
+    lines.append(f'- Table 1 on complete test samples ({COMPLETE}): '
+                 f'{len(done_c)} of {len(complete_runs)} runs finished; run '
+                 f'time {_compute(done_c)}.')
   for d in datasets:
     lines.append(f'- Table 2, {d}: run time '
                  f'{_compute(_table2_summaries(os.path.join(root, "table2"), d))}'
@@ -253,14 +262,12 @@ def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
   lines += ['', f'## Figure: freezing the generator (α={FREEZE_ALPHA})', '']
   lines += freezing_figure(runs, out) or ['No runs of fedrecon / '
                                           'fedrecon_no_freeze at α=0.1.']
-  complete = os.path.join(root, COMPLETE)
-  if os.path.exists(os.path.join(complete, sweep.GRID_FILE)):
-    _, runs = report.load_runs(complete)
+  if complete_runs:
     lines += ['', '## Table 1 on complete test samples', '',
               f'The cells of `configs/{COMPLETE}.py`, scored on the test set '
               'with nothing missing (`f1_macro_complete`), as the paper scores '
               'its unimodal baseline; the models are the same as above.', '']
-    lines += table1_section(runs, 'f1_macro_complete')
+    lines += table1_section(complete_runs, 'f1_macro_complete')
   for d in datasets:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
     lines += table2_section(os.path.join(root, 'table2'), d, out)
@@ -282,10 +289,11 @@ def main(argv):
   try:
     if 'table1' in _PARTS.value:
       config = 'table1' if _TABLE1.value == 'full' else 'table1_reduced'
-      failed = sweep.run_sweep(sweep.make_grid({}, {}, config),
-                               table1_root(_ROOT.value, _TABLE1.value))
-      if failed:
-        print(f'table1: {len(failed)} cell(s) failed: {failed}', flush=True)
+      for name, sweep_root in ((config, table1_root(_ROOT.value, _TABLE1.value)),
+                               (COMPLETE, os.path.join(_ROOT.value, COMPLETE))):
+        failed = sweep.run_sweep(sweep.make_grid({}, {}, name), sweep_root)
+        if failed:
+          print(f'{name}: {len(failed)} cell(s) failed: {failed}', flush=True)
     if 'table2' in _PARTS.value:
       for d in _DATASETS.value:
         for v in table2.VARIANTS:
