@@ -238,8 +238,9 @@ def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
   _, runs = report.load_runs(t1)
   done = [r.summary for r in runs if r.summary is not None]
   lines = ['# FedRecon on shipped data: Table 1, Table 2, figures', '',
-           f'Generated {datetime.date.today()} by `python -m experiments.paper '
-           + ' '.join(sys.argv[1:]) + f'` at commit {_commit()}.', '',
+           f'Generated {datetime.date.today()} by `'
+           + ' '.join(['python -m experiments.paper', *sys.argv[1:]])
+           + f'` at commit {_commit()}.', '',
            f'- Table 1 ({os.path.basename(t1)}): {len(done)} of {len(runs)} '
            f'runs finished; run time {_compute(done)}.']
   complete = os.path.join(root, COMPLETE)
