@@ -161,7 +161,7 @@ def run(cfg: Config) -> dict:
     last_eval = evaluate(state['params'])
   summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
              'wall_seconds': time.time() - t_start,
-             'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+             'devices': _devices(),
              **last_eval}
   if exp.unimodal_index is not None:
     summary['unimodal_modality'] = exp.spec.modalities[exp.unimodal_index]
@@ -174,6 +174,13 @@ def run(cfg: Config) -> dict:
   metrics_writer.write_json_atomic(
       os.path.join(cfg.workdir, 'summary.json'), summary, indent=1)
   return summary
+
+
+def _devices() -> str:
+  """'1 x NVIDIA H100 80GB HBM3', '1 x cpu (2 cores)': where the run ran."""
+  kind = jax.devices()[0].device_kind
+  cores = f' ({os.cpu_count()} cores)' if jax.default_backend() == 'cpu' else ''
+  return f'{jax.device_count()} x {kind}{cores}'
 
 
 def _train_means(exp: Experiment):
