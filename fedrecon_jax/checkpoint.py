@@ -181,6 +181,8 @@ class Checkpointer:
     check_compatible(saved, cfg)
 
   def _write_config_file(self, cfg: config_lib.Config) -> None:
+    if jax.process_index() != 0:
+      return
     os.makedirs(self.workdir, exist_ok=True)
     path = self._config_path()
     tmp = f'{path}.tmp{os.getpid()}'
@@ -199,6 +201,8 @@ class Checkpointer:
         self._move_aside(name)
 
   def _move_aside(self, name: str) -> None:
+    if jax.process_index() != 0:
+      return
     src = os.path.join(self.dir, name)
     if not os.path.exists(src):
       return

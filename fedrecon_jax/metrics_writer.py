@@ -105,20 +105,29 @@ class MetricsWriter:
   """
 
   def __init__(self, workdir: str, resume_round: int = 0,
-               saved: Sequence[dict] = (), tensorboard: bool = True):
-    os.makedirs(workdir, exist_ok=True)
+               saved: Sequence[dict] = (), tensorboard: bool = True,
+               files: bool = True):
+    """files=False keeps the records in memory only (the processes other
+    than 0 of a multi-process run, which share the workdir)."""
     self.path = os.path.join(workdir, METRICS_FILE)
-    self.records = truncate_metrics(self.path, resume_round, saved)
+    self.files = files
     self._tb = None
+    if not files:
+      self.records = [r for r in saved if r['round'] <= resume_round]
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self.records = truncate_metrics(self.path, resume_round, saved)
     if tensorboard:
       self._tb = _summary_writer(workdir, resume_round + 1)
 
   def write(self, record: dict) -> None:
+    self.records.append(record)
+    if not self.files:
+      return
     line = json.dumps(record) + '\n'
     with open(self.path, 'a') as f:
       f.write(line)
       f.flush()
-    self.records.append(record)
     if self._tb is not None:
       step = int(record['round'])
       for k, v in record.items():

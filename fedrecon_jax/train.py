@@ -12,7 +12,6 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fedrecon_jax import checkpoint, data, distributed, evaluation
 from fedrecon_jax import metrics_writer, partition, rounds
@@ -99,14 +98,23 @@ def _unimodal_index(cfg: Config, ds) -> int:
 def run(cfg: Config) -> dict:
   """Trains (or resumes) the run in cfg.workdir; returns the summary."""
   exp = build(cfg)
-  os.makedirs(cfg.workdir, exist_ok=True)
+  # Every process of a multi-process run runs this same loop on the same
+  # values; process 0 alone writes the workdir's files (orbax coordinates
+  # the checkpoints itself).
+  primary = jax.process_index() == 0
+  if primary:
+    os.makedirs(cfg.workdir, exist_ok=True)
   mesh = rounds.make_mesh(cfg.num_devices)
-  replicated = NamedSharding(mesh, P())
-  population = jax.device_put(exp.population, replicated)
+  population = distributed.replicate(exp.population, mesh)
   num_clients = exp.population.y.shape[0]
   key = jax.random.key(cfg.seed)
-  evaluate = evaluation.make_evaluator(cfg, exp.model, exp.test_xs, exp.test_y,
-                                       exp.test_present, exp.test_complete)
+  evaluate_local = evaluation.make_evaluator(
+      cfg, exp.model, exp.test_xs, exp.test_y, exp.test_present,
+      exp.test_complete)
+  # The evaluator runs on this process's default device: replicated params
+  # are fetched to the host first when the mesh spans processes.
+  evaluate = (evaluate_local if jax.process_count() == 1 else
+              lambda params: evaluate_local(jax.device_get(params)))
   ckpt = checkpoint.Checkpointer(cfg)
   state = ckpt.restore_or_none(exp, cfg)
   if state is None:
@@ -115,7 +123,7 @@ def run(cfg: Config) -> dict:
   # Drops records of rounds after the restored one (a killed run wrote them)
   # and refills any lost ones from the checkpoint: no duplicated rounds.
   writer = metrics_writer.MetricsWriter(cfg.workdir, state['round'],
-                                        state.get('metrics', ()))
+                                        state.get('metrics', ()), files=primary)
   last_eval = {}
   round_fns = {}
   t_start = time.time()
@@ -135,12 +143,12 @@ def run(cfg: Config) -> dict:
                                                   stage)
     # Same placement as the round's outputs (a no-op after the first round),
     # so every round of a stage reuses one compiled program.
-    params, opt_state = jax.device_put(
-        (state['params'], state['opt_state']), replicated)
+    params, opt_state, round_key = distributed.replicate(
+        (state['params'], state['opt_state'], jax.random.fold_in(key, r)),
+        mesh)
     t0 = time.time()
-    params, opt_state, metrics = round_fn(
-        params, opt_state, population,
-        jax.random.fold_in(key, r))
+    params, opt_state, metrics = round_fn(params, opt_state, population,
+                                          round_key)
     state = {'params': params, 'opt_state': opt_state, 'round': r}
     record = {'round': r, 'stage': stage,
               **{k: float(v) for k, v in metrics.items()}}
@@ -151,9 +159,10 @@ def run(cfg: Config) -> dict:
       record.update(last_eval)
     record['seconds'] = time.time() - t0
     writer.write(record)
-    print(f'round {r}/{cfg.total_rounds} stage {stage} ' + ' '.join(
-        f'{k}={v:.4g}' for k, v in record.items() if k not in ('round', 'stage')),
-          flush=True)
+    if primary:
+      print(f'round {r}/{cfg.total_rounds} stage {stage} ' + ' '.join(
+          f'{k}={v:.4g}' for k, v in record.items()
+          if k not in ('round', 'stage')), flush=True)
     ckpt.maybe_save(state, r, writer.records)
   ckpt.close()
   writer.close()
@@ -170,9 +179,10 @@ def run(cfg: Config) -> dict:
         exp.test_xs, [0.0] * len(exp.test_xs)).mean())
     summary['mean_fill_mse'] = float(evaluation.fill_mse(
         exp.test_xs, _train_means(exp)).mean())
-  # Atomic: a sweep takes an existing summary.json to mean a finished run.
-  metrics_writer.write_json_atomic(
-      os.path.join(cfg.workdir, 'summary.json'), summary, indent=1)
+  if primary:
+    # Atomic: a sweep takes an existing summary.json to mean a finished run.
+    metrics_writer.write_json_atomic(
+        os.path.join(cfg.workdir, 'summary.json'), summary, indent=1)
   return summary
 
 

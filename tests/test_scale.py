@@ -2,6 +2,7 @@
 
 import collections
 import functools
+import json
 import os
 import socket
 import subprocess
@@ -265,3 +266,48 @@ def test_two_processes_equal_one(setup, tmp_path):
     assert len(got) == len(want)
     for a, b in zip(got, want):
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_two_process_training_run_equals_one_process(env, tmp_path):
+  """The whole training loop under jax.distributed (2 CPU processes sharing
+  one workdir, checkpoints on) logs the rounds a 1-process run logs; only
+  process 0 writes the workdir's files."""
+  tiny = ['--num_clients=6', '--clients_per_round=4', '--gen_rounds=2',
+          '--rounds=2', '--latent_dim=8', '--gen_width=32', '--map_width=16',
+          '--task_width=16', '--eval_every=2', '--checkpoint_every=2']
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  one = tmp_path / 'one'
+  subprocess.run([sys.executable, '-m', 'experiments.train',
+                  f'--workdir={one}', *tiny], cwd=repo, env=env, check=True,
+                 capture_output=True, timeout=300)
+  two = tmp_path / 'two'
+  address = f'localhost:{_free_port()}'
+  env2 = {**env, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.train', f'--workdir={two}', *tiny,
+       '--distributed', f'--coordinator_address={address}',
+       '--num_processes=2', f'--process_id={pid}'], cwd=repo, env=env2,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for pid in range(2)]
+  try:
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert 'round 4/4' in logs[0] and 'round 4/4' not in logs[1]
+
+  def records(workdir):
+    with open(workdir / 'metrics.jsonl') as f:
+      return [json.loads(line) for line in f]
+  got, want = records(two), records(one)
+  assert [r['round'] for r in got] == [1, 2, 3, 4]
+  for g, w in zip(got, want):
+    assert g.keys() == w.keys()
+    for k in w:
+      if k != 'seconds':
+        np.testing.assert_allclose(g[k], w[k], rtol=1e-4, atol=1e-5,
+                                   err_msg=k)
+  assert os.path.exists(two / 'summary.json')
+  assert sorted(os.listdir(two / 'checkpoints')) == ['2', '4']
