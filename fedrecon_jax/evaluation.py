@@ -97,7 +97,8 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
   present = pad_to(present_test)
   xs_true = [pad_to(x) for x in xs_test]
   if present_complete is not None:
-    xs_complete = [np.where(pad_to(present_complete)[:, i].reshape(
+    present_complete = pad_to(present_complete)
+    xs_complete = [np.where(present_complete[:, i].reshape(
         -1, *[1] * (x.ndim - 1)), x, 0) for i, x in enumerate(xs_true)]
   rows = pad_to(np.ones(n, np.float32))
   chunks = lambda arrs: [tuple(a[i:i + chunk] for a in arrs)
@@ -123,7 +124,7 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
     preds = classify(params, xs_in, present)
     out = {'f1_macro': macro_f1(y_test, preds), 'accuracy': accuracy(y_test, preds)}
     if present_complete is not None:
-      preds = classify(params, xs_complete, pad_to(present_complete))
+      preds = classify(params, xs_complete, present_complete)
       out['f1_macro_complete'] = macro_f1(y_test, preds)
       out['accuracy_complete'] = accuracy(y_test, preds)
     if cfg.uses_generator:

@@ -161,8 +161,9 @@ def infer_latents(kind: str, model: Model, params: dict, xs, present):
 
   mapping: the mean over present m of T(n<-m)(mu_m) (the average of the mapped
   latents is this project's choice for several present modalities); a present
-  modality keeps its own mu. raw: the same with T = identity (mu_m itself). poe / mopoe: the joint PoE mean of the present
-  experts. moe: the mean of the present experts' means.
+  modality keeps its own mu. raw: the same with T = identity (mu_m itself).
+  poe / mopoe: the joint PoE mean of the present experts. moe: the mean of the
+  present experts' means.
   """
   pres = present.T.astype(jnp.float32)                    # [M, B]
   mu, logvar = model.encode(params['gen'], xs)
