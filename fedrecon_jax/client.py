@@ -84,20 +84,25 @@ def client_optimizer(cfg: Config, stage: int) -> optax.GradientTransformation:
                      optax.sgd(lr, momentum=cfg.momentum))
 
 
-def contribution_weights(trainable: dict, data, spec) -> dict:
+def contribution_weights(trainable: dict, data, spec, task_seen) -> dict:
   """How many samples trained each parameter group, shaped like `trainable`.
 
-  A modality's encoder/decoder counts the samples holding that modality; a
-  mapping T(n<-m) ([P] per leaf) those holding both; fusion and head all
-  samples. Groups a client did not train get weight 0, so the server never
-  averages them with untouched copies.
+  Each group's weight follows what it actually trained on:
+  - a generator encoder/decoder counts the samples holding its modality, a
+    mapping T(n<-m) ([P] per leaf) those holding both ends: an absent
+    modality's generator saw nothing, and weight 0 keeps the server from
+    averaging in untouched copies;
+  - a task encoder counts the samples whose input it saw, `task_seen` [max_n,
+    M] (real, reconstructed or zero-filled; see `task_seen_mask`);
+  - fusion and head count all samples.
   """
   pairs, index = spec.pairs, {n: i for i, n in enumerate(spec.modalities)}
+  as_float = lambda m: m.sum(0).astype(jnp.float32)
   mask = data.sample_mask[:, None] & data.modality_mask        # [max_n, M]
-  per_modality = mask.sum(0).astype(jnp.float32)               # [M]
-  per_pair = (mask[:, pairs[:, 0]] & mask[:, pairs[:, 1]]).sum(0).astype(
-      jnp.float32)                                             # [P]
-  total = data.sample_mask.sum().astype(jnp.float32)
+  per_modality = as_float(mask)                                # [M]
+  per_pair = as_float(mask[:, pairs[:, 0]] & mask[:, pairs[:, 1]])  # [P]
+  per_task_input = as_float(data.sample_mask[:, None] & task_seen)  # [M]
+  total = as_float(data.sample_mask)
 
   def weight(path, leaf):
     del leaf
@@ -105,10 +110,25 @@ def contribution_weights(trainable: dict, data, spec) -> dict:
     if keys[0] == 'map':
       return per_pair
     if keys[1] in ('enc', 'dec'):
-      return per_modality[index[keys[2]]]
+      counts = per_task_input if keys[0] == 'task' else per_modality
+      return counts[index[keys[2]]]
     return total
 
   return jax.tree_util.tree_map_with_path(weight, trainable)
+
+
+def task_seen_mask(cfg: Config, data) -> jax.Array:
+  """[max_n, M] bool: the inputs each task encoder trains on.
+
+  The task model of FedRecon sees every modality (reconstructed where absent)
+  and zero_fill's sees zeros there (FedMultimodal averages every client by
+  its sample count), so each task encoder trained on every sample; unimodal
+  attends to its one modality only. --task_encoder_weights=present counts
+  only real inputs (the ablation).
+  """
+  if cfg.method == 'unimodal' or cfg.task_encoder_weights == 'present':
+    return data.modality_mask
+  return jnp.ones_like(data.modality_mask)
 
 
 def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
@@ -197,6 +217,8 @@ def make_client_update(cfg: Config, model: Model, stage: int):
 
   def client_update(trainable, frozen, data, key):
     params, metrics = update(trainable, frozen, data, key)
-    return params, contribution_weights(trainable, data, model.spec), metrics
+    weights = contribution_weights(trainable, data, model.spec,
+                                   task_seen_mask(cfg, data))
+    return params, weights, metrics
 
   return client_update

@@ -16,7 +16,11 @@ GEN_STAGE, TASK_STAGE = 1, 2
 METHODS = ('fedrecon', 'fedrecon_no_freeze', 'fedrecon_no_map', 'zero_fill',
            'unimodal')
 SERVER_OPTS = ('fedavg', 'fedopt')
-SERVER_OPTIMIZERS = ('sgdm', 'adam', 'yogi', 'adagrad')
+# adam / yogi / adagrad are Reddi et al. 2021, Algorithm 2 (server.py); the
+# optax_* versions (bias-corrected, eps inside) are kept for comparison.
+SERVER_OPTIMIZERS = ('sgdm', 'adam', 'yogi', 'adagrad', 'optax_adam',
+                     'optax_yogi', 'optax_adagrad')
+TASK_ENCODER_WEIGHTS = ('seen', 'present')
 JOINT_POSTERIORS = ('poe', 'moe', 'mopoe')
 
 # Fields whose change on resume is harmless (they do not define the experiment).
@@ -75,12 +79,22 @@ class Config:
   fedprox_mu: float = _f(0.0, 'FedProx proximal coefficient (0 = off).')
   # Server.
   server_opt: str = _f('fedopt', 'Server aggregation.', choices=SERVER_OPTS)
-  server_optimizer: str = _f('adam', 'optax optimizer on the pseudo-gradient '
-                             'for --server_opt=fedopt.',
+  server_optimizer: str = _f('adam', 'Server optimizer on the pseudo-gradient '
+                             'for --server_opt=fedopt: adam|yogi|adagrad are '
+                             'FedAdam/FedYogi/FedAdagrad (Reddi et al. 2021, '
+                             'Alg. 2); sgdm is FedAvgM; optax_* are optax\'s '
+                             'bias-corrected versions.',
                              choices=SERVER_OPTIMIZERS)
   server_lr: float = _f(0.01, 'Server learning rate (fedopt).')
-  server_eps: float = _f(1e-3, 'Adaptivity eps (tau) of adam/yogi/adagrad; '
+  server_eps: float = _f(1e-3, 'Adaptivity tau of adam/yogi/adagrad; '
                          'Reddi et al. 2021 use ~1e-3, not 1e-8.')
+  server_b1: float = _f(0.9, 'First-moment decay b1 of the FedOpt server.')
+  server_b2: float = _f(0.99, 'Second-moment decay b2 of FedAdam/FedYogi.')
+  task_encoder_weights: str = _f(
+      'seen', "Aggregation weight of a task encoder: 'seen' = every sample it "
+      'was trained on (real, reconstructed or zero-filled: FedRecon, '
+      "FedMultimodal); 'present' = only samples that really hold its modality "
+      '(ablation).', choices=TASK_ENCODER_WEIGHTS)
   gen_server_lr: float = _f(0.01, 'Server learning rate (fedopt), generator '
                             'stage.')
   # Models.
@@ -149,8 +163,9 @@ class Config:
     for name in ('client_lr', 'gen_lr', 'server_lr', 'gen_server_lr'):
       v = getattr(self, name)
       _check(v > 0 and math.isfinite(v), name, v, 'a finite number > 0')
-    for name in ('momentum',):
-      _check(0 <= self.momentum < 1, name, self.momentum, 'in [0, 1)')
+    for name in ('momentum', 'server_b1', 'server_b2'):
+      _check(0 <= getattr(self, name) < 1, name, getattr(self, name),
+             'in [0, 1)')
     _check(self.server_eps > 0, 'server_eps', self.server_eps, '> 0')
     for name in ('weight_decay', 'fedprox_mu', 'beta', 'match_weight'):
       _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')

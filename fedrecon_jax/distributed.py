@@ -150,61 +150,6 @@ def gather_cohort(population, ids: np.ndarray, mesh: jax.sharding.Mesh,
 # ------------------------------------------------------------ chunked rounds
 
 
-def _expand(w, leaf):
-  """[c, *prefix] (or [*prefix]) weights -> broadcastable against a leaf."""
-  return w.reshape(w.shape + (1,) * (leaf.ndim - w.ndim))
-
-
-def _chunk_sums(local, weights, metrics, valid):
-  """Partial sums of server.aggregate + rounds.cohort_metrics over a chunk.
-
-  Args:
-    local: trained params, leaves [c, *shape].
-    weights: contribution weights, leaves [c] or [c, *prefix].
-    metrics: dict of [c] scalars per client.
-    valid: [c] bool, False for padding clients.
-  Returns:
-    A pytree of sums: num (sum of w * params), den (sum of w), skipped,
-    metric sums and their count.
-  """
-  ok = server.finite_clients(local)                               # [c]
-  weights = jax.tree.map(lambda w: w * _expand(valid, w), weights)
-  use = jax.tree.map(lambda w: w * _expand(ok, w), weights)
-
-  def num(leaf, w):
-    w = _expand(w, leaf)
-    # where() first: a non-finite client (w = 0) must not turn 0 * nan into nan.
-    return (jnp.where(w > 0, leaf, 0.0) * w).sum(0)
-
-  participated = jnp.stack([w.reshape(w.shape[0], -1).sum(1) > 0
-                            for w in jax.tree.leaves(weights)]).any(0)
-  counted = valid & ok
-  return {
-      'num': jax.tree.map(num, local, use),
-      'den': jax.tree.map(lambda w: w.sum(0), use),
-      'skipped': jnp.sum(participated & ~ok),
-      'metrics': {k: jnp.sum(jnp.where(counted, v, 0.0))
-                  for k, v in metrics.items()},
-      'count': counted.sum().astype(jnp.float32),
-  }
-
-
-def _server_step(trainable, opt_state, sums, tx):
-  """server.aggregate's step, from accumulated sums instead of a stack."""
-  def mean(server_leaf, n, d):
-    d = _expand(d, server_leaf)
-    return jnp.where(d > 0, n / jnp.maximum(d, 1e-12), server_leaf)
-
-  avg = jax.tree.map(mean, trainable, sums['num'], sums['den'])
-  trained = jax.tree.map(
-      lambda s, d: jnp.broadcast_to(_expand(d, s) > 0, s.shape),
-      trainable, sums['den'])
-  pseudo_grad = jax.tree.map(jnp.subtract, trainable, avg)
-  updates, opt_state = tx.update(pseudo_grad, opt_state, trainable)
-  new = optax.apply_updates(trainable, updates)
-  return jax.tree.map(jnp.where, trained, new, trainable), opt_state
-
-
 @dataclasses.dataclass(frozen=True)
 class ChunkedRound:
   """A round as one jitted program looping over chunks of the cohort.
@@ -290,7 +235,7 @@ def make_chunked_round(cfg: Config, model: Model, stage: int,
       local, weights, metrics = rounds.run_cohort(
           client_update, trainable, frozen, batch,
           rounds.client_keys(key, ids), mesh)
-      return _chunk_sums(local, weights, metrics, valid)
+      return server.client_sums(local, weights, metrics, valid)
 
     shapes = jax.eval_shape(chunk_sums, 0)
     acc = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
@@ -298,11 +243,9 @@ def make_chunked_round(cfg: Config, model: Model, stage: int,
     acc = jax.lax.fori_loop(
         0, num_chunks, lambda c, a: jax.tree.map(jnp.add, a, chunk_sums(c)),
         acc)
-    trained, opt_state = _server_step(trainable, opt_state, acc, tx)
-    count = jnp.maximum(acc['count'], 1.0)
-    metrics = {k: v / count for k, v in acc['metrics'].items()}
-    return ({**params, **trained}, opt_state,
-            {**metrics, 'skipped_clients': acc['skipped']})
+    trained, opt_state, metrics = server.apply_sums(trainable, opt_state, acc,
+                                                    tx)
+    return {**params, **trained}, opt_state, metrics
 
   jitted = jax.jit(round_fn, out_shardings=replicated,
                    donate_argnums=(0, 1) if donate else ())

@@ -69,12 +69,6 @@ def run_cohort(client_update, trainable, frozen, cohort, keys, mesh=None):
                       trainable, frozen, cohort, keys)
 
 
-def cohort_metrics(metrics, valid):
-  w = valid.astype(jnp.float32)
-  return {k: jnp.sum(jnp.where(valid, v, 0.0)) / jnp.maximum(w.sum(), 1.0)
-          for k, v in metrics.items()}
-
-
 def make_round(cfg: Config, model: Model, stage: int, mesh, num_clients: int):
   """Returns (jitted round_fn, server tx).
 
@@ -95,11 +89,9 @@ def make_round(cfg: Config, model: Model, stage: int, mesh, num_clients: int):
     trainable, frozen = split_params(params, groups)
     local, weights, metrics = run_cohort(
         client_update, trainable, frozen, cohort, client_keys(key, ids), mesh)
-    weights = jax.tree.map(lambda w: w * server._expand(valid, w), weights)
-    trained, opt_state, info = server.aggregate(trainable, opt_state, local,
-                                                weights, tx)
-    metrics = cohort_metrics(metrics, valid & server.finite_clients(local))
-    return {**params, **trained}, opt_state, {**metrics, **info}
+    trained, opt_state, metrics = server.aggregate(
+        trainable, opt_state, local, weights, tx, metrics, valid)
+    return {**params, **trained}, opt_state, metrics
 
   return jax.jit(round_fn, out_shardings=replicated), tx
 
@@ -129,8 +121,8 @@ def sequential_round(cfg: Config, model: Model, stage: int, params, opt_state,
   stack = lambda *xs: jnp.stack(xs)
   local = jax.tree.map(stack, *[o[0] for o in outs])
   weights = jax.tree.map(stack, *[o[1] for o in outs])
-  trained, opt_state, info = aggregate(trainable, opt_state, local, weights)
-  return {**params, **trained}, opt_state, info
+  trained, opt_state, metrics = aggregate(trainable, opt_state, local, weights)
+  return {**params, **trained}, opt_state, metrics
 
 
 @functools.cache

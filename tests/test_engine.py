@@ -108,6 +108,35 @@ def test_masked_aggregation_ignores_clients_without_the_modality(setup):
                          only0['gen']['enc']['b']['Dense_0']['kernel'])
 
 
+@pytest.mark.parametrize('method,weights,a_weight', [
+    ('fedrecon', 'seen', 30.0),      # trained on Dec_a(T(a<-m)(mu_m))
+    ('zero_fill', 'seen', 30.0),     # FedMultimodal: every sample counts
+    ('fedrecon', 'present', 0.0),    # the ablation: real inputs only
+])
+def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
+                                                         a_weight):
+  model, params, population = setup
+  cfg = cfg_for(method=method, task_encoder_weights=weights)
+  update = jax.jit(client.make_client_update(cfg, model, TASK_STAGE))
+  trainable, frozen = rounds.split_params(params, ('task',))
+  take = lambda i: jax.tree.map(lambda x: x[i], population)
+  # Client 1 (30 samples) lacks modality 'a'; client 0 (12) holds it.
+  outs = [update(trainable, frozen, take(i), jax.random.key(1)) for i in (0, 1)]
+  w = [o[1]['task']['enc']['a']['MLP_0']['Dense_0']['kernel'] for o in outs]
+  assert (float(w[0]), float(w[1])) == (12.0, a_weight)
+  assert float(outs[1][1]['task']['head']['Dense_0']['kernel']) == 30.0
+  # FedAvg of task encoder 'a': sample-weighted mean written out by hand.
+  tx = server.server_optimizer(cfg_for(server_opt='fedavg'), TASK_STAGE)
+  stack = lambda *xs: jnp.stack(xs)
+  got = server.aggregate(trainable, tx.init(trainable),
+                         jax.tree.map(stack, *[o[0] for o in outs]),
+                         jax.tree.map(stack, *[o[1] for o in outs]), tx)[0]
+  kernel = lambda p: np.asarray(p['enc']['a']['MLP_0']['Dense_0']['kernel'])
+  want = ((12.0 * kernel(outs[0][0]['task']) + a_weight * kernel(
+      outs[1][0]['task'])) / (12.0 + a_weight))
+  np.testing.assert_allclose(kernel(got['task']), want, rtol=1e-5, atol=1e-6)
+
+
 def test_padding_changes_nothing(setup):
   model, params, population = setup
   cfg = cfg_for(local_epochs=2)
