@@ -24,25 +24,20 @@ GENERATORS = ('mapping', 'poe', 'moe', 'mopoe')
 RAW = 'raw'
 
 
-def gaussian_nll(x_hat: jax.Array, x: jax.Array, batch_ndim: int = 1):
-  """Unit-variance Gaussian NLL (up to a constant), summed over all axes after
-  the first `batch_ndim` (x and x_hat broadcast against each other)."""
-  sq = jnp.square(x_hat - x)
-  return 0.5 * sq.reshape(*sq.shape[:batch_ndim], -1).sum(-1)
-
-
 def kl_std_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL(N(mu, e^logvar) || N(0, I)) over the last axis."""
   return 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1.0 - logvar, axis=-1)
 
 
-def product_of_experts(mu, logvar, mask):
-  """mu, logvar: [M, B, d]; mask: [M, B] -> joint (mu, logvar) [B, d].
+def product_of_experts(mu, logvar, mask, prior=1.0):
+  """mu, logvar: [E, B, d]; mask: [E, B] -> product (mu, logvar) [B, d].
 
-  Includes the N(0, I) prior expert, so an all-absent sample gets the prior.
+  The product over the leading (expert) axis of the masked experts and
+  `prior` times the N(0, I) expert (1: included, 0: left out; a scalar or
+  [B, 1]). With the prior, an all-absent sample gets the prior.
   """
   precision = jnp.exp(-logvar) * mask[..., None]
-  joint_precision = 1.0 + precision.sum(0)
+  joint_precision = prior + precision.sum(0)
   joint_mu = (mu * precision).sum(0) / joint_precision
   return joint_mu, -jnp.log(joint_precision)
 
@@ -51,8 +46,20 @@ def _masked_mean(values, mask, axis):
   return (values * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
 
 
-def _sample(key, mu, logvar):
-  return mu + jax.random.normal(key, mu.shape) * jnp.exp(0.5 * logvar)
+def _reparam(mu, logvar, eps):
+  return mu + eps * jnp.exp(0.5 * logvar)
+
+
+def draw_noise(key: jax.Array, num_modalities: int, batch: int,
+               latent_dim: int) -> dict:
+  """All randomness of one objective evaluation, drawn up front so that a
+  reference can replay it: 'eps' [M + 1, B, d] standard normals (the
+  reparameterisation noise; each kind uses the rows it needs) and 'u'
+  [M + 1, B] uniforms (MoPoE's subset choice)."""
+  k_eps, k_u = jax.random.split(key)
+  return {'eps': jax.random.normal(k_eps, (num_modalities + 1, batch,
+                                           latent_dim)),
+          'u': jax.random.uniform(k_u, (num_modalities + 1, batch))}
 
 
 def _nll_all_decoders(model: Model, gen, z, xs):
@@ -61,7 +68,7 @@ def _nll_all_decoders(model: Model, gen, z, xs):
   out = []
   for n, x in enumerate(xs):
     x_hat = model.decode(gen, n, z.reshape(k * b, d)).reshape(k, b, *x.shape[1:])
-    out.append(gaussian_nll(x_hat, x[None], batch_ndim=2))
+    out.append(model.nll(n, x_hat, x[None], batch_ndim=2))
   return jnp.stack(out)
 
 
@@ -74,65 +81,109 @@ def _subsets(m: int) -> np.ndarray:
 def objective(kind: str, model: Model, params: dict, xs: Sequence[jax.Array],
               present: jax.Array, key: jax.Array, *, beta: float,
               match_weight: float):
-  """Per-sample generator loss [B] and a dict of per-sample terms."""
-  gen = params['gen']
+  """Per-sample generator loss [B] and a dict of per-sample terms.
+
+  Every negative log-likelihood is the modality kind's (`Model.nll`): Laplace
+  for images, unit-variance Gaussian for features, with their constants.
+  """
+  noise = draw_noise(key, len(xs), present.shape[0], model.latent_dim)
+  return objective_from_noise(kind, model, params, xs, present, noise,
+                              beta=beta, match_weight=match_weight)
+
+
+def objective_from_noise(kind: str, model: Model, params: dict, xs,
+                         present: jax.Array, noise: dict, *, beta: float,
+                         match_weight: float):
+  """`objective` with its randomness given (`draw_noise`)."""
+  if kind not in _OBJECTIVES:
+    raise ValueError(f'generator kind {kind!r} is not one of {GENERATORS}.')
   pres = present.T.astype(jnp.float32)                    # [M, B]
-  mu, logvar = model.encode(gen, xs)                      # [M, B, d]
+  mu, logvar = model.encode(params['gen'], xs)            # [M, B, d]
+  return _OBJECTIVES[kind](model, params, xs, pres, mu, logvar, noise,
+                           beta=beta, match_weight=match_weight)
+
+
+def _poe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
+                   **unused):
+  """MVAE (Wu & Goodman 2018): ELBO of all present modalities under the joint
+  PoE (prior + present experts), plus for each present m the ELBO of x_m alone
+  under PoE(prior, expert m)."""
+  gen = params['gen']
+  jmu, jlv = product_of_experts(mu, logvar, pres)         # [B, d]
+  jz = _reparam(jmu, jlv, noise['eps'][0])
+  jnll = (_nll_all_decoders(model, gen, jz[None], xs)[:, 0] * pres).sum(0)
+  jkl = kl_std_normal(jmu, jlv)                           # [B]
+  # Unimodal: expert m alone with the prior, a product over an axis of size 1.
+  umu, ulv = product_of_experts(mu[None], logvar[None],
+                                jnp.ones_like(pres)[None])
+  uz = _reparam(umu, ulv, noise['eps'][1:])               # [M, B, d]
+  unll = jnp.stack([model.nll(m, model.decode(gen, m, uz[m]), x)
+                    for m, x in enumerate(xs)])           # [M, B]
+  ukl = kl_std_normal(umu, ulv)                           # [M, B]
+  uni = ((unll + beta * ukl) * pres).sum(0)
+  return jnll + beta * jkl + uni, {'nll': jnll + (unll * pres).sum(0),
+                                   'kl': jkl + (ukl * pres).sum(0)}
+
+
+def _moe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
+                   **unused):
+  """MMVAE (Shi et al. 2019), naive ELBO: mean over present m of
+  sum over present n of -log p(x_n | z_m) + beta KL(q(z | x_m) || p)."""
+  z = _reparam(mu, logvar, noise['eps'][:len(xs)])        # [M, B, d]
+  nll = _nll_all_decoders(model, params['gen'], z, xs)    # [M(dst), M(src), B]
+  rec = (nll * pres[:, None]).sum(0)                      # [M(src), B]
   kl = kl_std_normal(mu, logvar)                          # [M, B]
-  if kind == 'mapping':
-    return _mapping_objective(model, params, xs, pres, mu, logvar, kl, key,
-                              beta, match_weight)
-  if kind == 'poe':
-    jmu, jlv = product_of_experts(mu, logvar, pres)
-    z = _sample(key, jmu, jlv)[None]                      # [1, B, d]
-    joint = (_nll_all_decoders(model, gen, z, xs)[:, 0] * pres).sum(0)
-    joint += beta * kl_std_normal(jmu, jlv)
-    # Wu & Goodman's unimodal ELBOs: each expert alone with the prior expert.
-    umu, ulv = product_of_experts(mu[:, None], logvar[:, None],
-                                  jnp.ones((mu.shape[0], 1, mu.shape[1])))
-    uz = _sample(jax.random.fold_in(key, 1), umu, ulv)     # [M, B, d]
-    self_nll = jnp.stack([gaussian_nll(model.decode(gen, m, uz[m]), x)
-                          for m, x in enumerate(xs)])
-    uni = ((self_nll + beta * kl_std_normal(umu, ulv)) * pres).sum(0)
-    loss = joint + uni
-    return loss, {'nll': joint, 'kl': kl_std_normal(jmu, jlv)}
-  if kind == 'moe':
-    z = _sample(key, mu, logvar)                          # [M, B, d]
-    nll = _nll_all_decoders(model, gen, z, xs)            # [M(dst), M(src), B]
-    per_src = (nll * pres[:, None]).sum(0) + beta * kl    # [M, B]
-    return _masked_mean(per_src, pres, 0), {'nll': _masked_mean(
-        (nll * pres[:, None]).sum(0), pres, 0), 'kl': _masked_mean(kl, pres, 0)}
-  if kind == 'mopoe':
-    subsets = jnp.asarray(_subsets(len(xs)))              # [S, M]
-    # A subset is usable by a sample only if all its modalities are present.
-    usable = jnp.all((subsets[:, :, None] <= pres[None]), axis=1)  # [S, B]
-    smu, slv = jax.vmap(
-        lambda s: product_of_experts(mu, logvar, s[:, None] * pres))(subsets)
-    z = _sample(key, smu, slv)                            # [S, B, d]
-    nll = (_nll_all_decoders(model, gen, z, xs) * pres[:, None]).sum(0)
-    skl = kl_std_normal(smu, slv)
-    per_subset = nll + beta * skl
-    usable = usable.astype(jnp.float32)
-    return _masked_mean(per_subset, usable, 0), {
-        'nll': _masked_mean(nll, usable, 0), 'kl': _masked_mean(skl, usable, 0)}
-  raise ValueError(f'generator kind {kind!r} is not one of {GENERATORS}.')
+  return _masked_mean(rec + beta * kl, pres, 0), {
+      'nll': _masked_mean(rec, pres, 0), 'kl': _masked_mean(kl, pres, 0)}
 
 
-def _mapping_objective(model, params, xs, pres, mu, logvar, kl, key, beta,
+def _mopoe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
+                     **unused):
+  """MoPoE (Sutter et al. 2021, thomassutter/MoPoE utils/BaseMMVae.py).
+
+  Subsets S of the present modalities; q_S = PoE of S's experts, with the
+  prior expert only when S holds all M modalities (`poe_fusion`). KL = mean
+  over usable S of KL(q_S || p). Reconstruction, as the reference's
+  `mixture_component_selection`: one z per sample from one subset, here drawn
+  uniformly among the sample's usable subsets (noise 'u'), decoded by every
+  present decoder.
+  """
+  num_m, b = pres.shape
+  subsets = jnp.asarray(_subsets(num_m))                  # [S, M]
+  usable = jnp.all(subsets[:, :, None] <= pres[None], axis=1).astype(
+      jnp.float32)                                        # [S, B]
+  prior = (subsets.sum(1) == num_m).astype(jnp.float32)   # [S]
+  # Each subset over all its experts (never empty, so finite); a subset a
+  # sample cannot use gets weight 0 below, so absent experts add nothing.
+  smu, slv = jax.vmap(lambda s, p: product_of_experts(
+      mu, logvar, jnp.broadcast_to(s[:, None], pres.shape), p))(subsets, prior)
+  kl = _masked_mean(kl_std_normal(smu, slv), usable, 0)   # [B]
+  count = usable.sum(0)
+  k = jnp.minimum(jnp.floor(noise['u'][0] * count), count - 1)
+  chosen = jnp.argmax(jnp.cumsum(usable, 0) > k, axis=0)  # [B], k-th usable
+  rows = jnp.arange(b)
+  z = _reparam(smu[chosen, rows], slv[chosen, rows], noise['eps'][0])
+  rec = (_nll_all_decoders(model, params['gen'], z[None], xs)[:, 0] *
+         pres).sum(0)
+  return rec + beta * kl, {'nll': rec, 'kl': kl}
+
+
+def _mapping_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
                        match_weight):
   """FedRecon: mean over present m of the ELBO of z_m decoded by Dec_m and,
   through T(n<-m), by every other present Dec_n; plus L_match."""
   gen, num_m = params['gen'], len(xs)
   pairs = model.spec.pairs
   dst, src = pairs[:, 0], pairs[:, 1]
-  z = _sample(key, mu, logvar)                            # [M, B, d]
-  self_nll = jnp.stack([gaussian_nll(model.decode(gen, m, z[m]), x)
+  z = _reparam(mu, logvar, noise['eps'][:num_m])         # [M, B, d]
+  kl = kl_std_normal(mu, logvar)                          # [M, B]
+  self_nll = jnp.stack([model.nll(m, model.decode(gen, m, z[m]), x)
                         for m, x in enumerate(xs)])       # [M, B]
   tz = model.map_pairs(params['map'], z)                  # [P, B, d], by dst
   per_dst = tz.reshape(num_m, num_m - 1, *tz.shape[1:])
   cross = jnp.concatenate([
-      gaussian_nll(model.decode(gen, n, per_dst[n].reshape(-1, tz.shape[-1]))
-                   .reshape(num_m - 1, *xs[n].shape), xs[n][None], 2)
+      model.nll(n, model.decode(gen, n, per_dst[n].reshape(-1, tz.shape[-1]))
+                .reshape(num_m - 1, *xs[n].shape), xs[n][None], 2)
       for n in range(num_m)])                             # [P, B]
   pair_mask = pres[dst] * pres[src]                       # [P, B]
   cross_by_src = jnp.zeros_like(self_nll).at[src].add(cross * pair_mask)
@@ -144,6 +195,10 @@ def _mapping_objective(model, params, xs, pres, mu, logvar, kl, key, beta,
   loss = _masked_mean(elbo, pres, 0) + match_weight * match
   return loss, {'nll': _masked_mean(self_nll + cross_by_src, pres, 0),
                 'kl': _masked_mean(kl, pres, 0), 'match': match}
+
+
+_OBJECTIVES = {'mapping': _mapping_objective, 'poe': _poe_objective,
+               'moe': _moe_objective, 'mopoe': _mopoe_objective}
 
 
 def match_loss(model: Model, params: dict, xs, present) -> jax.Array:
@@ -162,8 +217,9 @@ def infer_latents(kind: str, model: Model, params: dict, xs, present):
   mapping: the mean over present m of T(n<-m)(mu_m) (the average of the mapped
   latents is this project's choice for several present modalities); a present
   modality keeps its own mu. raw: the same with T = identity (mu_m itself).
-  poe / mopoe: the joint PoE mean of the present experts. moe: the mean of the
-  present experts' means.
+  poe: the joint PoE mean of the present experts and the prior. mopoe: the
+  same, the prior included only when all M are present (as in training).
+  moe: the mean of the present experts' means.
   """
   pres = present.T.astype(jnp.float32)                    # [M, B]
   mu, logvar = model.encode(params['gen'], xs)
@@ -175,8 +231,13 @@ def infer_latents(kind: str, model: Model, params: dict, xs, present):
     den = jnp.zeros_like(pres).at[dst].add(w)[..., None]
     mapped = num / jnp.maximum(den, 1.0)
     return jnp.where(pres[..., None] > 0, mu, mapped)
-  if kind in ('poe', 'mopoe'):
+  if kind == 'poe':
     joint, _ = product_of_experts(mu, logvar, pres)
+  elif kind == 'mopoe':
+    # Prior when all are present, and when none is (so the product is proper).
+    count = pres.sum(0)[:, None]                          # [B, 1]
+    prior = ((count == len(xs)) | (count == 0)).astype(jnp.float32)
+    joint, _ = product_of_experts(mu, logvar, pres, prior)
   elif kind == 'moe':
     joint = _masked_mean(mu, pres[..., None], 0)
   else:
