@@ -26,8 +26,9 @@ JOINT_POSTERIORS = ('poe', 'moe', 'mopoe')
 # Fields whose change on resume is harmless (they do not define the experiment).
 RESUMABLE_OVERRIDES = ('rounds', 'workdir', 'data_dir', 'manual_dir',
                        'eval_every', 'checkpoint_every', 'keep_checkpoints',
-                       'num_devices', 'clients_per_device', 'distributed', 'coordinator_address',
-                       'num_processes', 'process_id')
+                       'num_devices', 'clients_per_device',
+                       'memory_fraction', 'device_memory_gb', 'distributed',
+                       'coordinator_address', 'num_processes', 'process_id')
 
 
 def _f(default: Any, help_: str, **choices):
@@ -102,8 +103,14 @@ class Config:
   gen_width: int = _f(256, 'Hidden width of the MVAE MLPs.')
   map_width: int = _f(256, 'Hidden width of T(n<-m) (the paper uses 512).')
   task_width: int = _f(64, 'Per-modality feature size of the task model.')
-  beta: float = _f(1.0, 'KL weight of the generator ELBOs.')
+  beta: float = _f(1.0, 'KL weight of the generator ELBOs (MoPoE and MMVAE+ '
+                   'use 2.5 on PolyMNIST; experiments/table2.py sets it).')
   match_weight: float = _f(1.0, 'Weight of L_match.')
+  gen_optimizer: str = _f('sgdm', "Client optimizer of the generator stage: "
+                          "'sgdm' (SGD momentum, --momentum) or 'adam' (as "
+                          'MoPoE / MMVAE+ / MMVM train image VAEs, with '
+                          '--gen_lr=5e-4..1e-3). Its state restarts each '
+                          'round.', choices=('sgdm', 'adam'))
   # Run.
   seed: int = _f(0, 'Seed of every random choice of the run.')
   eval_every: int = _f(5, 'Evaluate on the test set every N rounds (and at '
@@ -113,10 +120,17 @@ class Config:
   checkpoint_every: int = _f(10, 'Save a checkpoint every N rounds (0 = off).')
   keep_checkpoints: int = _f(3, 'Checkpoints kept.')
   num_devices: int = _f(0, 'Devices of the clients mesh (0 = all).')
-  clients_per_device: int = _f(0, 'Train the cohort in chunks of this many '
-                               'clients per device (a loop inside the round '
-                               'program; bounds memory for large cohorts). '
-                               '0 = the whole cohort at once.')
+  clients_per_device: int | str = _f(
+      'auto', "Clients each device trains at once: the cohort runs in chunks "
+      "(a loop inside the round program) to bound memory. 0 = the whole "
+      "cohort at once; 'auto' = all at once if the compiled round fits "
+      "--memory_fraction of a device's memory, else the largest chunk (halving)"
+      ' that does.')
+  memory_fraction: float = _f(0.75, "Share of a device's memory the round "
+                              "program may use (--clients_per_device=auto).")
+  device_memory_gb: float = _f(0.0, 'Memory of one device for '
+                               '--clients_per_device=auto (0 = ask the '
+                               'device; on CPU, physical memory / devices).')
   # Multi-host (jax.distributed); every process runs the same command.
   distributed: bool = _f(False, 'Call jax.distributed.initialize before '
                          'training (TPU pods: no other flag needed).')
@@ -128,6 +142,14 @@ class Config:
   @property
   def uses_generator(self) -> bool:
     return self.method.startswith('fedrecon')
+
+  @property
+  def chunk_setting(self) -> int | str:
+    """--clients_per_device as 'auto' or an int >= 0 (-1 if invalid)."""
+    value = str(self.clients_per_device).strip()
+    if value == 'auto':
+      return value
+    return int(value) if value.isdigit() else -1
 
   @property
   def stage1_rounds(self) -> int:
@@ -157,8 +179,14 @@ class Config:
                  'task_width', 'min_client_size', 'keep_checkpoints'):
       _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
     for name in ('gen_rounds', 'rounds', 'checkpoint_every', 'num_devices',
-                 'num_processes', 'clients_per_device'):
+                 'num_processes'):
       _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+    _check(self.chunk_setting != -1, 'clients_per_device',
+           self.clients_per_device, "'auto' or an integer >= 0")
+    _check(0 < self.memory_fraction <= 1, 'memory_fraction',
+           self.memory_fraction, 'in (0, 1]')
+    _check(self.device_memory_gb >= 0, 'device_memory_gb',
+           self.device_memory_gb, '>= 0')
     _check(self.eval_every >= 1, 'eval_every', self.eval_every, '>= 1')
     for name in ('client_lr', 'gen_lr', 'server_lr', 'gen_server_lr'):
       v = getattr(self, name)

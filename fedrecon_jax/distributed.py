@@ -184,6 +184,12 @@ class ChunkedRound:
       population = gather_cohort(population, ids, self.mesh, self.chunk)
     return params, opt_state, population, key, np.int32(n)
 
+  def lower(self, params, opt_state, population, key,
+            cohort_size: int | None = None):
+    """The jax `Lowered` program, like a jitted function's `.lower`."""
+    return self.jitted.lower(*self.args(params, opt_state, population, key,
+                                        cohort_size))
+
   def __call__(self, params, opt_state, population, key,
                cohort_size: int | None = None):
     return self.jitted(*self.args(params, opt_state, population, key,

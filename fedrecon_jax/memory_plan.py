@@ -1,0 +1,120 @@
+"""Choosing how many clients a device trains at once (`--clients_per_device`).
+
+A vmapped cohort holds every client's params, optimizer state and
+activations at once, so the all-at-once round stops fitting somewhere between
+a few hundred and a few thousand clients, depending on the model and device.
+With `--clients_per_device=auto` the round program is compiled all at once
+first (the program the run needs anyway when it fits, so small cohorts pay
+nothing extra); if XLA's memory analysis of the compiled program exceeds the
+budget, a chunked program (`distributed.make_chunked_round`) is compiled at the
+power of two below the proportional guess, halving until one fits.
+
+The budget is `--memory_fraction` of one device's memory: the bytes_limit of
+`device.memory_stats()` on GPU/TPU, else `--device_memory_gb`, else (CPU) the
+host's physical memory shared by its local devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+from absl import logging
+import jax
+
+from fedrecon_jax import distributed, rounds
+from fedrecon_jax.config import Config
+from fedrecon_jax.models import Model
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The chosen round program and what it was measured to need."""
+  round_fn: Any                 # called like rounds.make_round's round_fn
+  tx: Any                       # its server optimizer
+  clients_per_device: int       # 0 = the whole cohort at once
+  program_bytes: int            # per device, from XLA's memory analysis
+  budget_bytes: int
+
+
+def device_memory_bytes(device_memory_gb: float = 0.0) -> int:
+  """Memory of one local device: the flag if > 0, else what the device
+  reports, else (CPU) physical memory / local devices."""
+  if device_memory_gb > 0:
+    return int(device_memory_gb * 2**30)
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and stats.get('bytes_limit'):
+    return int(stats['bytes_limit'])
+  physical = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  return physical // jax.local_device_count()
+
+
+def program_bytes(compiled) -> int:
+  """Per-device bytes a compiled program needs (arguments, outputs, temps)."""
+  ma = compiled.memory_analysis()
+  total = (ma.argument_size_in_bytes + ma.output_size_in_bytes
+           - ma.alias_size_in_bytes + ma.temp_size_in_bytes)
+  return int(max(total, getattr(ma, 'peak_memory_in_bytes', 0) or 0))
+
+
+def plan_round(build: Callable[[int], tuple[Any, Any]],
+               lower: Callable[[Any, Any], Any], *, max_per_device: int,
+               setting, budget_bytes: int) -> Plan:
+  """Picks the round program for a `--clients_per_device` setting.
+
+  Args:
+    build: clients_per_device -> (round_fn, tx); 0 builds the all-at-once
+      round, k > 0 the chunked one.
+    lower: (round_fn, tx) -> its jax `Lowered` for this run's arguments.
+    max_per_device: ceil(cohort / devices), where chunking stops mattering.
+    setting: an int >= 0 (used as given, nothing compiled here) or 'auto'.
+    budget_bytes: what one device may hold.
+  """
+  if setting != 'auto':
+    round_fn, tx = build(int(setting))
+    return Plan(round_fn, tx, int(setting), 0, budget_bytes)
+  per_device, size = 0, max_per_device
+  while True:
+    round_fn, tx = build(per_device)
+    need = program_bytes(lower(round_fn, tx).compile())
+    logging.info('clients_per_device=%s needs %.3g GB (budget %.3g GB)',
+                 per_device or 'all', need / 1e9, budget_bytes / 1e9)
+    if need <= budget_bytes or size <= 1:
+      if need > budget_bytes:
+        logging.warning('Even one client per device needs %.3g GB, over the '
+                        'budget of %.3g GB.', need / 1e9, budget_bytes / 1e9)
+      return Plan(round_fn, tx, per_device, need, budget_bytes)
+    # Memory grows about linearly with the chunk: jump to the power of two
+    # below the proportional guess (one or two compiles), then halve.
+    guess = max(int(size * budget_bytes / need), 1)
+    per_device = size = min(2 ** (guess.bit_length() - 1), size // 2)
+
+
+def make_round(cfg: Config, model: Model, stage: int, mesh, num_clients: int,
+               params, population) -> Plan:
+  """The round program of a stage, chunked as cfg.clients_per_device says.
+
+  Config fields: clients_per_device, memory_fraction, device_memory_gb,
+  clients_per_round. `params` (every group) and `population` (as placed on
+  the mesh) are this run's arguments, used to lower the candidates.
+  """
+  def build(per_device):
+    if per_device:
+      chunked = distributed.make_chunked_round(
+          cfg, model, stage, mesh, num_clients, clients_per_device=per_device)
+      return chunked, chunked.tx
+    return rounds.make_round(cfg, model, stage, mesh, num_clients)
+
+  def lower(round_fn, tx):
+    p, opt, key = distributed.replicate(
+        (params, rounds.init_server_opt(tx, params, cfg, stage),
+         jax.random.key(0)), mesh)
+    return round_fn.lower(p, opt, population, key)
+
+  cohort = min(cfg.clients_per_round, num_clients)
+  budget = cfg.memory_fraction * device_memory_bytes(cfg.device_memory_gb)
+  return plan_round(build, lower, setting=cfg.chunk_setting,
+                    max_per_device=-(-cohort // mesh.devices.size),
+                    budget_bytes=int(budget))

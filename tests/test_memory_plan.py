@@ -1,0 +1,52 @@
+"""--clients_per_device=auto: a cohort that does not fit all at once is
+chunked until it fits, and the chunked round equals the all-at-once one."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from fedrecon_jax import distributed, memory_plan, rounds
+from fedrecon_jax.config import TASK_STAGE
+
+import test_engine as t
+
+K = 1024
+
+
+@pytest.fixture(scope='module')
+def big():
+  rng = np.random.default_rng(0)
+  present = rng.random((K, 3)) > 0.3
+  present[:, 0] |= ~present.any(1)
+  model = t.small_model()
+  params = jax.jit(model.init)(jax.random.key(0))
+  population = t.make_population(sizes=tuple(rng.integers(2, 7, K)),
+                                 missing=present)
+  mesh = rounds.make_mesh(1)
+  return model, params, distributed.replicate(population, mesh), mesh
+
+
+def plan(big, **kw):
+  model, params, population, mesh = big
+  cfg = t.cfg_for(num_clients=K, server_opt='fedavg', **kw)
+  return memory_plan.make_round(cfg, model, TASK_STAGE, mesh, K, params,
+                                population)
+
+
+def test_auto_chunks_a_1024_client_round_that_does_not_fit(big):
+  _, params, population, mesh = big
+  whole = plan(big, clients_per_round=K, device_memory_gb=1e3)
+  assert whole.clients_per_device == 0            # fits a 1 TB device
+  # A device that holds a third of what the all-at-once round needs.
+  limit_gb = whole.program_bytes / 3 / 2**30
+  chunked = plan(big, clients_per_round=K, memory_fraction=1.0,
+                 device_memory_gb=limit_gb)
+  assert 0 < chunked.clients_per_device < K
+  assert chunked.program_bytes <= limit_gb * 2**30 < whole.program_bytes
+  args = distributed.replicate(
+      (params, whole.tx.init(params['task']), jax.random.key(4)), mesh)
+  got = chunked.round_fn(args[0], args[1], population, args[2])
+  want = whole.round_fn(args[0], args[1], population, args[2])
+  chex.assert_trees_all_close(got[0], want[0], atol=2e-5, rtol=1e-5)
+
