@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from fedrecon_jax import checkpoint, data, distributed, evaluation
-from fedrecon_jax import metrics_writer, partition, rounds
+from fedrecon_jax import memory_plan, metrics_writer, partition, rounds
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
 
@@ -129,14 +129,10 @@ def run(cfg: Config) -> dict:
   t_start = time.time()
   for r in range(state['round'] + 1, cfg.total_rounds + 1):
     stage = cfg.stage(r)
-    if stage not in round_fns and cfg.clients_per_device:
-      chunked = distributed.make_chunked_round(
-          cfg, exp.model, stage, mesh, num_clients,
-          clients_per_device=cfg.clients_per_device)
-      round_fns[stage] = (chunked, chunked.tx)
-    elif stage not in round_fns:
-      round_fns[stage] = rounds.make_round(cfg, exp.model, stage, mesh,
-                                           num_clients)
+    if stage not in round_fns:
+      plan = memory_plan.make_round(cfg, exp.model, stage, mesh, num_clients,
+                                    state['params'], population)
+      round_fns[stage] = (plan.round_fn, plan.tx)
     round_fn, tx = round_fns[stage]
     if state['opt_state'] is None or cfg.stage(r - 1) != stage:
       state['opt_state'] = rounds.init_server_opt(tx, state['params'], cfg,
