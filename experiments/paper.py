@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from experiments import report, sweep, table2
+from fedrecon_jax import metrics_writer, workdir
 from fedrecon_jax.config import METHODS
 
 _ROOT = flags.DEFINE_string('root', 'workdirs',
@@ -225,7 +226,7 @@ def _compute(summaries) -> str:
 def _table2_summaries(root, dataset):
   out = []
   for variant in table2.VARIANTS:
-    path = os.path.join(root, dataset, variant, 'summary.json')
+    path = os.path.join(root, dataset, variant, workdir.SUMMARY)
     if os.path.exists(path):
       with open(path) as f:
         out.append(json.load(f))
@@ -273,9 +274,7 @@ def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
     lines += table2_section(os.path.join(root, 'table2'), d, out)
   path = os.path.join(out, 'results.md')
-  with open(path + '.tmp', 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(path + '.tmp', path)
+  metrics_writer.write_text_atomic(path, '\n'.join(lines) + '\n')
   return path
 
 

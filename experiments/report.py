@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from experiments import sweep
-from fedrecon_jax import metrics_writer
+from fedrecon_jax import metrics_writer, workdir
 from fedrecon_jax.config import Config, TASK_STAGE
 
 RESULTS_FILE = 'results.md'
@@ -39,8 +39,9 @@ CELL_KEYS = ('method', 'server_opt', 'alpha', 'missing_rate', 'dataset')
 class Run:
   cell: sweep.Cell
   cfg: Config
-  summary: dict | None       # None: not finished
+  summary: dict | None       # None: not finished, or diverged
   records: list
+  diverged: dict | None = None  # the summary of a diverged run
 
   def value(self, key: str):
     return getattr(self.cfg, key)
@@ -61,13 +62,14 @@ def load_runs(sweep_root: str) -> tuple[sweep.Grid, list[Run]]:
   runs = []
   for cell in grid.cells():
     cfg = grid.config(cell, sweep_root)
-    summary = None
-    if sweep.is_finished(cfg):
-      with open(os.path.join(cfg.workdir, 'summary.json')) as f:
-        summary = json.load(f)
+    summary = workdir.read_summary(cfg.workdir) if workdir.is_finished(
+        cfg) else None
+    # A diverged run has no final metrics: kept apart, never averaged.
+    diverged = summary if summary and 'diverged_at_round' in summary else None
     records = metrics_writer.read_metrics(
         os.path.join(cfg.workdir, metrics_writer.METRICS_FILE))
-    runs.append(Run(cell, cfg, summary, records))
+    runs.append(Run(cell, cfg, None if diverged else summary, records,
+                    diverged))
   return grid, runs
 
 
@@ -192,9 +194,12 @@ def results_table(grid: sweep.Grid, runs: list[Run]) -> list[str]:
   for values, cell_runs in sorted(group(runs, keys).items(),
                                   key=lambda kv: [str(v) for v in kv[0]]):
     done = [r.summary for r in cell_runs if r.summary is not None]
+    diverged = sum(r.diverged is not None for r in cell_runs)
     row = [str(v) for v in values]
-    row.append(f'{len(done)}/{len(cell_runs)}')
-    row += [mean_std([s.get(m) for s in done]) for m in METRICS]
+    row.append(f'{len(done)}/{len(cell_runs)}' +
+               (f' ({diverged} diverged)' if diverged else ''))
+    row += [mean_std([s.get(m) for s in done]) if done or not diverged
+            else 'diverged' for m in METRICS]
     lines.append('| ' + ' | '.join(row) + ' |')
   return lines
 
@@ -206,16 +211,24 @@ def write_report(sweep_root: str) -> str:
   plots = (plot_f1_vs_missing_rate(grid, runs, out_dir) +
            plot_curves(grid, runs, out_dir))
   done = sum(r.summary is not None for r in runs)
+  diverged = [r for r in runs if r.diverged is not None]
   lines = [f'# Sweep results: {os.path.abspath(sweep_root)}', '',
-           f'{done} of {len(runs)} runs finished. Final test metrics, mean ± '
-           'std (numpy, ddof=0) over the finished seeds; '
-           '"-" where a method has no such metric.', '',
+           f'{done} of {len(runs)} runs finished, {len(diverged)} diverged. '
+           'Final test metrics, mean ± std (numpy, ddof=0) over the finished '
+           'seeds (diverged runs are not averaged in); "-" where a method '
+           'has no such metric.', '',
            'Grid: ' + ', '.join(f'{k}={v}' for k, v in grid.axes.items()),
            '', 'Fixed flags: ' + (', '.join(
                f'--{k}={v}' for k, v in sorted(grid.flags.items()))
                                   or '(defaults)'), '']
   lines += results_table(grid, runs)
-  missing = [r.cell.name for r in runs if r.summary is None]
+  if diverged:
+    lines += ['', 'Diverged (not averaged):', '']
+    lines += [f'- `{r.cell.name}`: at round {r.diverged["diverged_at_round"]}'
+              f' ({r.diverged.get("diverged_because", "?")})'
+              for r in diverged]
+  missing = [r.cell.name for r in runs
+             if r.summary is None and r.diverged is None]
   if missing:
     lines += ['', 'Not finished:', ''] + [f'- `{n}`' for n in missing]
   if plots:
@@ -223,10 +236,7 @@ def write_report(sweep_root: str) -> str:
     lines += [f'![{os.path.basename(p)}]({PLOTS_DIR}/{os.path.basename(p)})'
               for p in plots]
   path = os.path.join(sweep_root, RESULTS_FILE)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(tmp, path)
+  metrics_writer.write_text_atomic(path, '\n'.join(lines) + '\n')
   return path
 
 

@@ -39,7 +39,7 @@ from absl import flags
 from absl import logging
 
 from experiments import train as train_flags
-from fedrecon_jax import config as config_lib
+from fedrecon_jax import metrics_writer, preemption, progress, workdir
 from fedrecon_jax.config import Config
 
 GRID_FILE = 'grid.json'
@@ -249,10 +249,7 @@ def check_sweep_root(grid: Grid, sweep_root: str) -> None:
           f'holds cells of another grid: {", ".join(strays[:5])}'
           f'{" ..." if len(strays) > 5 else ""}. Use a new --sweep_root.')
   os.makedirs(sweep_root, exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(want, f, indent=1)
-  os.replace(tmp, path)
+  metrics_writer.write_json_atomic(path, want, indent=1)
 
 
 def _grid_diff(have: dict, want: dict) -> list[str]:
@@ -262,14 +259,10 @@ def _grid_diff(have: dict, want: dict) -> list[str]:
     if h_axes.get(key) != w_axes.get(key):
       out.append(f'{flag_name(key)}: {h_axes.get(key, "(not an axis)")} there, '
                  f'{w_axes.get(key, "(not an axis)")} now')
-  h_flags, w_flags = have.get('flags', {}), want['flags']
-  for key in sorted(set(h_flags) | set(w_flags)):
-    if key in config_lib.RESUMABLE_OVERRIDES:
-      continue  # e.g. more --rounds: the cells resume and go on
-    default = _FIELDS[key].default if key in _FIELDS else None
-    h, w = h_flags.get(key, default), w_flags.get(key, default)
-    if h != w:
-      out.append(f'--{key}: {h!r} there, {w!r} now')
+  # Resumable flags (e.g. more --rounds) may differ: the cells go on.
+  for key, h, w in workdir.differing_flags(have.get('flags', {}),
+                                           want['flags']):
+    out.append(f'--{key}: {h!r} there, {w!r} now')
   return out
 
 
@@ -280,15 +273,8 @@ def _cell_dirs(sweep_root: str) -> list[str]:
           if '=' in n and os.path.isdir(os.path.join(sweep_root, n))]
 
 
-def is_finished(cfg: Config) -> bool:
-  """summary.json exists, parses and covers all of cfg's rounds."""
-  path = os.path.join(cfg.workdir, 'summary.json')
-  try:
-    with open(path) as f:
-      summary = json.load(f)
-  except (OSError, json.JSONDecodeError):
-    return False
-  return summary.get('rounds') == cfg.total_rounds
+# Kept importable from here (table2 asks the sweep whether a cell is done).
+is_finished = workdir.is_finished
 
 
 def shard(cells: list, shard_index: int, num_shards: int) -> list:
@@ -302,28 +288,52 @@ def shard(cells: list, shard_index: int, num_shards: int) -> list:
 
 def run_sweep(grid: Grid, sweep_root: str, shard_index: int = 0,
               num_shards: int = 1, report: bool = True) -> list[str]:
-  """Runs this shard's unfinished cells; returns the names that failed."""
+  """Runs this shard's unfinished cells; returns the names that failed.
+
+  A cell whose workdir another process writes (a second sweep on the same
+  root) is left to it. A preempted cell stops the sweep: Preempted goes up
+  (exit 75), and re-running resumes it.
+  """
   from fedrecon_jax import train  # pylint: disable=g-import-not-at-top
   cells = validate_cells(grid, sweep_root)
   mine = shard(cells, shard_index, num_shards)
   check_sweep_root(grid, sweep_root)
   print(f'sweep: {len(cells)} cells, {len(mine)} in shard '
         f'{shard_index}/{num_shards}, root {sweep_root}', flush=True)
-  failed = []
+  failed, busy, rate = [], [], progress.Rate()
+  to_run = sum(not is_finished(grid.config(c, sweep_root)) for c in mine)
   for i, cell in enumerate(mine, 1):
     cfg = grid.config(cell, sweep_root)
+    tag = f'[{i}/{len(mine)}]'
     if is_finished(cfg):
-      print(f'[{i}/{len(mine)}] skipping {cell.name}: finished', flush=True)
+      print(f'{tag} skipping {cell.name}: finished', flush=True)
       continue
     verb = 'resuming' if os.path.isdir(cfg.workdir) else 'running'
-    print(f'[{i}/{len(mine)}] {verb} {cell.name}', flush=True)
+    # The ETA prices the cells left at the mean time of those run so far.
+    print(f'{tag} {verb} {cell.name} ({i - 1} done, {len(mine) - i + 1} '
+          f'left, ETA {progress.duration(rate.eta(to_run))})', flush=True)
+    to_run -= 1
     try:
-      train.run(cfg)
+      summary = train.run(cfg)
+    except workdir.WorkdirBusyError as e:
+      print(f'{tag} skipping {cell.name}: {e}', flush=True)
+      busy.append(cell.name)
+      continue
+    except preemption.Preempted:
+      raise
     except Exception as e:  # pylint: disable=broad-except
       # One bad cell must not cost the others; its workdir keeps what it had.
       traceback.print_exc()
-      print(f'[{i}/{len(mine)}] FAILED {cell.name}: {e}', flush=True)
+      print(f'{tag} FAILED {cell.name}: {e}', flush=True)
       failed.append(cell.name)
+    else:
+      if 'diverged_at_round' in summary:
+        print(f'{tag} DIVERGED {cell.name} at round '
+              f'{summary["diverged_at_round"]}', flush=True)
+    rate.tick()
+  if busy:
+    print(f'sweep: {len(busy)} cell(s) left to the processes writing them; '
+          're-run when they finish for the full report.', flush=True)
   if report:
     # Imported here: matplotlib is only needed once the cells are done.
     from experiments import report as report_lib  # pylint: disable=g-import-not-at-top
@@ -372,6 +382,9 @@ def main(argv):
                        report=fl.report)
   except GridError as e:
     sys.exit(f'error: {e}')
+  except preemption.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_REQUEUE)
   if failed:
     sys.exit(f'error: {len(failed)} cell(s) failed: {", ".join(failed)}')
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from experiments import train as train_flags
 from fedrecon_jax import checkpoint, client, data, generator, recon_metrics
-from fedrecon_jax import train
+from fedrecon_jax import train, workdir
 from fedrecon_jax.config import Config
 from fedrecon_jax.metrics_writer import write_json_atomic
 
@@ -101,8 +101,7 @@ def run_variant(dataset: str, variant: str, root: str,
   if state is None or state['round'] != cfg.total_rounds:
     raise ValueError(f'{cfg.workdir}: no checkpoint of round '
                      f'{cfg.total_rounds}; use a new --root.')
-  with open(os.path.join(cfg.workdir, 'summary.json')) as f:
-    summary = json.load(f)
+  summary = workdir.read_summary(cfg.workdir)
   # Probes are central judges trained on every real training sample, not part
   # of the federated method; cached per dataset and shared by the variants.
   ds = data.load(dataset, data_dir=cfg.data_dir or None,

@@ -5,6 +5,11 @@ r"""Trains FedRecon or a baseline. Every field of fedrecon_jax.config.Config is 
   python -m experiments.train --helpfull                          # every flag
 
 Re-running the same command resumes from the latest checkpoint in --workdir.
+
+Exit status: 0 finished; 1 an error (bad flag, workdir in use or not
+writable; the message names the flag); 3 diverged (summary.json has
+diverged_at_round); 75 stopped by SIGTERM/SIGINT after saving the round
+(EX_TEMPFAIL: requeue and re-run to resume). See fedrecon_jax/preemption.py.
 """
 
 import dataclasses
@@ -47,16 +52,24 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # pylint: disable=g-import-not-at-top
   from fedrecon_jax import distributed
+  from fedrecon_jax import preemption
   from fedrecon_jax import train
   try:
     cfg = config_from_flags()
     distributed.initialize_from_config(cfg)
     summary = train.run(cfg)
-  except ValueError as e:  # bad flags or an incompatible workdir
+  except ValueError as e:  # bad flags, a workdir in use or unwritable, ...
     logging.debug('', exc_info=True)
     sys.exit(f'error: {e}')
+  except preemption.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_REQUEUE)
   print('summary:', json.dumps(
-      {k: v for k, v in summary.items() if k != 'config'}))
+      {k: v for k, v in summary.items() if k != 'config'}), flush=True)
+  if 'diverged_at_round' in summary:
+    print(f'diverged at round {summary["diverged_at_round"]}: '
+          f'{summary["diverged_because"]}', file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_DIVERGED)
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ Safety on resume:
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 
 from fedrecon_jax import config as config_lib
 from fedrecon_jax import metrics_writer, rounds, server
+from fedrecon_jax import workdir as workdir_lib
 
 # Kept importable from here for callers that read metrics with checkpoints.
 read_metrics = metrics_writer.read_metrics
@@ -80,13 +81,16 @@ class Checkpointer:
             enable_async_checkpointing=True))
     self.fingerprint = None
 
-  def maybe_save(self, state: dict, round_: int, metrics=None) -> bool:
-    """Starts an async save if round_ is due; True if it did.
+  def maybe_save(self, state: dict, round_: int, metrics=None,
+                 force: bool = False) -> bool:
+    """Starts an async save if round_ is due (or `force`: a preemption);
+    True if it did.
 
     metrics: the records written so far (default: read metrics.jsonl).
     """
     every = self.cfg.checkpoint_every
-    if not every or (round_ % every and round_ != self.cfg.total_rounds):
+    due = every and (round_ % every == 0 or round_ == self.cfg.total_rounds)
+    if not (due or force) or round_ in self.mngr.all_steps():
       return False
     if metrics is None:
       metrics = read_metrics(
@@ -94,12 +98,29 @@ class Checkpointer:
     meta = {'round': round_, 'config': self.cfg.to_dict(),
             'partition': self.fingerprint, 'metrics': list(metrics)}
     tree = {'params': state['params'], 'opt_state': state['opt_state']}
-    return self.mngr.save(round_, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+    # save() also waits for the previous async save: either may fail.
+    with self._write_errors(round_):
+      return self.mngr.save(round_, force=force, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
 
   def close(self) -> None:
-    self.mngr.wait_until_finished()
+    with self._write_errors(None):
+      self.mngr.wait_until_finished()
     self.mngr.close()
+
+  @contextlib.contextmanager
+  def _write_errors(self, round_: int | None):
+    """OSError (full disk, lost mount) while saving -> WorkdirError. orbax
+    writes into <r>.orbax-checkpoint-tmp and deletes old steps only after
+    the new one is finalised, so the checkpoints before stay readable."""
+    try:
+      yield
+    except OSError as e:
+      kept = [s for s in _listed_steps(self.dir) if round_ is None or s < round_]
+      raise workdir_lib.WorkdirError(
+          f'--workdir={self.cfg.workdir}: writing a checkpoint failed: {e}. '
+          f'Kept the earlier checkpoints {kept}; re-running the command '
+          'resumes from the latest once the disk has room.') from e
 
   def restore_or_none(self, exp, cfg: config_lib.Config):
     """Latest readable checkpoint as a state dict, or None for a fresh run.
@@ -184,11 +205,8 @@ class Checkpointer:
     if jax.process_index() != 0:
       return
     os.makedirs(self.workdir, exist_ok=True)
-    path = self._config_path()
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-      json.dump(cfg.to_dict(), f, indent=1)
-    os.replace(tmp, path)
+    metrics_writer.write_json_atomic(self._config_path(), cfg.to_dict(),
+                                     indent=1)
 
   def _set_aside_unfinished_saves(self) -> None:
     if not os.path.isdir(self.dir):
@@ -215,20 +233,21 @@ class Checkpointer:
 
 
 def check_compatible(saved: dict, cfg: config_lib.Config) -> None:
-  """Raises ValueError listing every flag that differs from `saved` and is
-  not in config.RESUMABLE_OVERRIDES. A flag missing from `saved` (added to
-  Config since) counts as its default."""
-  now = cfg.to_dict()
-  defaults = {f.name: f.default for f in dataclasses.fields(config_lib.Config)}
-  diff = sorted(k for k in now if k not in config_lib.RESUMABLE_OVERRIDES
-                and saved.get(k, defaults[k]) != now[k])
+  """Raises IncompatibleRunError listing every flag that differs from
+  `saved` (see workdir.differing_flags)."""
+  diff = workdir_lib.differing_flags(saved, cfg.to_dict())
   if diff:
-    details = ', '.join(
-        f'--{k} (workdir has {saved.get(k, defaults[k])!r}, now {now[k]!r})'
-        for k in diff)
+    details = ', '.join(f'--{k} (workdir has {old!r}, now {new!r})'
+                        for k, old, new in diff)
     raise IncompatibleRunError(
         f'Refusing to resume {cfg.workdir}: flags differ from the run it '
         f'holds: {details}. Pass the same values, or use a new --workdir.')
+
+
+def _listed_steps(directory: str) -> list[int]:
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
 def _abstract_state(exp, cfg, round_: int):

@@ -44,24 +44,28 @@ def read_metrics(path: str) -> list[dict]:
   return records
 
 
-def write_json_atomic(path: str, obj, **kwargs) -> None:
-  """Writes obj as JSON to path via a temporary file and a rename, so a
-  reader never sees half a file (summary.json marks a finished run)."""
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes text to path via a temporary file and a rename, so a reader
+  never sees half a file (summary.json marks a finished run). The
+  temporary name is per process: several may write one file."""
   tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, **kwargs)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):  # a failed write (full disk) leaves no debris
+      os.remove(tmp)
+
+
+def write_json_atomic(path: str, obj, **kwargs) -> None:
+  write_text_atomic(path, json.dumps(obj, **kwargs))
 
 
 def _write_lines_atomic(path: str, records: Iterable[dict]) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.writelines(json.dumps(r) + '\n' for r in records)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  write_text_atomic(path, ''.join(json.dumps(r) + '\n' for r in records))
 
 
 def truncate_metrics(path: str, last_round: int,

@@ -7,14 +7,18 @@ The rounds themselves live in `rounds.py`; this file only sequences them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedrecon_jax import checkpoint, data, distributed, evaluation
-from fedrecon_jax import memory_plan, metrics_writer, partition, rounds
+from fedrecon_jax import memory_plan, metrics_writer, partition, preemption
+from fedrecon_jax import progress, rounds, workdir
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
 
@@ -96,18 +100,24 @@ def _unimodal_index(cfg: Config, ds) -> int:
 
 
 def run(cfg: Config) -> dict:
-  """Trains (or resumes) the run in cfg.workdir; returns the summary."""
-  exp = build(cfg)
+  """Trains (or resumes) the run in cfg.workdir; returns the summary.
+
+  Raises workdir.WorkdirBusyError if another process writes cfg.workdir,
+  workdir.WorkdirError if it cannot be written, preemption.Preempted after
+  saving the round a SIGTERM / SIGINT interrupted. A diverged run returns
+  (and writes) a summary with 'diverged_at_round'.
+  """
+  cfg.validate()
   # Every process of a multi-process run runs this same loop on the same
   # values; process 0 alone writes the workdir's files (orbax coordinates
-  # the checkpoints itself).
+  # the checkpoints itself), so it alone holds the lock.
   primary = jax.process_index() == 0
-  if primary:
-    os.makedirs(cfg.workdir, exist_ok=True)
+  with workdir.writer_lock(cfg.workdir, enabled=primary):
+    return _run_locked(cfg, build(cfg), primary)
+
+
+def _run_locked(cfg: Config, exp: Experiment, primary: bool) -> dict:
   mesh = rounds.make_mesh(cfg.num_devices)
-  population = distributed.replicate(exp.population, mesh)
-  num_clients = exp.population.y.shape[0]
-  key = jax.random.key(cfg.seed)
   evaluate_local = evaluation.make_evaluator(
       cfg, exp.model, exp.test_xs, exp.test_y, exp.test_present,
       exp.test_complete)
@@ -118,21 +128,59 @@ def run(cfg: Config) -> dict:
   ckpt = checkpoint.Checkpointer(cfg)
   state = ckpt.restore_or_none(exp, cfg)
   if state is None:
-    params = jax.jit(exp.model.init)(jax.random.fold_in(key, 0))
+    params = jax.jit(exp.model.init)(
+        jax.random.fold_in(jax.random.key(cfg.seed), 0))
     state = {'params': params, 'opt_state': None, 'round': 0}
+  if primary:  # before the first round, not at the first save
+    workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp, cfg),
+                             cfg.keep_checkpoints)
   # Drops records of rounds after the restored one (a killed run wrote them)
   # and refills any lost ones from the checkpoint: no duplicated rounds.
   writer = metrics_writer.MetricsWriter(cfg.workdir, state['round'],
                                         state.get('metrics', ()), files=primary)
-  last_eval = {}
-  round_fns = {}
   t_start = time.time()
+  try:
+    with preemption.StopSignal() as stop:
+      state, outcome = _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer,
+                               stop, primary)
+  finally:
+    ckpt.close()
+    writer.close()
+  if outcome.preempted_by:
+    raise preemption.Preempted(state['round'], outcome.preempted_by)
+  if outcome.diverged is not None:
+    summary = _diverged_summary(cfg, outcome, time.time() - t_start)
+  else:
+    summary = _summary(cfg, exp, outcome.last_eval or evaluate(state['params']),
+                       time.time() - t_start)
+  if primary:
+    workdir.write_summary(cfg.workdir, summary)
+  return summary
+
+
+@dataclasses.dataclass
+class _Outcome:
+  """How the loop ended."""
+  last_eval: dict = dataclasses.field(default_factory=dict)
+  last_finite_eval: dict | None = None   # with its 'round'
+  diverged: tuple[int, str] | None = None  # (round, why)
+  preempted_by: str | None = None          # signal name
+
+
+def _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer, stop, primary):
+  """Runs rounds state['round'] + 1 .. total; returns (state, _Outcome)."""
+  population = distributed.replicate(exp.population, mesh)
+  num_clients = exp.population.y.shape[0]
+  cohort = min(cfg.clients_per_round, num_clients)
+  key = jax.random.key(cfg.seed)
+  outcome = _Outcome(last_finite_eval=_last_eval(writer.records))
+  progress_ = progress.RunProgress(cfg)
+  round_fns = {}
   for r in range(state['round'] + 1, cfg.total_rounds + 1):
     stage = cfg.stage(r)
     if stage not in round_fns:
-      plan = memory_plan.make_round(cfg, exp.model, stage, mesh, num_clients,
-                                    state['params'], population)
-      round_fns[stage] = (plan.round_fn, plan.tx)
+      round_fns[stage] = _make_round(cfg, exp, stage, mesh, num_clients,
+                                     state['params'], population)
     round_fn, tx = round_fns[stage]
     if state['opt_state'] is None or cfg.stage(r - 1) != stage:
       state['opt_state'] = rounds.init_server_opt(tx, state['params'], cfg,
@@ -149,25 +197,79 @@ def run(cfg: Config) -> dict:
     record = {'round': r, 'stage': stage,
               **{k: float(v) for k, v in metrics.items()}}
     record['skipped_clients'] = int(metrics['skipped_clients'])
+    why = _divergence(params, record['skipped_clients'], cohort)
     end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
-    if r % cfg.eval_every == 0 or end_of_stage:
-      last_eval = evaluate(params)
-      record.update(last_eval)
+    if why is None and (r % cfg.eval_every == 0 or end_of_stage):
+      outcome.last_eval = evaluate(params)
+      record.update(outcome.last_eval)
+      if all(math.isfinite(v) for v in outcome.last_eval.values()):
+        outcome.last_finite_eval = {'round': r, **outcome.last_eval}
     record['seconds'] = time.time() - t0
     writer.write(record)
     if primary:
-      print(f'round {r}/{cfg.total_rounds} stage {stage} ' + ' '.join(
-          f'{k}={v:.4g}' for k, v in record.items()
-          if k not in ('round', 'stage')), flush=True)
-    ckpt.maybe_save(state, r, writer.records)
-  ckpt.close()
-  writer.close()
-  if not last_eval:
-    last_eval = evaluate(state['params'])
+      print(f'round {r}/{cfg.total_rounds} stage {stage} '
+            f'{progress_.round_done(r)} ' + ' '.join(
+                f'{k}={v:.4g}' for k, v in record.items()
+                if k not in ('round', 'stage')), flush=True)
+    if why is not None:  # no checkpoint of non-finite params
+      outcome.diverged = (r, why)
+      break
+    # Asked every round on every process: the multi-process sync point
+    # counts the calls.
+    stop_now = stop.requested(r) and r < cfg.total_rounds
+    ckpt.maybe_save(state, r, writer.records, force=stop_now)
+    if stop_now:
+      outcome.preempted_by = stop.signame
+      break
+  return state, outcome
+
+
+def _make_round(cfg, exp, stage, mesh, num_clients, params, population):
+  """(round_fn, server tx) of a stage, chunked as --clients_per_device says."""
+  plan = memory_plan.make_round(cfg, exp.model, stage, mesh, num_clients,
+                                params, population)
+  if cfg.chunk_setting == 'auto' and jax.process_index() == 0:
+    print(f'stage {stage}: clients_per_device='
+          f'{plan.clients_per_device or "all"} '
+          f'({plan.program_bytes / 1e9:.3g} GB of '
+          f'{plan.budget_bytes / 1e9:.3g} GB per device)', flush=True)
+  return plan.round_fn, plan.tx
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(tree)]))
+
+
+def _divergence(params, skipped: int, cohort: int) -> str | None:
+  """Why the run cannot go on after this round, or None."""
+  if not bool(_all_finite(params)):
+    return 'the global params are non-finite'
+  if skipped >= cohort:
+    return (f'every client of the round ({cohort}) was skipped for a '
+            'non-finite update')
+  return None
+
+
+# What an evaluation adds to a round's record (see evaluation.make_evaluator).
+_EVAL_KEYS = ('f1_macro', 'accuracy', 'f1_macro_complete', 'accuracy_complete',
+              'recon_mse')
+
+
+def _last_eval(records) -> dict | None:
+  """The last finite evaluation among restored records, with its round."""
+  for rec in reversed(records):
+    found = {k: rec[k] for k in _EVAL_KEYS if k in rec}
+    if found and all(math.isfinite(v) for v in found.values()):
+      return {'round': rec['round'], **found}
+  return None
+
+
+def _summary(cfg: Config, exp: Experiment, last_eval: dict,
+             seconds: float) -> dict:
   summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
-             'wall_seconds': time.time() - t_start,
-             'devices': _devices(),
-             **last_eval}
+             'wall_seconds': seconds, 'devices': _devices(), **last_eval}
   if exp.unimodal_index is not None:
     summary['unimodal_modality'] = exp.spec.modalities[exp.unimodal_index]
   if cfg.uses_generator:
@@ -175,11 +277,25 @@ def run(cfg: Config) -> dict:
         exp.test_xs, [0.0] * len(exp.test_xs)).mean())
     summary['mean_fill_mse'] = float(evaluation.fill_mse(
         exp.test_xs, _train_means(exp)).mean())
-  if primary:
-    # Atomic: a sweep takes an existing summary.json to mean a finished run.
-    metrics_writer.write_json_atomic(
-        os.path.join(cfg.workdir, 'summary.json'), summary, indent=1)
   return summary
+
+
+def _diverged_summary(cfg: Config, outcome: _Outcome, seconds: float) -> dict:
+  """No top-level metrics, so nothing averages a diverged run by mistake."""
+  round_, why = outcome.diverged
+  logging.warning('Run %s diverged at round %d: %s.', cfg.workdir, round_, why)
+  return {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
+          'diverged_at_round': round_, 'diverged_because': why,
+          'last_finite_eval': outcome.last_finite_eval,
+          'wall_seconds': seconds, 'devices': _devices()}
+
+
+def _checkpoint_bytes(exp: Experiment, cfg: Config) -> int:
+  """Size of one checkpoint: params plus the largest server state."""
+  params = jax.eval_shape(exp.model.init, jax.random.key(0))
+  n = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+  # Adam-like server states hold two more copies; metrics ride in the meta.
+  return 3 * n + 4096 * cfg.total_rounds
 
 
 def _devices() -> str:

@@ -342,3 +342,35 @@ def test_uci_har_empty_manual_dir_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='body_gyro_z_train.txt'):
     data.load('uci_har', data_dir=str(tmp_path / 'tfds'),
               manual_dir=str(tmp_path / 'nothing_here'))
+
+
+# ----------------------------------------------------------------------------
+# TFDS access by name
+
+
+_BY_NAME = '''
+import sys
+import tensorflow_datasets as tfds
+builtin = set(tfds.list_builders(with_community_datasets=False))
+import fedrecon_jax.data
+from fedrecon_jax.data import DATASETS, loader
+assert not builtin & set(DATASETS), builtin & set(DATASETS)
+for name in DATASETS:
+  assert tfds.builder_cls(name) is loader._builders()[name], name
+b = tfds.builder('uci_multifeature', data_dir={data_dir!r})
+source = tfds.data_source('uci_multifeature', data_dir={data_dir!r},
+                          download=False)
+print(type(b).__name__, len(source['train']), len(source['test']))
+assert 'tensorflow' not in sys.modules   # nor did anything import it
+'''
+
+
+def test_builders_are_registered_by_name_without_tensorflow(uci, data_dir):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  proc = subprocess.run(
+      [sys.executable, '-c', _BY_NAME.format(data_dir=data_dir)],
+      capture_output=True, text=True, timeout=300, check=False,
+      cwd=pathlib.Path(__file__).parents[1])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ['UciMultifeature', str(len(uci.train)),
+                                 str(len(uci.test))]

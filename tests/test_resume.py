@@ -1,6 +1,7 @@
 """Checkpoints and resumption, as a user meets them: `python -m
 experiments.train` subprocesses that get killed, corrupted and re-run."""
 
+import errno
 import json
 import os
 import shutil
@@ -10,9 +11,12 @@ import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from orbax.checkpoint._src.handlers import standard_checkpoint_handler as sch
 import pytest
 
-from fedrecon_jax import checkpoint, metrics_writer
+from fedrecon_jax import checkpoint, metrics_writer, workdir
 from fedrecon_jax.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -205,3 +209,39 @@ def test_metrics_writer_writes_jsonl_and_tensorboard(tmp_path):
   assert ('f1_macro', 1, 0.25) in scalars
   assert ('ce', 2, 0.25) in scalars
   assert not any(tag in ('round', 'stage') for tag, _, _ in scalars)
+
+
+@pytest.mark.parametrize('when', ['in_save', 'in_background'])
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch,
+                                                        when):
+  """A full disk while saving round 2 (raised by save(), or later by the
+  background commit) is a WorkdirError naming what is kept; checkpoint 1
+  stays readable."""
+  cfg = Config(workdir=str(tmp_path), checkpoint_every=1, keep_checkpoints=1,
+               rounds=5)
+  state = {'params': {'w': jnp.ones(3)}, 'opt_state': {'m': jnp.zeros(3)}}
+  ckpt = checkpoint.Checkpointer(cfg)
+  assert ckpt.maybe_save(state, 1, metrics=[])
+  ckpt.mngr.wait_until_finished()
+  full = OSError(errno.ENOSPC, 'No space left on device')
+  save = sch.StandardCheckpointHandler.async_save
+
+  class Failed:
+    def result(self, timeout=None):
+      raise full
+
+  async def failing_save(*args, **kwargs):
+    if when == 'in_save':
+      raise full
+    return [*await save(*args, **kwargs), Failed()]
+
+  monkeypatch.setattr(sch.StandardCheckpointHandler, 'async_save',
+                      failing_save)
+  with pytest.raises(workdir.WorkdirError, match=r'No space.*\[1\]'):
+    ckpt.maybe_save(state, 2, metrics=[])
+    ckpt.close()
+  monkeypatch.undo()
+  assert steps(str(tmp_path)) == [1]
+  meta = ckpt.mngr.restore(1, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  assert meta['round'] == 1

@@ -10,7 +10,7 @@ import matplotlib.image
 import pytest
 
 from experiments import report, sweep
-from fedrecon_jax import train
+from fedrecon_jax import train, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=3',
@@ -181,3 +181,61 @@ def test_config_files_in_experiments_configs_load():
 def test_report_without_grid_is_a_clear_error(tmp_path):
   with pytest.raises(sweep.GridError, match='grid.json'):
     report.write_report(str(tmp_path))
+
+
+def test_report_marks_diverged_cells_and_does_not_average_them(
+    monkeypatch, tmp_path, capsys):
+  root = str(tmp_path)
+  grid = sweep.make_grid({'method': ['zero_fill', 'unimodal'],
+                          'seed': ['0', '1']}, {'rounds': 3})
+  calls = []
+  finish = fake_run(calls)
+
+  def run(cfg):   # unimodal seed 1 and both zero_fill seeds diverge
+    if cfg.method == 'unimodal' and cfg.seed == 0:
+      return finish(cfg)
+    summary = {'rounds': cfg.total_rounds, 'diverged_at_round': 2,
+               'diverged_because': 'the global params are non-finite',
+               'last_finite_eval': None}
+    os.makedirs(cfg.workdir, exist_ok=True)
+    workdir.write_summary(cfg.workdir, summary)
+    return summary
+
+  monkeypatch.setattr(train, 'run', run)
+  assert sweep.run_sweep(grid, root) == []
+  assert capsys.readouterr().out.count('DIVERGED') == 3
+  with open(os.path.join(root, 'results.md')) as f:
+    text = f.read()
+  assert ('| unimodal | fedopt | 5.0 | 0.3 | uci_multifeature | 1/2 '
+          '(1 diverged) | 0.5000 ± 0.0000 |') in text, text
+  assert ('| zero_fill | fedopt | 5.0 | 0.3 | uci_multifeature | 0/2 '
+          '(2 diverged) | diverged | diverged | diverged |') in text, text
+  assert 'Diverged (not averaged):' in text
+  assert text.count('at round 2 (the global params are non-finite)') == 3
+  # A diverged run is finished: a re-run does not train it again.
+  calls.clear()
+  sweep.run_sweep(grid, root, report=False)
+  assert not calls
+
+
+def test_cell_written_by_another_process_is_left_to_it(monkeypatch, tmp_path,
+                                                       capsys):
+  grid = sweep.make_grid({'method': ['zero_fill'], 'seed': ['0', '1']}, {})
+  busy_cell = grid.config(grid.cells()[0], str(tmp_path)).workdir
+  lock = workdir.Lock(busy_cell)   # as another sweep's run would hold it
+  calls = []
+  finish = fake_run(calls)
+
+  def run(cfg):
+    with workdir.writer_lock(cfg.workdir):
+      return finish(cfg)
+
+  monkeypatch.setattr(train, 'run', run)
+  try:
+    assert sweep.run_sweep(grid, str(tmp_path), report=False) == []
+  finally:
+    lock.release()
+  out = capsys.readouterr().out
+  assert calls == [grid.cells()[1].name]
+  assert f'skipping {grid.cells()[0].name}: --workdir=' in out
+  assert 'in use' in out and '(1 done, 1 left, ETA' in out

@@ -1,0 +1,230 @@
+"""Runs that survive schedulers: SIGTERM saves the round and exits 75 (1 and
+2 processes), one writer per workdir, divergence, unwritable workdirs and
+failed checkpoint writes. Real `python -m experiments.train` subprocesses
+on tiny configs (programs shared with test_resume.py via the XLA cache)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedrecon_jax import preemption, workdir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 6 generator + 3 task rounds; checkpoints at 5 and 9 only, so the round a
+# SIGTERM stops (7) is not a checkpoint round.
+FLAGS = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=6',
+         '--rounds=3', '--map_width=16', '--gen_width=32', '--latent_dim=8',
+         '--checkpoint_every=5', '--eval_every=3')
+TOTAL = 9
+
+
+def cmd(workdir_, *extra):
+  return [sys.executable, '-m', 'experiments.train', f'--workdir={workdir_}',
+          *FLAGS, *extra]
+
+
+def train(env, workdir_, *extra):
+  return subprocess.run(cmd(workdir_, *extra), cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def records(workdir_):
+  with open(os.path.join(workdir_, 'metrics.jsonl')) as f:
+    lines = [json.loads(line) for line in f]
+  return [{k: v for k, v in r.items() if k != 'seconds'} for r in lines]
+
+
+def steps(workdir_):
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir_,
+                                                        'checkpoints'))
+                if n.isdigit())
+
+
+def rounds_logged(workdir_):
+  path = os.path.join(workdir_, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return f.read().count('\n')
+
+
+def wait_for_round(procs, workdir_, round_):
+  """Returns once metrics.jsonl holds `round_`. After the last generator
+  round the run compiles the task stage's program (seconds), so a signal
+  sent now stops it after round_ + 1."""
+  deadline = time.time() + 400
+  while rounds_logged(workdir_) < round_:
+    assert all(p.poll() is None for p in procs), 'a run ended early'
+    assert time.time() < deadline, 'timed out waiting for the run'
+    time.sleep(0.005)
+
+
+@pytest.fixture(scope='module')
+def reference(env, tmp_path_factory):
+  """An uninterrupted run, and what a second writer started on its workdir
+  while it ran got: (workdir, first run's pid, second's process, seconds)."""
+  workdir_ = str(tmp_path_factory.mktemp('reference'))
+  first = subprocess.Popen(cmd(workdir_), cwd=REPO, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    wait_for_round([first], workdir_, 1)   # it holds the lock by now
+    t0 = time.time()
+    second = train(env, workdir_)
+    took = time.time() - t0
+    assert first.poll() is None, 'the first run ended: nothing was tested'
+    _, err = first.communicate(timeout=600)
+  finally:
+    first.kill()
+  assert first.returncode == 0, err[-3000:]
+  return workdir_, first.pid, second, took
+
+
+def test_sigterm_saves_the_round_exits_75_and_resumes_exactly(env, reference,
+                                                              tmp_path):
+  workdir_ = str(tmp_path / 'run')
+  proc = subprocess.Popen(cmd(workdir_), cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    wait_for_round([proc], workdir_, 6)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+  finally:
+    proc.kill()
+  assert proc.returncode == preemption.EXIT_REQUEUE, err[-3000:]
+  assert 'SIGTERM' in err and 'resume' in err
+  # Round 7 as a rule (the signal lands while the task stage compiles);
+  # 6 if it landed in the instant between logging round 6 and asking.
+  stopped = records(workdir_)[-1]['round']
+  assert stopped in (6, 7)
+  assert [r['round'] for r in records(workdir_)] == list(range(1, stopped + 1))
+  assert steps(workdir_) == [5, stopped]   # the interrupted round is saved
+  assert not os.path.exists(os.path.join(workdir_, workdir.SUMMARY))
+
+  proc = train(env, workdir_)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'round {stopped}/' not in proc.stdout
+  assert f'round {stopped + 1}/' in proc.stdout
+  # Bitwise on CPU: the resumed run continues from the exact state.
+  assert records(workdir_) == records(reference[0])
+
+
+def test_second_writer_exits_at_once_naming_the_holder(reference):
+  workdir_, holder_pid, second, took = reference
+  assert second.returncode == 1, second.stderr[-3000:]
+  assert f'pid {holder_pid} on host {socket.gethostname()} since' in (
+      second.stderr), second.stderr[-3000:]
+  assert '--workdir' in second.stderr and 'in use' in second.stderr
+  assert took < 30, took   # before building data or compiling anything
+  # One line per round: the second writer wrote nothing.
+  assert [r['round'] for r in records(workdir_)] == list(range(1, TOTAL + 1))
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  with open(tmp_path / workdir.LOCK_FILE, 'w') as f:
+    json.dump({'host': 'h0', 'pid': dead.pid, 'since': '2026-01-01T00:00'}, f)
+  lock = workdir.Lock(str(tmp_path))
+  try:
+    assert f'pid {dead.pid} on host h0' in caplog.text
+    assert 'Taking over the lock' in caplog.text
+    with open(tmp_path / workdir.LOCK_FILE) as f:
+      assert json.load(f)['pid'] == os.getpid()
+    with pytest.raises(workdir.WorkdirBusyError,
+                       match=rf'--workdir=.*pid {os.getpid()} on host'):
+      workdir.Lock(str(tmp_path))
+  finally:
+    lock.release()
+  caplog.clear()
+  workdir.Lock(str(tmp_path)).release()   # a clean release leaves no holder
+  assert 'Taking over' not in caplog.text
+
+
+def test_huge_learning_rate_stops_as_diverged(env, tmp_path):
+  workdir_ = str(tmp_path / 'run')
+  proc = train(env, workdir_, '--client_lr=1e30')
+  assert proc.returncode == preemption.EXIT_DIVERGED, proc.stderr[-3000:]
+  summary = workdir.read_summary(workdir_)
+  # Every task-stage client update overflows at once: round 7 is the first.
+  assert summary['diverged_at_round'] == 7, summary
+  assert 'skipped' in summary['diverged_because']
+  last = summary['last_finite_eval']
+  assert last['round'] == 6 and 0 <= last['f1_macro'] <= 1, summary
+  assert 'f1_macro' not in summary   # nothing to average by mistake
+  assert [r['round'] for r in records(workdir_)] == list(range(1, 8))
+  assert steps(workdir_) == [5]      # no checkpoint of a diverged round
+
+
+def test_unwritable_workdir_is_a_clear_error_before_anything(env, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  proc = train(env, str(blocker / 'run'))
+  assert proc.returncode == 1
+  assert f'--workdir={blocker}/run is not writable' in proc.stderr, (
+      proc.stderr[-2000:])
+  assert 'Traceback' not in proc.stderr
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(env, workdir_):
+  address = f'localhost:{_free_port()}'
+  # LLVM -O0 halves these multi-device compiles (as in test_scale.py).
+  env = {**env, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  return [subprocess.Popen(
+      cmd(workdir_, '--distributed', f'--coordinator_address={address}',
+          '--num_processes=2', f'--process_id={pid}'), cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for pid in range(2)]
+
+
+def _finish(procs, timeout=600):
+  try:
+    return [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_round_and_resume(env, reference,
+                                                         tmp_path):
+  """SIGTERM to process 1 only: JAX's preemption sync point makes both save
+  the same round and exit 75; re-running both resumes to the 1-process
+  result (up to the all-reduce's float order)."""
+  workdir_ = str(tmp_path / 'run')
+  procs = _two_processes(env, workdir_)
+  try:
+    wait_for_round(procs, workdir_, 6)
+    procs[1].send_signal(signal.SIGTERM)
+  finally:
+    logs = _finish(procs)
+  for p, log in zip(procs, logs):
+    assert p.returncode == preemption.EXIT_REQUEUE, log[-3000:]
+  stopped = records(workdir_)[-1]['round']
+  assert 6 <= stopped < TOTAL
+  assert steps(workdir_) == [5, stopped]
+  assert not os.path.exists(os.path.join(workdir_, workdir.SUMMARY))
+
+  procs = _two_processes(env, workdir_)
+  logs = _finish(procs)
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert f'round {stopped + 1}/' in logs[0] and f'round {stopped}/' not in (
+      logs[0]), logs[0][-3000:]
+  got, want = records(workdir_), records(reference[0])
+  assert [r['round'] for r in got] == list(range(1, TOTAL + 1))
+  for g, w in zip(got, want):
+    assert g.keys() == w.keys()
+    for k in w:
+      assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-5), (g['round'], k)
