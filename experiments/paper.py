@@ -6,13 +6,14 @@ r"""Regenerates the paper's tables and figures on shipped data in one command.
 
 Parts (each skips finished runs, so re-running resumes where it stopped):
   table1  experiments.sweep --config=table1_reduced (or table1) in
-          <root>/table1_reduced (or <root>/table1), and --config=
-          table1_complete in <root>/table1_complete. Shard big grids with
-          experiments.sweep itself over the same root; this picks them up.
+          <root>/table1_reduced (or <root>/table1); with the reduced grid
+          also --config=table1_fedavg (FedAvg rows) in <root>/table1_fedavg.
+          Shard big grids with experiments.sweep itself over the same root;
+          this picks them up.
   table2  experiments.table2 for --table2_datasets in <root>/table2.
   report  <out>/results.md: the command, commit, machines and compute time at
           the top; Table 1 with FedRecon's margins over the baselines next to
-          the paper's, also on complete test samples (table1_complete); the
+          the paper's, also on complete test samples (the same runs); the
           freezing figure (macro-F1 per task round, fedrecon vs
           fedrecon_no_freeze at alpha=0.1) with a fluctuation statistic;
           Table 2 per dataset; PolyMNIST reconstruction grids.
@@ -56,12 +57,30 @@ _DATASETS = flags.DEFINE_list('table2_datasets',
 # The paper's headline: FedRecon minus FedOpt (unimodal), macro-F1 points.
 PAPER_MARGIN = {0.1: 2.81, 5.0: 3.84}
 FREEZE_ALPHA = 0.1
-# Optional sweep root (config of the same name) scored on complete test data.
-COMPLETE = 'table1_complete'
+# FedAvg rows of the reduced grid (config of the same name); the full grid
+# has a server_opt axis of its own.
+FEDAVG = 'table1_fedavg'
 
 
 def table1_root(root: str, grid: str) -> str:
   return os.path.join(root, 'table1' if grid == 'full' else 'table1_reduced')
+
+
+def table1_sweeps(root: str, grid: str) -> list[tuple[str, str]]:
+  """(config name, sweep root) of every sweep behind Table 1."""
+  if grid == 'full':
+    return [('table1', table1_root(root, grid))]
+  return [('table1_reduced', table1_root(root, grid)),
+          (FEDAVG, os.path.join(root, FEDAVG))]
+
+
+def table1_runs(root: str, grid: str) -> list:
+  """report.Run of every cell of Table 1's sweeps that exist."""
+  runs = []
+  for _, sweep_root in table1_sweeps(root, grid):
+    if os.path.exists(os.path.join(sweep_root, sweep.GRID_FILE)):
+      runs += report.load_runs(sweep_root)[1]
+  return runs
 
 
 # ------------------------------------------------------------------ table 1
@@ -233,25 +252,17 @@ def _table2_summaries(root, dataset):
   return out
 
 
-def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
+def write_page(root: str, grid: str, datasets, out: str) -> str:
   os.makedirs(out, exist_ok=True)
-  t1 = table1_root(root, grid)
-  _, runs = report.load_runs(t1)
+  runs = table1_runs(root, grid)
   done = [r.summary for r in runs if r.summary is not None]
+  names = ' + '.join(name for name, _ in table1_sweeps(root, grid))
   lines = ['# FedRecon on shipped data: Table 1, Table 2, figures', '',
            f'Generated {datetime.date.today()} by `'
            + ' '.join(['python -m experiments.paper', *sys.argv[1:]])
            + f'` at commit {_commit()}.', '',
-           f'- Table 1 ({os.path.basename(t1)}): {len(done)} of {len(runs)} '
+           f'- Table 1 ({names}): {len(done)} of {len(runs)} '
            f'runs finished; run time {_compute(done)}.']
-  complete = os.path.join(root, COMPLETE)
-  complete_runs = []
-  if os.path.exists(os.path.join(complete, sweep.GRID_FILE)):
-    _, complete_runs = report.load_runs(complete)
-    done_c = [r.summary for r in complete_runs if r.summary is not None]
-    lines.append(f'- Table 1 on complete test samples ({COMPLETE}): '
-                 f'{len(done_c)} of {len(complete_runs)} runs finished; run '
-                 f'time {_compute(done_c)}.')
   for d in datasets:
     lines.append(f'- Table 2, {d}: run time '
                  f'{_compute(_table2_summaries(os.path.join(root, "table2"), d))}'
@@ -264,12 +275,11 @@ def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
   lines += ['', f'## Figure: freezing the generator (α={FREEZE_ALPHA})', '']
   lines += freezing_figure(runs, out) or ['No runs of fedrecon / '
                                           'fedrecon_no_freeze at α=0.1.']
-  if complete_runs:
-    lines += ['', '## Table 1 on complete test samples', '',
-              f'The cells of `configs/{COMPLETE}.py`, scored on the test set '
-              'with nothing missing (`f1_macro_complete`), as the paper scores '
-              'its unimodal baseline; the models are the same as above.', '']
-    lines += table1_section(complete_runs, 'f1_macro_complete')
+  lines += ['', '## Table 1 on complete test samples', '',
+            'The same runs, scored on the test set with nothing missing '
+            '(`f1_macro_complete`), as the paper scores its unimodal '
+            'baseline.', '']
+  lines += table1_section(runs, 'f1_macro_complete')
   for d in datasets:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
     lines += table2_section(os.path.join(root, 'table2'), d, out)
@@ -279,6 +289,7 @@ def write_page(root: str, grid: str, datasets, out: str, argv) -> str:
 
 
 def main(argv):
+  del argv
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   unknown = set(_PARTS.value) - {'table1', 'table2', 'report'}
@@ -288,9 +299,7 @@ def main(argv):
   t0 = time.time()
   try:
     if 'table1' in _PARTS.value:
-      config = 'table1' if _TABLE1.value == 'full' else 'table1_reduced'
-      for name, sweep_root in ((config, table1_root(_ROOT.value, _TABLE1.value)),
-                               (COMPLETE, os.path.join(_ROOT.value, COMPLETE))):
+      for name, sweep_root in table1_sweeps(_ROOT.value, _TABLE1.value):
         failed = sweep.run_sweep(sweep.make_grid({}, {}, name), sweep_root)
         if failed:
           print(f'{name}: {len(failed)} cell(s) failed: {failed}', flush=True)
@@ -300,7 +309,7 @@ def main(argv):
           table2.run_variant(d, v, os.path.join(_ROOT.value, 'table2'))
     if 'report' in _PARTS.value:
       print(write_page(_ROOT.value, _TABLE1.value, _DATASETS.value,
-                       _OUT.value, argv))
+                       _OUT.value))
   except sweep.GridError as e:
     sys.exit(f'error: {e}')
   print(f'paper: done in {time.time() - t0:.0f} s', flush=True)

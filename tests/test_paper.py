@@ -75,7 +75,7 @@ def test_page_reports_the_runs_margins_and_freezing(root, tiny):
       {**tiny, 'eval_every': 1, 'checkpoint_every': 0})
   assert sweep.run_sweep(grid, t1, report=False) == []
   path = paper.write_page(root, 'reduced', ['uci_multifeature'],
-                          os.path.join(root, 'out'), ['paper'])
+                          os.path.join(root, 'out'))
   text = open(path).read()
   _, runs = report.load_runs(t1)
   f1 = {(r.cfg.method, r.cfg.seed): 100 * r.summary['f1_macro'] for r in runs}
