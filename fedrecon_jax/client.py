@@ -78,10 +78,13 @@ def make_loss(cfg: Config, model: Model, stage: int) -> LossFn:
 
 
 def client_optimizer(cfg: Config, stage: int) -> optax.GradientTransformation:
-  lr = cfg.gen_lr if stage == GEN_STAGE else cfg.client_lr
+  if stage == GEN_STAGE and cfg.gen_optimizer == 'adam':
+    step = optax.adam(cfg.gen_lr)
+  else:
+    step = optax.sgd(cfg.gen_lr if stage == GEN_STAGE else cfg.client_lr,
+                     momentum=cfg.momentum)
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                     optax.add_decayed_weights(cfg.weight_decay),
-                     optax.sgd(lr, momentum=cfg.momentum))
+                     optax.add_decayed_weights(cfg.weight_decay), step)
 
 
 def contribution_weights(trainable: dict, data, spec, task_seen) -> dict:

@@ -19,6 +19,12 @@ import numpy as np
 from fedrecon_jax.models import Model
 
 GENERATORS = ('mapping', 'poe', 'moe', 'mopoe')
+# Cross-modal decoding of the mapping and MoE objectives: 'all' decodes every
+# source latent with every other present decoder (M(M-1) decodes); 'one'
+# decodes it with one target drawn per source and step, scaled by M - 1: an
+# unbiased estimate of the same loss with M decodes (needs modalities of one
+# kind and shape).
+CROSS_DECODING = ('all', 'one')
 # Inference-only kind: a mapping generator read without its T (T = identity),
 # the paper's no-mapping baseline for reconstruction and retrieval.
 RAW = 'raw'
@@ -54,12 +60,27 @@ def draw_noise(key: jax.Array, num_modalities: int, batch: int,
                latent_dim: int) -> dict:
   """All randomness of one objective evaluation, drawn up front so that a
   reference can replay it: 'eps' [M + 1, B, d] standard normals (the
-  reparameterisation noise; each kind uses the rows it needs) and 'u'
-  [M + 1, B] uniforms (MoPoE's subset choice)."""
-  k_eps, k_u = jax.random.split(key)
+  reparameterisation noise; each kind uses the rows it needs), 'u'
+  [M + 1, B] uniforms (MoPoE's subset choice) and 'pick' [M] uniforms (the
+  target of each source for cross_decoding='one')."""
+  k_eps, k_u, k_pick = jax.random.split(key, 3)
   return {'eps': jax.random.normal(k_eps, (num_modalities + 1, batch,
                                            latent_dim)),
-          'u': jax.random.uniform(k_u, (num_modalities + 1, batch))}
+          'u': jax.random.uniform(k_u, (num_modalities + 1, batch)),
+          'pick': jax.random.uniform(k_pick, (num_modalities,))}
+
+
+def _one_target(pick: jax.Array) -> jax.Array:
+  """pick: [M] uniforms -> [M] targets, target m uniform over the n != m."""
+  m = pick.shape[0]
+  step = jnp.minimum(jnp.floor(pick * (m - 1)), m - 2).astype(jnp.int32)
+  return (jnp.arange(m) + 1 + step) % m
+
+
+def _nll_each(model: Model, gen, index, z, xs):
+  """-log p(x_index[k] | Dec_index[k](z[k])) -> [K, B] (one kind and shape)."""
+  x_hat = model.decode_each(gen, index, z)               # [K, B, ...]
+  return model.nll(0, x_hat, jnp.stack(xs)[index], batch_ndim=2)
 
 
 def _nll_all_decoders(model: Model, gen, z, xs):
@@ -80,27 +101,33 @@ def _subsets(m: int) -> np.ndarray:
 
 def objective(kind: str, model: Model, params: dict, xs: Sequence[jax.Array],
               present: jax.Array, key: jax.Array, *, beta: float,
-              match_weight: float):
+              match_weight: float, cross_decoding: str = 'all'):
   """Per-sample generator loss [B] and a dict of per-sample terms.
 
   Every negative log-likelihood is the modality kind's (`Model.nll`): Laplace
   for images, unit-variance Gaussian for features, with their constants.
+  cross_decoding: see CROSS_DECODING (mapping and moe only).
   """
   noise = draw_noise(key, len(xs), present.shape[0], model.latent_dim)
   return objective_from_noise(kind, model, params, xs, present, noise,
-                              beta=beta, match_weight=match_weight)
+                              beta=beta, match_weight=match_weight,
+                              cross_decoding=cross_decoding)
 
 
 def objective_from_noise(kind: str, model: Model, params: dict, xs,
                          present: jax.Array, noise: dict, *, beta: float,
-                         match_weight: float):
+                         match_weight: float, cross_decoding: str = 'all'):
   """`objective` with its randomness given (`draw_noise`)."""
   if kind not in _OBJECTIVES:
     raise ValueError(f'generator kind {kind!r} is not one of {GENERATORS}.')
+  if cross_decoding not in CROSS_DECODING:
+    raise ValueError(f'--cross_decoding={cross_decoding!r} is not one of '
+                     f'{CROSS_DECODING}.')
   pres = present.T.astype(jnp.float32)                    # [M, B]
   mu, logvar = model.encode(params['gen'], xs)            # [M, B, d]
   return _OBJECTIVES[kind](model, params, xs, pres, mu, logvar, noise,
-                           beta=beta, match_weight=match_weight)
+                           beta=beta, match_weight=match_weight,
+                           cross_decoding=cross_decoding)
 
 
 def _poe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
@@ -126,12 +153,19 @@ def _poe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
 
 
 def _moe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
-                   **unused):
+                   cross_decoding, **unused):
   """MMVAE (Shi et al. 2019), naive ELBO: mean over present m of
   sum over present n of -log p(x_n | z_m) + beta KL(q(z | x_m) || p)."""
-  z = _reparam(mu, logvar, noise['eps'][:len(xs)])        # [M, B, d]
-  nll = _nll_all_decoders(model, params['gen'], z, xs)    # [M(dst), M(src), B]
-  rec = (nll * pres[:, None]).sum(0)                      # [M(src), B]
+  num_m, gen = len(xs), params['gen']
+  z = _reparam(mu, logvar, noise['eps'][:num_m])          # [M, B, d]
+  if cross_decoding == 'one':
+    self_nll = jnp.stack([model.nll(m, model.decode(gen, m, z[m]), x)
+                          for m, x in enumerate(xs)])     # [M, B]
+    t = _one_target(noise['pick'])                        # [M]
+    rec = self_nll + (num_m - 1) * _nll_each(model, gen, t, z, xs) * pres[t]
+  else:
+    nll = _nll_all_decoders(model, gen, z, xs)            # [M(dst), M(src), B]
+    rec = (nll * pres[:, None]).sum(0)                    # [M(src), B]
   kl = kl_std_normal(mu, logvar)                          # [M, B]
   return _masked_mean(rec + beta * kl, pres, 0), {
       'nll': _masked_mean(rec, pres, 0), 'kl': _masked_mean(kl, pres, 0)}
@@ -169,7 +203,7 @@ def _mopoe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
 
 
 def _mapping_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
-                       match_weight):
+                       match_weight, cross_decoding):
   """FedRecon: mean over present m of the ELBO of z_m decoded by Dec_m and,
   through T(n<-m), by every other present Dec_n; plus L_match."""
   gen, num_m = params['gen'], len(xs)
@@ -180,13 +214,19 @@ def _mapping_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
   self_nll = jnp.stack([model.nll(m, model.decode(gen, m, z[m]), x)
                         for m, x in enumerate(xs)])       # [M, B]
   tz = model.map_pairs(params['map'], z)                  # [P, B, d], by dst
-  per_dst = tz.reshape(num_m, num_m - 1, *tz.shape[1:])
-  cross = jnp.concatenate([
-      model.nll(n, model.decode(gen, n, per_dst[n].reshape(-1, tz.shape[-1]))
-                .reshape(num_m - 1, *xs[n].shape), xs[n][None], 2)
-      for n in range(num_m)])                             # [P, B]
   pair_mask = pres[dst] * pres[src]                       # [P, B]
-  cross_by_src = jnp.zeros_like(self_nll).at[src].add(cross * pair_mask)
+  if cross_decoding == 'one':
+    t, m = _one_target(noise['pick']), jnp.arange(num_m)  # [M]
+    pair = t * (num_m - 1) + m - (m > t)                  # index of (t_m <- m)
+    cross_by_src = ((num_m - 1) * _nll_each(model, gen, t, tz[pair], xs) *
+                    pres[t] * pres)                       # [M, B]
+  else:
+    per_dst = tz.reshape(num_m, num_m - 1, *tz.shape[1:])
+    cross = jnp.concatenate([
+        model.nll(n, model.decode(gen, n, per_dst[n].reshape(
+            -1, tz.shape[-1])).reshape(num_m - 1, *xs[n].shape), xs[n][None], 2)
+        for n in range(num_m)])                           # [P, B]
+    cross_by_src = jnp.zeros_like(self_nll).at[src].add(cross * pair_mask)
   elbo = self_nll + cross_by_src + beta * kl              # [M, B]
   # L_match: T(n<-m)(mu_m) regresses onto the (fixed) target latent mu_n.
   tmu = model.map_pairs(params['map'], mu)

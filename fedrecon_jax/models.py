@@ -233,6 +233,21 @@ class Model:
     out = self.gen_dec[name].apply({'params': gen['dec'][name]}, z)
     return out.reshape(z.shape[0], *self.spec.shapes[index])
 
+  def decode_each(self, gen: dict, index: jax.Array, z: jax.Array) -> jax.Array:
+    """z: [K, B, d]; index: [K] ints, traced -> [K, B, *shape]: decoder
+    index[k] applied to z[k]. Needs modalities of one kind and shape, whose
+    decoders share a structure (their params are stacked and gathered)."""
+    if len(set(zip(self.spec.kinds, self.spec.shapes))) != 1:
+      raise ValueError('decoding with a traced modality index needs '
+                       f'modalities of one kind and shape, not {self.spec}.')
+    names = self.spec.modalities
+    stacked = jax.tree.map(lambda *a: jnp.stack(a),
+                           *[gen['dec'][n] for n in names])
+    dec = self.gen_dec[names[0]]
+    out = jax.vmap(lambda i, zk: dec.apply(
+        {'params': jax.tree.map(lambda a: a[i], stacked)}, zk))(index, z)
+    return out.reshape(*z.shape[:2], *self.spec.shapes[0])
+
   def nll(self, index: int, x_hat: jax.Array, x: jax.Array,
           batch_ndim: int = 1) -> jax.Array:
     """-log p(x | x_hat) of modality `index` under its kind's likelihood,

@@ -22,23 +22,34 @@ from fedrecon_jax.models import DataSpec, Model
 
 SPEC = DataSpec(('a', 'img', 'c'), ('vector', 'image', 'vector'),
                 ((5,), (3, 28, 28), (4,)), 3)
+# One kind and shape: what cross_decoding='one' needs.
+SPEC_SAME = DataSpec(('a', 'b', 'c'), ('vector',) * 3, ((4,),) * 3, 3)
 M, B, D = 3, 4, 4
 PRESENT = np.array([[1, 1, 1], [0, 1, 0], [1, 0, 1], [0, 1, 1]], bool)
 BETA, MATCH = 1.7, 0.6
 
 
-@pytest.fixture(scope='module')
-def setup():
-  model = Model(SPEC, latent_dim=D, gen_width=8, map_width=8, task_width=4)
+def make_setup(spec):
+  model = Model(spec, latent_dim=D, gen_width=8, map_width=8, task_width=4)
   params = jax.jit(model.init)(jax.random.key(0))
   rng = np.random.default_rng(0)
   # Absent modalities hold random values too: a leak into their encoder would
   # then show up as a non-zero gradient (zero inputs would hide it).
-  xs = (rng.normal(size=(B, 5)).astype(np.float32),
-        rng.uniform(size=(B, 3, 28, 28)).astype(np.float32),
-        rng.normal(size=(B, 4)).astype(np.float32))
+  xs = tuple((rng.uniform(size=(B, *shape)) if kind == 'image' else
+              rng.normal(size=(B, *shape))).astype(np.float32)
+             for kind, shape in zip(spec.kinds, spec.shapes))
   noise = generator.draw_noise(jax.random.key(1), M, B, D)
   return model, params, xs, noise
+
+
+@pytest.fixture(scope='module')
+def setup():
+  return make_setup(SPEC)
+
+
+@pytest.fixture(scope='module')
+def setup_same():
+  return make_setup(SPEC_SAME)
 
 
 # ------------------------------------------------------ reference transcription
@@ -76,15 +87,19 @@ class Ref:
     self.x = [np.float64(x[i]) for x in xs]
     self.eps = np.float64(noise['eps'][:, i])
     self.u = float(noise['u'][0, i])
+    self.spec = model.spec
+    # cross_decoding='one': source m's target, uniform over the n != m.
+    self.target = [(m + 1 + int(np.floor(p * (M - 1)))) % M
+                   for m, p in enumerate(np.float64(noise['pick']))]
     self.present = [m for m in range(M) if PRESENT[i, m]]
 
   def nll(self, n, z):
     x_hat = self.decode(self.params['gen'], n, jnp.float32(z)[None])[0]
-    return nll(SPEC.kinds[n], x_hat, self.x[n])
+    return nll(self.spec.kinds[n], x_hat, self.x[n])
 
   def mapped(self, n, m, z):
     """T(n<-m)(z): the mapping slice of the ordered pair (n, m)."""
-    p = [tuple(q) for q in SPEC.pairs.tolist()].index((n, m))
+    p = [tuple(q) for q in self.spec.pairs.tolist()].index((n, m))
     slice_ = jax.tree.map(lambda a: a[p], self.params['map'])
     return np.float64(self.apply_map(slice_, jnp.float32(z)[None])[0])
 
@@ -108,13 +123,22 @@ def ref_poe(r):
   return loss
 
 
-def ref_moe(r):
+def cross_sum(r, m, decode_nll, one):
+  """Sum over present n != m of decode_nll(n); with one=True, the estimate
+  (M - 1) decode_nll(t_m) [t_m present] from source m's drawn target."""
+  if one:
+    t = r.target[m]
+    return (M - 1) * decode_nll(t) if t in r.present else 0.0
+  return sum(decode_nll(n) for n in r.present if n != m)
+
+
+def ref_moe(r, one=False):
   """MMVAE naive ELBO: mean over present m of [sum over present n of
   -log p(x_n | z_m) + beta KL(q(z | x_m) || p)], z_m ~ q(z | x_m)."""
   terms = []
   for m in r.present:
     z = r.mu[m] + r.eps[m] * np.sqrt(r.var[m])
-    terms.append(sum(r.nll(n, z) for n in r.present) +
+    terms.append(r.nll(m, z) + cross_sum(r, m, lambda n: r.nll(n, z), one) +
                  BETA * kl(r.mu[m], r.var[m]))
   return np.mean(terms)
 
@@ -133,14 +157,14 @@ def ref_mopoe(r):
   return sum(r.nll(n, z) for n in r.present) + BETA * mean_kl
 
 
-def ref_mapping(r):
+def ref_mapping(r, one=False):
   """FedRecon (FEDRECON.md): mean over present m of -log p(x_m | z_m) - sum
   over present n != m of log p(x_n | T(n<-m)(z_m)) + beta KL(q(z | x_m) || p);
   plus L_match, the mean over present pairs of |T(n<-m)(mu_m) - mu_n|^2."""
   elbos, matches = [], []
   for m in r.present:
     z = r.mu[m] + r.eps[m] * np.sqrt(r.var[m])
-    cross = sum(r.nll(n, r.mapped(n, m, z)) for n in r.present if n != m)
+    cross = cross_sum(r, m, lambda n: r.nll(n, r.mapped(n, m, z)), one)
     elbos.append(r.nll(m, z) + cross + BETA * kl(r.mu[m], r.var[m]))
     matches += [np.sum((r.mapped(n, m, r.mu[m]) - r.mu[n])**2)
                 for n in r.present if n != m]
@@ -151,16 +175,16 @@ REFERENCES = {'poe': ref_poe, 'moe': ref_moe, 'mopoe': ref_mopoe,
               'mapping': ref_mapping}
 
 
-def ours(kind, model, params, xs, noise):
+def ours(kind, model, params, xs, noise, cross='all'):
   return generator.objective_from_noise(
       kind, model, params, xs, jnp.asarray(PRESENT), noise, beta=BETA,
-      match_weight=MATCH)[0]
+      match_weight=MATCH, cross_decoding=cross)[0]
 
 
 @functools.lru_cache(maxsize=None)
-def jitted(kind, model):
+def jitted(kind, model, cross='all'):
   """(loss [B], grad of one sample's loss) of our objective, compiled once."""
-  loss = jax.jit(functools.partial(ours, kind, model))
+  loss = jax.jit(functools.partial(ours, kind, model, cross=cross))
 
   def sample_loss(trained, params, xs, noise, onehot):
     return jnp.sum(loss({**params, **trained}, xs, noise) * onehot)
@@ -203,3 +227,26 @@ def test_objective_draws_its_noise_with_draw_noise(setup):
                             key, beta=BETA, match_weight=MATCH)[0]
   want = ours('mopoe', model, params, xs, generator.draw_noise(key, M, B, D))
   np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('kind', ['mapping', 'moe'])
+def test_one_target_cross_decoding(setup_same, kind):
+  """cross_decoding='one' equals its transcription for the drawn targets, and
+  averaged over every target choice equals the exact ('all') loss."""
+  model, params, xs, noise = setup_same
+  loss_one, grad_one = jitted(kind, model, 'one')
+  got = np.asarray(loss_one(params, xs, noise))
+  want = [REFERENCES[kind](Ref(model, params, xs, noise, i), one=True)
+          for i in range(B)]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Every source takes its k-th other modality as target, for each k.
+  mean = np.mean([loss_one(params, xs, {**noise, 'pick': jnp.full(
+      M, (k + 0.5) / (M - 1))}) for k in range(M - 1)], axis=0)
+  np.testing.assert_allclose(mean, jitted(kind, model)[0](params, xs, noise),
+                             rtol=1e-5)
+  # Still nothing into the modalities a sample lacks (sample 1 has only b).
+  grads = grad_one({'gen': params['gen'], 'map': params['map']}, params, xs,
+                   noise, jnp.eye(B)[1])
+  for name in ('a', 'c'):
+    assert not any(np.any(g) for g in jax.tree.leaves(
+        [grads['gen']['enc'][name], grads['gen']['dec'][name]]))
