@@ -125,15 +125,15 @@ def _run_locked(cfg: Config, exp: Experiment, primary: bool) -> dict:
   # are fetched to the host first when the mesh spans processes.
   evaluate = (evaluate_local if jax.process_count() == 1 else
               lambda params: evaluate_local(jax.device_get(params)))
+  if primary:  # before anything is written, not at the first save
+    workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp, cfg),
+                             cfg.keep_checkpoints)
   ckpt = checkpoint.Checkpointer(cfg)
   state = ckpt.restore_or_none(exp, cfg)
   if state is None:
     params = jax.jit(exp.model.init)(
         jax.random.fold_in(jax.random.key(cfg.seed), 0))
     state = {'params': params, 'opt_state': None, 'round': 0}
-  if primary:  # before the first round, not at the first save
-    workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp, cfg),
-                             cfg.keep_checkpoints)
   # Drops records of rounds after the restored one (a killed run wrote them)
   # and refills any lost ones from the checkpoint: no duplicated rounds.
   writer = metrics_writer.MetricsWriter(cfg.workdir, state['round'],

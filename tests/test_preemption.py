@@ -10,10 +10,13 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
 from fedrecon_jax import preemption, workdir
+from fedrecon_jax import train as train_lib
+from fedrecon_jax.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 6 generator + 3 task rounds; checkpoints at 5 and 9 only, so the round a
@@ -228,3 +231,29 @@ def test_two_processes_stop_at_the_same_round_and_resume(env, reference,
     assert g.keys() == w.keys()
     for k in w:
       assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-5), (g['round'], k)
+
+
+def test_full_disk_is_a_clear_error_before_anything(tmp_path, monkeypatch):
+  monkeypatch.setattr(workdir.shutil, 'disk_usage',
+                      lambda path: types.SimpleNamespace(free=5 << 20))
+  cfg = Config(workdir=str(tmp_path / 'run'), method='zero_fill', rounds=2,
+               num_clients=6, clients_per_round=3,
+               data_dir=os.environ.get('TFDS_DATA_DIR', str(tmp_path / 'tfds')))
+  with pytest.raises(workdir.WorkdirError,
+                     match=r'--workdir=.*: 5 MiB free, the run needs about'):
+    train_lib.run(cfg)
+  # Nothing written but the lock (released, empty).
+  assert sorted(os.listdir(tmp_path / 'run')) == [workdir.LOCK_FILE]
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_asks_to_stop_and_a_second_ctrl_c_aborts(sig):
+  with preemption.StopSignal() as stop:
+    assert not stop.requested(1)
+    os.kill(os.getpid(), sig)
+    assert stop.requested(2) and stop.signame == sig.name
+    if sig == signal.SIGINT:
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+  assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
