@@ -1,7 +1,10 @@
 """The training loop: data -> partition -> stage 1 (generator) -> freeze ->
 stage 2 (task), with evaluation, metrics.jsonl, checkpoints and summary.json.
 
-The rounds themselves live in `rounds.py`; this file only sequences them.
+The rounds themselves live in `rounds.py`; this file only sequences them,
+holding the workdir's lock (workdir.py), stopping after a round on SIGTERM
+(preemption.py) or when the run diverges (non-finite params, or every
+sampled client skipped).
 """
 
 from __future__ import annotations
