@@ -116,9 +116,10 @@ def client_sums(local, weights, metrics, valid) -> dict:
     metrics: dict of per-client scalars [C].
     valid: [C] bool, False for padding clients.
   Returns:
-    num (sum of w * params), den (sum of w), skipped (clients with weight
-    whose update is non-finite: left out, so one bad client cannot poison
-    the model), metric sums over counted clients and their count.
+    num (sum of w * params), den (sum of w), participants (clients with
+    some weight), skipped (those whose update is non-finite: left out, so
+    one bad client cannot poison the model), metric sums over counted
+    clients and their count.
   """
   ok = finite_clients(local)                                       # [C]
   weights = jax.tree.map(lambda w: w * expand(valid, w), weights)
@@ -136,6 +137,7 @@ def client_sums(local, weights, metrics, valid) -> dict:
       'num': jax.tree.map(num, local, use),
       'den': jax.tree.map(lambda w: w.sum(0), use),
       'skipped': jnp.sum(participated & ~ok),
+      'participants': jnp.sum(participated),
       'metrics': {k: jnp.sum(jnp.where(counted, v, 0.0))
                   for k, v in metrics.items()},
       'count': counted.sum().astype(jnp.float32),
@@ -163,7 +165,8 @@ def apply_sums(params, opt_state, sums, tx: optax.GradientTransformation):
                      optax.apply_updates(params, updates), params)
   count = jnp.maximum(sums['count'], 1.0)
   metrics = {k: v / count for k, v in sums['metrics'].items()}
-  return new, opt_state, {**metrics, 'skipped_clients': sums['skipped']}
+  return new, opt_state, {**metrics, 'skipped_clients': sums['skipped'],
+                          'participants': sums['participants']}
 
 
 def aggregate(params, opt_state, stacked_params, stacked_weights,

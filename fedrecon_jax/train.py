@@ -174,7 +174,6 @@ def _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer, stop, primary):
   """Runs rounds state['round'] + 1 .. total; returns (state, _Outcome)."""
   population = distributed.replicate(exp.population, mesh)
   num_clients = exp.population.y.shape[0]
-  cohort = min(cfg.clients_per_round, num_clients)
   key = jax.random.key(cfg.seed)
   outcome = _Outcome(last_finite_eval=_last_eval(writer.records))
   progress_ = progress.RunProgress(cfg)
@@ -200,7 +199,9 @@ def _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer, stop, primary):
     record = {'round': r, 'stage': stage,
               **{k: float(v) for k, v in metrics.items()}}
     record['skipped_clients'] = int(metrics['skipped_clients'])
-    why = _divergence(params, record['skipped_clients'], cohort)
+    record['participants'] = int(metrics['participants'])
+    why = _divergence(params, record['skipped_clients'],
+                      record['participants'])
     end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
     if why is None and (r % cfg.eval_every == 0 or end_of_stage):
       outcome.last_eval = evaluate(params)
@@ -245,13 +246,13 @@ def _all_finite(tree) -> jax.Array:
                             for x in jax.tree.leaves(tree)]))
 
 
-def _divergence(params, skipped: int, cohort: int) -> str | None:
+def _divergence(params, skipped: int, participants: int) -> str | None:
   """Why the run cannot go on after this round, or None."""
   if not bool(_all_finite(params)):
     return 'the global params are non-finite'
-  if skipped >= cohort:
-    return (f'every client of the round ({cohort}) was skipped for a '
-            'non-finite update')
+  if participants and skipped >= participants:
+    return (f'every client that trained this round ({participants}) was '
+            'skipped for a non-finite update')
   return None
 
 
