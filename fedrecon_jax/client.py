@@ -53,7 +53,8 @@ def task_inputs(cfg: Config, model: Model, params: dict, xs, present):
 
 def make_loss(cfg: Config, model: Model, stage: int) -> LossFn:
   """The per-sample client objective of a method in a stage."""
-  gen_kw = dict(beta=cfg.beta, match_weight=cfg.match_weight)
+  gen_kw = dict(beta=cfg.beta, match_weight=cfg.match_weight,
+                cross_decoding=cfg.cross_decoding)
   kind = generator_kind(cfg)
 
   def gen_loss(params, batch, key):

@@ -52,6 +52,10 @@ def build(cfg: Config) -> Experiment:
   spec = DataSpec(ds.modalities, ds.kinds,
                   tuple(x.shape[1:] for x in ds.train.xs), ds.num_classes)
   m = spec.num_modalities
+  if cfg.cross_decoding == 'one' and len(set(zip(spec.kinds, spec.shapes))) > 1:
+    raise ValueError(f"--cross_decoding='one' needs modalities of one kind "
+                     f'and shape; {cfg.dataset} has {spec.shapes}. Use '
+                     "--cross_decoding='all'.")
   if cfg.natural_split and ds.train.group is None:
     raise ValueError(f'--natural_split needs a dataset with a grouping key; '
                      f'{cfg.dataset} has none.')
