@@ -44,6 +44,8 @@ def test_raw_kind_decodes_the_source_latent_itself():
   assert not np.allclose(mapped[1, :3], mu[0, :3])    # T is not identity
 
 
+# ~2-5 min cold (whole sweeps / table2 runs): slow.
+@pytest.mark.slow
 def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
   t2 = os.path.join(root, 'table2')
   for v in ('fedrecon', 'moe'):
@@ -67,6 +69,8 @@ def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
   assert again['moe']['mse'] == rows['moe']['mse']    # rescored, same numbers
 
 
+# ~2-5 min cold (whole sweeps / table2 runs): slow.
+@pytest.mark.slow
 def test_page_reports_the_runs_margins_and_freezing(root, tiny):
   t1 = paper.table1_root(root, 'reduced')
   grid = sweep.make_grid(
