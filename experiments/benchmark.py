@@ -21,6 +21,10 @@ Variants, each timed in this process after a warm-up (median of --rounds):
                  serves every N (compiled once per stage).
   chunked_host   the same, population kept on the host, cohort rows gathered
                  outside the program.
+  auto           memory_plan.make_round with --clients_per_device=auto: what
+                 a training run picks (all at once if XLA says it fits
+                 --memory_fraction of the device, else the largest chunk
+                 that does); the note says which.
   sequential     rounds.sequential_round: one jitted single-client update called
                  per client in Python, then server.aggregate over the stack.
                  At N > --seq_max_clients it runs a cohort of seq_max_clients
@@ -29,7 +33,10 @@ Variants, each timed in this process after a warm-up (median of --rounds):
 
 Achieved GFLOP/s use the same numerator for every variant: N x the XLA cost
 analysis of one client's update (x its step count: XLA counts a loop body
-once) - the model's useful work, next to a jitted f32 matmul's peak. A
+once) - the model's useful work, next to two ceilings measured in the same
+process: a jitted f32 [4096, 4096] matmul (the device's large-matmul peak) and
+the per-client matmul that bounds stage 1, [N, 16, 256] @ [N, 256, 256]
+batched over N = 256 clients. A
 variant whose compiled program XLA says needs more than --memory_gb is not
 run; one that would not finish within --budget_s is skipped, and both say so.
 """
@@ -44,6 +51,8 @@ import resource
 import statistics
 import sys
 import time
+
+import dataclasses
 
 from absl import app
 from absl import flags
@@ -82,6 +91,9 @@ _BUDGET_S = flags.DEFINE_float(
     'budget_s', 540.0, 'Wall-clock budget; configurations that would exceed '
     'it are skipped (smallest N first, so the large N go).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the split and the params.')
+_SAVE_HLO = flags.DEFINE_string(
+    'save_hlo', '', 'Directory: write the optimized HLO text and memory '
+    'analysis of every vmap program at the largest N there.')
 
 GB = 1e9
 
@@ -146,6 +158,23 @@ def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
   return 2 * n**3 / best / GB
 
 
+def per_client_matmul_gflops(clients: int = 256, rows: int = 16,
+                             width: int = 256, repeats: int = 5) -> float:
+  """Best-of-`repeats` batched [C, rows, w] @ [C, w, w]: one small matmul
+  per client, the shape stage 1's MLPs run on a vmapped cohort."""
+  f = jax.jit(lambda a, b: jnp.einsum('cij,cjk->cik', a, b))
+  k1, k2 = jax.random.split(jax.random.key(1))
+  a = jax.random.normal(k1, (clients, rows, width), jnp.float32)
+  b = jax.random.normal(k2, (clients, width, width), jnp.float32)
+  f(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * clients * rows * width**2 / best / GB
+
+
 def memory_gb(compiled) -> float | None:
   """What XLA says the program needs live: arguments + outputs + temps."""
   m = compiled.memory_analysis()
@@ -153,6 +182,15 @@ def memory_gb(compiled) -> float | None:
     return None
   return (m.argument_size_in_bytes + m.output_size_in_bytes
           + m.temp_size_in_bytes - m.alias_size_in_bytes) / GB
+
+
+def save_program(compiled, path: str):
+  """Optimized HLO text + memory analysis, to read where memory goes."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.hlo.txt', 'w') as f:
+    f.write(compiled.as_text())
+  with open(path + '.memory.txt', 'w') as f:
+    f.write(str(compiled.memory_analysis()))
 
 
 def xla_flops(compiled) -> float:
@@ -197,6 +235,8 @@ class Runner:
     donate = variant.endswith('_donate')
     self.cfg, self.stage, self.mesh = cfg, stage, mesh
     self.num_clients = num_clients
+    self.model_ = model
+    self.save_hlo = ''
     self.note = ''
     self.params = params
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -223,6 +263,8 @@ class Runner:
       n = cfg.clients_per_round
       self.args = lambda p, o, key: cr.args(p, o, pop, key, cohort_size=n)
       self.note = f'chunk={cr.chunk}, {cr.padded(n) - n} pads'
+    elif self.kind == 'auto':
+      self.device_pop = device_pop
     elif self.kind == 'sequential':
       self.tx = None
       self.host_pop = host_pop
@@ -239,9 +281,28 @@ class Runner:
 
   def compile(self):
     """AOT-compiles (which also fills the jit cache). -> info dict."""
-    from fedrecon_jax import rounds, server  # pylint: disable=g-import-not-at-top
+    from fedrecon_jax import memory_plan, rounds, server  # pylint: disable=g-import-not-at-top
     key = self.place(jax.random.key(0))
     self.params = self.place(self.params)
+    if self.kind == 'auto':
+      # What train.py runs: the plan compiles its candidates; the chosen
+      # program's jit call below reuses that compile.
+      t = time.perf_counter()
+      plan = memory_plan.make_round(
+          dataclasses.replace(self.cfg, clients_per_device='auto'),
+          self.model_, self.stage, self.mesh, self.num_clients, self.params,
+          self.device_pop)
+      self.fn, self.tx = plan.round_fn, plan.tx
+      self.opt = self.place(rounds.init_server_opt(self.tx, self.params,
+                                                   self.cfg, self.stage))
+      self.args = lambda p, o, key: (p, o, self.device_pop, key)
+      self.note = (f'auto: {plan.clients_per_device or "all"} per device, '
+                   f'{plan.program_bytes / GB:.2f} of '
+                   f'{plan.budget_bytes / GB:.1f} GB budget')
+      return {'compile_s': time.perf_counter() - t, 'xla_flops_program': None,
+              'xla_memory_gb': plan.program_bytes / GB,
+              'program': 'round (memory plan)',
+              'auto_clients_per_device': plan.clients_per_device}
     if self.kind == 'sequential':
       tx = server.server_optimizer(self.cfg, self.stage)
       self.opt = self.place(rounds.init_server_opt(tx, self.params, self.cfg,
@@ -267,7 +328,10 @@ class Runner:
                                            (self.params, self.opt))
     t = time.perf_counter()
     compiled = self.fn.lower(*self.args(self.params, self.opt, key)).compile()
-    return {'compile_s': time.perf_counter() - t,
+    compile_s = time.perf_counter() - t
+    if self.save_hlo:
+      save_program(compiled, self.save_hlo)
+    return {'compile_s': compile_s,
             'xla_flops_program': xla_flops(compiled),
             'xla_memory_gb': memory_gb(compiled), 'program': 'round'}
 
@@ -289,7 +353,8 @@ class Runner:
   def cache_size(self) -> int | None:
     if self.kind == 'sequential':
       return None
-    return self.fn._cache_size()  # pylint: disable=protected-access
+    size = getattr(self.fn, '_cache_size', None)
+    return size() if size else None
 
 
 # ------------------------------------------------------------------- driver
@@ -314,7 +379,6 @@ def main(argv):
   deadline = t_start + _BUDGET_S.value
   jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
   from fedrecon_jax import distributed, rounds  # pylint: disable=g-import-not-at-top
-  import dataclasses  # pylint: disable=g-import-not-at-top
 
   counter = CompileCounter()
   cohorts = sorted(int(n) for n in _COHORTS.value)
@@ -324,7 +388,10 @@ def main(argv):
     raise app.UsageError(f'--population={num_clients} < max cohort.')
   load_start = os.getloadavg()
   peak = matmul_peak_gflops()
-  print(f'matmul peak: {peak:.1f} GFLOP/s (f32 4096^2, jit)', flush=True)
+  ceiling = per_client_matmul_gflops()
+  print(f'matmul peak: {peak:.1f} GFLOP/s (f32 4096^2, jit); per-client '
+        f'ceiling {ceiling:.1f} GFLOP/s ([256, 16, 256] @ [256, 256, 256])',
+        flush=True)
 
   t = time.perf_counter()
   model, host_pop, base_cfg = workload(num_clients)
@@ -372,9 +439,10 @@ def main(argv):
                   flush=True)
             history[(stage, variant)] = {**prev, 'n': n, 'memory_gb': guess}
             continue
-        # The chunked (device store) and sequential programs do not depend on
-        # N: once warm at a smaller N they need neither compile nor warm-up.
-        reuses = variant in ('chunked', 'chunked_donate', 'sequential')
+        # The chunked (device store) program does not depend on N: once warm
+        # at a smaller N it needs neither compile nor warm-up. (The sequential
+        # loop's aggregation over the stacked cohort does.)
+        reuses = variant in ('chunked', 'chunked_donate')
         warm_planned = 0 if prev and reuses else _WARMUP.value
         rounds_wanted = warm_planned + _ROUNDS.value
         if prev:
@@ -392,6 +460,9 @@ def main(argv):
         before = counter.total()
         runner = Runner(variant, run_cfg, model, stage, mesh, num_clients,
                         host_pop, device_pop, params, built)
+        if _SAVE_HLO.value and variant == 'vmap' and n == max(cohorts):
+          runner.save_hlo = os.path.join(_SAVE_HLO.value,
+                                         f'stage{stage}_n{n}_vmap')
         info = runner.compile()
         info['compiles_in_aot'] = counter.total() - before
         row.update(info)
@@ -404,7 +475,7 @@ def main(argv):
                                        'memory_gb': info['xla_memory_gb']}
           del runner
           continue
-        fresh = prev is None or info['compiles_in_aot'] > 0
+        fresh = prev is None or info['compiles_in_aot'] > 0 or seq
         warm = min(_WARMUP.value if fresh else 0, rounds_wanted - 1)
         warm_times = [runner.run_round(r) for r in range(warm)]
         after_warmup = counter.total()
@@ -425,6 +496,7 @@ def main(argv):
         row['client_steps_per_s'] = n * steps / round_s
         row['gflops_per_s'] = n * f_client / round_s / GB
         row['fraction_of_peak'] = row['gflops_per_s'] / peak
+        row['fraction_of_per_client_ceiling'] = row['gflops_per_s'] / ceiling
         row['peak_rss_gb'] = peak_rss_gb()
         if runner.note:
           row['note'] = runner.note
@@ -450,6 +522,7 @@ def main(argv):
           'jax': jax.__version__, 'cpu_count': os.cpu_count(),
           'devices': [str(d) for d in mesh.devices.flat],
           'matmul_peak_gflops': peak,
+          'per_client_matmul_gflops': ceiling,
           'loadavg_start': load_start, 'loadavg_end': os.getloadavg(),
       },
       'workload': {
@@ -476,7 +549,7 @@ def main(argv):
       'peak_rss_gb_process': max_rss_gb(),
       'wall_s': time.time() - t_start,
   }
-  table = markdown_table(results, peak)
+  table = markdown_table(results, peak, ceiling)
   print(table)
   print(f'peak RSS (process): {max_rss_gb():.2f} GB; wall '
         f'{report["wall_s"]:.0f} s; load average {load_start} -> '
@@ -498,15 +571,17 @@ def _add_ratios(results):
       r['speedup_vs_sequential'] = s / r['seconds_per_round']
 
 
-def markdown_table(results, peak) -> str:
+def markdown_table(results, peak, ceiling) -> str:
   head = ('| stage | N | variant | s/round | client-steps/s | x seq | GFLOP/s '
-          f'| % of peak ({peak:.0f}) | XLA mem GB | peak RSS GB | compiles '
+          f'| % of peak ({peak:.0f}) | % of per-client ({ceiling:.0f}) '
+          '| compile s | XLA mem GB | peak RSS GB | compiles '
           'setup / after warm-up | note |')
-  lines = [head, '|' + '---|' * 12]
+  lines = [head, '|' + '---|' * 14]
   for r in results:
     if 'skipped' in r:
       lines.append(f'| {r["stage"]} | {r["cohort"]} | {r["variant"]} | - | - '
-                   f'| - | - | - | {_fmt(r.get("xla_memory_gb"))} | - | - | '
+                   f'| - | - | - | - | {_fmt(r.get("compile_s"))} '
+                   f'| {_fmt(r.get("xla_memory_gb"))} | - | - | '
                    f'skipped: {r["skipped"]} |')
       continue
     note = '; '.join(x for x in (r.get('extrapolated', ''),
@@ -516,6 +591,8 @@ def markdown_table(results, peak) -> str:
         f'| {r["seconds_per_round"]:.3f} | {r["client_steps_per_s"]:.1f} '
         f'| {_fmt(r.get("speedup_vs_sequential"))} '
         f'| {r["gflops_per_s"]:.1f} | {100 * r["fraction_of_peak"]:.1f} '
+        f'| {100 * r["fraction_of_per_client_ceiling"]:.1f} '
+        f'| {r["compile_s"]:.1f} '
         f'| {_fmt(r.get("xla_memory_gb"))} | {r["peak_rss_gb"]:.2f} '
         f'| {r["compiles_setup"]} / {r["compiles_after_warmup"]} | {note} |')
   return '\n'.join(lines)
