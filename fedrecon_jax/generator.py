@@ -205,31 +205,41 @@ def _mopoe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
 def _mapping_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
                        match_weight, cross_decoding):
   """FedRecon: mean over present m of the ELBO of z_m decoded by Dec_m and,
-  through T(n<-m), by every other present Dec_n; plus L_match."""
+  through T(n<-m), by every other present Dec_n; plus L_match.
+
+  Each network runs once per step on all its rows (it is row-wise, so the
+  result is the same as separate passes, in fewer and larger matmuls): the
+  mappings on the sampled z and on mu (for L_match) together, and decoder n
+  on z_n and on the M - 1 latents mapped to n together.
+  """
   gen, num_m = params['gen'], len(xs)
+  b, d = mu.shape[1:]
   pairs = model.spec.pairs
   dst, src = pairs[:, 0], pairs[:, 1]
   z = _reparam(mu, logvar, noise['eps'][:num_m])         # [M, B, d]
   kl = kl_std_normal(mu, logvar)                          # [M, B]
-  self_nll = jnp.stack([model.nll(m, model.decode(gen, m, z[m]), x)
-                        for m, x in enumerate(xs)])       # [M, B]
-  tz = model.map_pairs(params['map'], z)                  # [P, B, d], by dst
+  both = model.map_pairs(params['map'], jnp.concatenate([z, mu], 1))
+  tz, tmu = both[:, :b], both[:, b:]                      # [P, B, d], by dst
   pair_mask = pres[dst] * pres[src]                       # [P, B]
   if cross_decoding == 'one':
+    self_nll = jnp.stack([model.nll(m, model.decode(gen, m, z[m]), x)
+                          for m, x in enumerate(xs)])     # [M, B]
     t, m = _one_target(noise['pick']), jnp.arange(num_m)  # [M]
     pair = t * (num_m - 1) + m - (m > t)                  # index of (t_m <- m)
     cross_by_src = ((num_m - 1) * _nll_each(model, gen, t, tz[pair], xs) *
                     pres[t] * pres)                       # [M, B]
   else:
-    per_dst = tz.reshape(num_m, num_m - 1, *tz.shape[1:])
-    cross = jnp.concatenate([
-        model.nll(n, model.decode(gen, n, per_dst[n].reshape(
-            -1, tz.shape[-1])).reshape(num_m - 1, *xs[n].shape), xs[n][None], 2)
-        for n in range(num_m)])                           # [P, B]
+    # Decoder n's rows: z_n, then T(n<-m)(z_m) for the M - 1 sources m.
+    rows = jnp.concatenate([z[:, None], tz.reshape(num_m, num_m - 1, b, d)],
+                           1)                             # [M, M, B, d]
+    nll = jnp.stack([
+        model.nll(n, model.decode(gen, n, rows[n].reshape(-1, d)).reshape(
+            num_m, *x.shape), x[None], 2)
+        for n, x in enumerate(xs)])                       # [M(dst), M, B]
+    self_nll, cross = nll[:, 0], nll[:, 1:].reshape(-1, b)  # [M, B], [P, B]
     cross_by_src = jnp.zeros_like(self_nll).at[src].add(cross * pair_mask)
   elbo = self_nll + cross_by_src + beta * kl              # [M, B]
   # L_match: T(n<-m)(mu_m) regresses onto the (fixed) target latent mu_n.
-  tmu = model.map_pairs(params['map'], mu)
   match = jnp.sum(jnp.square(tmu - jax.lax.stop_gradient(mu[dst])), -1)
   match = _masked_mean(match, pair_mask, 0)               # [B]
   loss = _masked_mean(elbo, pres, 0) + match_weight * match
