@@ -28,6 +28,7 @@ RESUMABLE_OVERRIDES = ('rounds', 'workdir', 'data_dir', 'manual_dir',
                        'eval_every', 'checkpoint_every', 'keep_checkpoints',
                        'num_devices', 'clients_per_device',
                        'memory_fraction', 'device_memory_gb', 'distributed',
+                       'compilation_cache',
                        'coordinator_address', 'num_processes', 'process_id')
 
 
@@ -137,6 +138,11 @@ class Config:
   device_memory_gb: float = _f(0.0, 'Memory of one device for '
                                '--clients_per_device=auto (0 = ask the '
                                'device; on CPU, physical memory / devices).')
+  compilation_cache: str = _f(
+      'default', 'Directory of the persistent XLA compilation cache, reused '
+      "by every later run with the same programs; 'default' = "
+      '$JAX_COMPILATION_CACHE_DIR if set, else '
+      "~/.cache/fedrecon_jax/xla ($XDG_CACHE_HOME); '' = off.")
   # Multi-host (jax.distributed); every process runs the same command.
   distributed: bool = _f(False, 'Call jax.distributed.initialize before '
                          'training (TPU pods: no other flag needed).')

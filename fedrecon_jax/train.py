@@ -106,6 +106,19 @@ def _unimodal_index(cfg: Config, ds) -> int:
   return int(np.argmax(scores))
 
 
+def use_compilation_cache(setting: str) -> str:
+  """Points JAX's persistent compilation cache at `setting` (see
+  --compilation_cache); returns the directory in use ('' = off). Call before
+  the process compiles anything: JAX opens the cache once."""
+  if setting == 'default':
+    setting = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+        'fedrecon_jax', 'xla')
+  jax.config.update('jax_compilation_cache_dir', setting or None)
+  jax.config.update('jax_enable_compilation_cache', bool(setting))
+  return setting
+
+
 def run(cfg: Config) -> dict:
   """Trains (or resumes) the run in cfg.workdir; returns the summary.
 
@@ -115,6 +128,7 @@ def run(cfg: Config) -> dict:
   (and writes) a summary with 'diverged_at_round'.
   """
   cfg.validate()
+  use_compilation_cache(cfg.compilation_cache)
   # Every process of a multi-process run runs this same loop on the same
   # values; process 0 alone writes the workdir's files (orbax coordinates
   # the checkpoints itself), so it alone holds the lock.
