@@ -7,7 +7,8 @@ r"""Regenerates the paper's tables and figures on shipped data in one command.
 Parts (each skips finished runs, so re-running resumes where it stopped):
   table1  experiments.sweep --config=table1_reduced (or table1) in
           <root>/table1_reduced (or <root>/table1); with the reduced grid
-          also --config=table1_fedavg (FedAvg rows) in <root>/table1_fedavg.
+          also --config=table1_fedavg (FedAvg rows) in <root>/table1_fedavg
+          and the ablation sweeps (ABLATIONS) in <root>/<config name>.
           Shard big grids with experiments.sweep itself over the same root;
           this picks them up.
   table2  experiments.table2 for --table2_datasets in <root>/table2.
@@ -60,6 +61,9 @@ FREEZE_ALPHA = 0.1
 # FedAvg rows of the reduced grid (config of the same name); the full grid
 # has a server_opt axis of its own.
 FEDAVG = 'table1_fedavg'
+# Ablation sweeps run with the reduced grid: config name -> the flag each
+# changes against Table 1's cells of the same method, alpha, p and seed.
+ABLATIONS = {'ablation_task_weights': 'task_encoder_weights'}
 
 
 def table1_root(root: str, grid: str) -> str:
@@ -129,6 +133,42 @@ def table1_section(runs, metric: str = 'f1_macro') -> list[str]:
     row.append(f'+{PAPER_MARGIN[col[1]]:.2f}' if col[1] in PAPER_MARGIN
                and col[0] == 'fedopt' else '')
     lines.append('| ' + ' | '.join(row) + ' |')
+  return lines
+
+
+def ablation_section(root: str, runs) -> list[str]:
+  """Each ablation sweep against its Table 1 cells, per seed."""
+  base = {(r.cfg.method, r.cfg.server_opt, r.cfg.alpha, r.cfg.missing_rate,
+           r.cfg.seed): r for r in runs if r.summary}
+  lines = []
+  for name, flag in ABLATIONS.items():
+    sweep_root = os.path.join(root, name)
+    if not os.path.exists(os.path.join(sweep_root, sweep.GRID_FILE)):
+      continue
+    abl = [r for r in report.load_runs(sweep_root)[1] if r.summary]
+    if not abl:
+      continue
+    pairs = report.group(abl, ('method', 'server_opt', 'alpha',
+                               'missing_rate'))
+    ours = getattr(abl[0].cfg, flag)
+    theirs = getattr(next(iter(base.values())).cfg, flag) if base else '?'
+    lines += [f'### --{flag}={ours} (`{name}`) vs --{flag}={theirs} '
+              '(Table 1)', '',
+              '| method server α p | metric | Table 1 | ablation '
+              '| ablation - Table 1 (per seed) |', '|---|---|---|---|---|']
+    for key, cell in sorted(pairs.items()):
+      for metric in ('f1_macro', 'f1_macro_complete'):
+        a = {r.cfg.seed: 100 * r.summary[metric] for r in cell}
+        b = {seed: 100 * base[(*key, seed)].summary[metric] for seed in a
+             if (*key, seed) in base}
+        if not b:
+          continue
+        d = [a[s] - b[s] for s in b]
+        fmt = lambda v: f'{np.mean(v):.1f} ± {np.std(v):.1f} ({len(v)})'
+        lines.append(f'| {" ".join(map(str, key))} | {metric} '
+                     f'| {fmt(list(b.values()))} | {fmt(list(a.values()))} '
+                     f'| {np.mean(d):+.1f} ± {np.std(d):.1f} |')
+    lines.append('')
   return lines
 
 
@@ -280,6 +320,9 @@ def write_page(root: str, grid: str, datasets, out: str) -> str:
             '(`f1_macro_complete`), as the paper scores its unimodal '
             'baseline.', '']
   lines += table1_section(runs, 'f1_macro_complete')
+  ablations = ablation_section(root, runs) if grid == 'reduced' else []
+  if ablations:
+    lines += ['', '## Ablations', ''] + ablations
   for d in datasets:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
     lines += table2_section(os.path.join(root, 'table2'), d, out)
@@ -303,6 +346,10 @@ def main(argv):
         failed = sweep.run_sweep(sweep.make_grid({}, {}, name), sweep_root)
         if failed:
           print(f'{name}: {len(failed)} cell(s) failed: {failed}', flush=True)
+      if _TABLE1.value == 'reduced':
+        for name in ABLATIONS:
+          sweep.run_sweep(sweep.make_grid({}, {}, name),
+                          os.path.join(_ROOT.value, name))
     if 'table2' in _PARTS.value:
       for d in _DATASETS.value:
         for v in table2.VARIANTS:
