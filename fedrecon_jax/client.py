@@ -28,34 +28,36 @@ LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
 
 def trainable_groups(cfg: Config, stage: int) -> tuple[str, ...]:
   """Parameter groups that clients train (and the server updates) in a stage."""
+  method = cfg.method_spec
   if stage == GEN_STAGE:
-    return ('gen',) if cfg.method == 'fedrecon_no_map' else ('gen', 'map')
-  if cfg.method == 'fedrecon_no_freeze':
-    return ('gen', 'map', 'task')
-  if cfg.method == 'fedrecon' and cfg.train_mapping_in_stage2:
-    return ('map', 'task')
-  return ('task',)
+    return method.gen_groups
+  if (cfg.train_mapping_in_stage2 and method.generator == 'mapping'
+      and 'map' not in method.task_groups):
+    return ('map',) + method.task_groups
+  return method.task_groups
 
 
 def generator_kind(cfg: Config) -> str:
-  return cfg.joint_posterior if cfg.method == 'fedrecon_no_map' else 'mapping'
+  """The stage-1 objective (generator.GENERATORS) of cfg's method."""
+  generator = cfg.method_spec.generator
+  return cfg.joint_posterior if generator == 'joint' else generator
 
 
 def task_inputs(cfg: Config, model: Model, params: dict, xs, present):
   """The task model's view of a batch: (inputs, attention mask [B, M])."""
-  if cfg.uses_generator:
+  view = cfg.method_spec.task_view
+  if view == 'reconstructed':
     xs = generator.complete(generator_kind(cfg), model, params, xs, present)
-    return xs, jnp.ones_like(present)
-  if cfg.method == 'unimodal':
-    return xs, present   # present holds only the chosen modality (see train.py)
-  return xs, jnp.ones_like(present)   # zero_fill: absent inputs are zeros
+  elif view == 'one_modality':
+    return xs, present   # present holds only the chosen modality (train.py)
+  return xs, jnp.ones_like(present)   # zeros: absent inputs are zeros
 
 
 def make_loss(cfg: Config, model: Model, stage: int) -> LossFn:
   """The per-sample client objective of a method in a stage."""
   gen_kw = dict(beta=cfg.beta, match_weight=cfg.match_weight,
                 cross_decoding=cfg.cross_decoding)
-  kind = generator_kind(cfg)
+  kind = generator_kind(cfg) if cfg.uses_generator else None
 
   def gen_loss(params, batch, key):
     return generator.objective(kind, model, params, batch['xs'],
@@ -67,7 +69,7 @@ def make_loss(cfg: Config, model: Model, stage: int) -> LossFn:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
     terms = {'ce': ce}
     loss = ce
-    if cfg.method == 'fedrecon_no_freeze':
+    if cfg.method_spec.task_trains_generator:
       g, gterms = gen_loss(params, batch, key)
       loss, terms = loss + g, {**terms, **gterms}
     elif 'map' in trainable_groups(cfg, stage):
@@ -130,7 +132,8 @@ def task_seen_mask(cfg: Config, data) -> jax.Array:
   attends to its one modality only. --task_encoder_weights=present counts
   only real inputs (the ablation).
   """
-  if cfg.method == 'unimodal' or cfg.task_encoder_weights == 'present':
+  if (cfg.method_spec.task_seen == 'present'
+      or cfg.task_encoder_weights == 'present'):
     return data.modality_mask
   return jnp.ones_like(data.modality_mask)
 

@@ -11,10 +11,11 @@ import dataclasses
 import math
 from typing import Any
 
+from fedrecon_jax import methods
+
 GEN_STAGE, TASK_STAGE = 1, 2
 
-METHODS = ('fedrecon', 'fedrecon_no_freeze', 'fedrecon_no_map', 'zero_fill',
-           'unimodal')
+METHODS = tuple(methods.METHODS)
 SERVER_OPTS = ('fedavg', 'fedopt')
 # adam / yogi / adagrad are Reddi et al. 2021, Algorithm 2 (server.py); the
 # optax_* versions (bias-corrected, eps inside) are kept for comparison.
@@ -152,8 +153,13 @@ class Config:
   process_id: int = _f(-1, 'This process (-1 = auto-detect).')
 
   @property
+  def method_spec(self) -> methods.Method:
+    """What --method does (methods.METHODS)."""
+    return methods.METHODS[self.method]
+
+  @property
   def uses_generator(self) -> bool:
-    return self.method.startswith('fedrecon')
+    return self.method_spec.uses_generator
 
   @property
   def chunk_setting(self) -> int | str:

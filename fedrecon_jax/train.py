@@ -69,7 +69,7 @@ def build(cfg: Config) -> Experiment:
       len(ds.test.y), m, cfg.missing_rate, seed=_seed(cfg, 1))
   test_complete = np.ones_like(test_present)
   uni = None
-  if cfg.method == 'unimodal':
+  if cfg.method_spec.task_view == 'one_modality':
     uni = _unimodal_index(cfg, ds)
     # The unimodal baseline sees only its modality: clients without it hold
     # no usable sample, and the fusion attends to that modality alone.
