@@ -225,11 +225,15 @@ def table2_section(root: str, dataset: str, out: str) -> list[str]:
   off = lambda m: np.asarray(m)[~np.eye(len(m), dtype=bool)]  # pylint: disable=unnecessary-lambda-assignment
   lines = [f'Reference MSE of filling a missing modality with zeros '
            f'{refs["zero_fill_mse"]:.4f} or the training mean '
-           f'{refs["mean_fill_mse"]:.4f}.', '',
+           f'{refs["mean_fill_mse"]:.4f}.' if refs else '', '',
            '| generator | MSE n←m (mean over pairs) | MSE n←all others | '
            'coherence n←m % | coherence n←all others % | probe on real % |',
            '|---|---|---|---|---|---|']
   for name, r in rows.items():
+    if 'diverged_at_round' in r:
+      lines.append(f'| {name} | diverged at round {r["diverged_at_round"]} '
+                   '| | | | |')
+      continue
     lines.append(
         f'| {name} | {off(r["mse"]).mean():.4f} | {np.mean(r["mse_loo"]):.4f}'
         f' | {_pct(np.mean(r["coherence_single_mean"]))} | '

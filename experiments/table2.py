@@ -106,6 +106,14 @@ def run_variant(dataset: str, variant: str, root: str,
   if not sweep.is_finished(cfg):
     print(f'table2: training {dataset}/{variant}', flush=True)
     train.run(cfg)
+  diverged = workdir.read_summary(cfg.workdir).get('diverged_at_round')
+  if diverged is not None:
+    # Nothing to score: the row says where training stopped.
+    results = {variant: {'diverged_at_round': diverged}}
+    write_json_atomic(scores, results, indent=1)
+    print(f'table2: {dataset}/{variant} diverged at round {diverged}',
+          flush=True)
+    return results
   exp = train.build(cfg)
   state = checkpoint.Checkpointer(cfg).restore_or_none(exp, cfg)
   if state is None or state['round'] != cfg.total_rounds:
@@ -147,7 +155,8 @@ def load_results(root: str, dataset: str) -> tuple[dict, dict]:
     if os.path.exists(path):
       with open(path) as f:
         result = json.load(f)
-      refs = {k: result[k] for k in ('zero_fill_mse', 'mean_fill_mse')}
+      refs = {k: result[k] for k in ('zero_fill_mse', 'mean_fill_mse')
+              if k in result} or refs
       rows.update({k: v for k, v in result.items() if isinstance(v, dict)})
   return rows, refs
 
