@@ -34,7 +34,8 @@ from absl import logging
 import numpy as np
 
 from experiments import train as train_flags
-from fedrecon_jax import checkpoint, client, data, generator, recon_metrics
+from fedrecon_jax import checkpoint, client, data, generator, probes
+from fedrecon_jax import recon_metrics
 from fedrecon_jax import train, workdir
 from fedrecon_jax.config import Config
 from fedrecon_jax.metrics_writer import write_json_atomic
@@ -124,7 +125,7 @@ def run_variant(dataset: str, variant: str, root: str,
   # of the federated method; cached per dataset and shared by the variants.
   ds = data.load(dataset, data_dir=cfg.data_dir or None,
                  manual_dir=cfg.manual_dir or None)
-  probes = recon_metrics.cached_probes(
+  judges = probes.cached_probes(
       os.path.join(root, dataset), ds.modalities, ds.train.xs, ds.train.y,
       ds.num_classes, key=jax.random.key(cfg.seed), steps=probe_steps)
   kinds = {variant: client.generator_kind(cfg)}
@@ -134,7 +135,7 @@ def run_variant(dataset: str, variant: str, root: str,
              'mean_fill_mse': summary['mean_fill_mse']}
   for name, kind in kinds.items():
     metrics = recon_metrics.table2_metrics(
-        kind, exp.model, state['params'], exp.test_xs, exp.test_y, probes)
+        kind, exp.model, state['params'], exp.test_xs, exp.test_y, judges)
     results[name] = {**_jsonable(metrics),
                      'train_seconds': summary['wall_seconds']}
     if exp.spec.kinds[0] == 'image':

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedrecon_jax import probes as probes_lib
 from fedrecon_jax import recon_metrics as rm
 from fedrecon_jax.models import DataSpec, Model
 
@@ -66,40 +67,40 @@ def _images(n, seed=0):
 @pytest.fixture(scope='module')
 def vector_probe():
   x, y = _blobs(300)
-  return rm.train_probe(x[:200], y[:200], 3, key=jax.random.key(0), steps=150)
+  return probes_lib.train_probe(x[:200], y[:200], 3, key=jax.random.key(0), steps=150)
 
 
 def test_mlp_probe_learns_and_coherence_of_real_data_is_its_accuracy(
     vector_probe):
   x, y = _blobs(300)
   assert vector_probe.arch == 'mlp'
-  acc = float(np.mean(rm.predict(vector_probe, x[200:]) == y[200:]))
+  acc = float(np.mean(probes_lib.predict(vector_probe, x[200:]) == y[200:]))
   assert acc > 0.95
   # A perfect reconstruction (x_hat = x) scores exactly the probe's accuracy,
   # whatever the chunking (the padded rows must not count).
-  assert rm.coherence(vector_probe, x[200:], y[200:]) == acc
-  assert rm.coherence(vector_probe, x[200:], y[200:], chunk=7) == acc
+  assert probes_lib.coherence(vector_probe, x[200:], y[200:]) == acc
+  assert probes_lib.coherence(vector_probe, x[200:], y[200:], chunk=7) == acc
   # A reconstruction that always yields one class is right on that class only.
   one = np.broadcast_to(x[y == 0][:1], (100, x.shape[1]))
-  assert rm.coherence(vector_probe, one, y[200:]) == pytest.approx(
-      np.mean(y[200:] == rm.predict(vector_probe, one[:1])[0]))
+  assert probes_lib.coherence(vector_probe, one, y[200:]) == pytest.approx(
+      np.mean(y[200:] == probes_lib.predict(vector_probe, one[:1])[0]))
 
 
 def test_probe_is_a_function_of_its_key(vector_probe):
   x, y = _blobs(300)
-  again = rm.train_probe(x[:200], y[:200], 3, key=jax.random.key(0), steps=150)
+  again = probes_lib.train_probe(x[:200], y[:200], 3, key=jax.random.key(0), steps=150)
   jax.tree.map(np.testing.assert_array_equal, vector_probe.params,
                again.params)
-  other = rm.train_probe(x[:200], y[:200], 3, key=jax.random.key(1), steps=150)
+  other = probes_lib.train_probe(x[:200], y[:200], 3, key=jax.random.key(1), steps=150)
   assert not np.array_equal(other.params['Dense_0']['kernel'],
                             again.params['Dense_0']['kernel'])
 
 
 def test_cnn_probe_learns_images():
   x, y = _images(240)
-  probe = rm.train_probe(x[:160], y[:160], 4, key=jax.random.key(1), steps=80)
+  probe = probes_lib.train_probe(x[:160], y[:160], 4, key=jax.random.key(1), steps=80)
   assert probe.arch == 'cnn'
-  assert rm.coherence(probe, x[160:], y[160:]) > 0.9
+  assert probes_lib.coherence(probe, x[160:], y[160:]) > 0.9
 
 
 def test_cached_probes_are_reused_and_refit_on_new_data(tmp_path, monkeypatch):
@@ -107,7 +108,7 @@ def test_cached_probes_are_reused_and_refit_on_new_data(tmp_path, monkeypatch):
   # Shapes and steps as in vector_probe and `tiny`, so no new compilation.
   xs, y, steps = (x[:200], x[:200, :4]), y[:200], 150
   key = jax.random.key(2)
-  first = rm.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key,
+  first = probes_lib.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key,
                            steps=steps)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['probe_a.npz',
                                                         'probe_b.npz']
@@ -115,26 +116,26 @@ def test_cached_probes_are_reused_and_refit_on_new_data(tmp_path, monkeypatch):
   def no_training(*args, **kwargs):
     raise AssertionError('a cached probe was retrained')
 
-  real_train = rm.train_probe
-  monkeypatch.setattr(rm, 'train_probe', no_training)
-  again = rm.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key,
+  real_train = probes_lib.train_probe
+  monkeypatch.setattr(probes_lib, 'train_probe', no_training)
+  again = probes_lib.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key,
                            steps=steps)
   for p, q, x_m in zip(first, again, xs):
     assert (q.arch, q.num_classes) == (p.arch, p.num_classes)
     jax.tree.map(np.testing.assert_array_equal, p.params, q.params)
-    np.testing.assert_array_equal(rm.predict(q, x_m), rm.predict(p, x_m))
+    np.testing.assert_array_equal(probes_lib.predict(q, x_m), probes_lib.predict(p, x_m))
   # Other settings, key or data invalidate the stored probe.
   with pytest.raises(AssertionError, match='retrained'):
-    rm.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key, steps=149)
+    probes_lib.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3, key=key, steps=149)
   with pytest.raises(AssertionError, match='retrained'):
-    rm.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3,
+    probes_lib.cached_probes(str(tmp_path), ('a', 'b'), xs, y, 3,
                      key=jax.random.key(3), steps=steps)
-  monkeypatch.setattr(rm, 'train_probe', real_train)
+  monkeypatch.setattr(probes_lib, 'train_probe', real_train)
   new_xs = (xs[0] + 1, xs[1])
-  rm.cached_probes(str(tmp_path), ('a', 'b'), new_xs, y, 3, key=key,
+  probes_lib.cached_probes(str(tmp_path), ('a', 'b'), new_xs, y, 3, key=key,
                    steps=steps)
-  monkeypatch.setattr(rm, 'train_probe', no_training)
-  rm.cached_probes(str(tmp_path), ('a', 'b'), new_xs, y, 3, key=key,
+  monkeypatch.setattr(probes_lib, 'train_probe', no_training)
+  probes_lib.cached_probes(str(tmp_path), ('a', 'b'), new_xs, y, 3, key=key,
                    steps=steps)
 
 
@@ -200,7 +201,7 @@ def tiny():
   y = rng.integers(0, 3, 200).astype(np.int32)
   xs = tuple((np.eye(3)[y] @ rng.normal(size=(3, d)) * 3
               + rng.normal(size=(200, d))).astype(np.float32) for d in dims)
-  probes = [rm.train_probe(x, y, 3, key=jax.random.key(i), steps=150)
+  probes = [probes_lib.train_probe(x, y, 3, key=jax.random.key(i), steps=150)
             for i, x in enumerate(xs)]
   return model, params, xs, y, probes
 
@@ -222,7 +223,7 @@ def test_table2_metrics_mapping_end_to_end(tiny):
     assert np.all((out[name] >= 0) & (out[name] <= 1))
   assert out['coherence_single'].shape == (3, 3)
   for n in range(3):
-    assert out['probe_accuracy'][n] == rm.coherence(probes[n], xs[n], y)
+    assert out['probe_accuracy'][n] == probes_lib.coherence(probes[n], xs[n], y)
   ret = out['retrieval']
   assert set(ret) == {'mapping', 'raw'}
   pairs = {'a<-b', 'a<-c', 'b<-a', 'b<-c', 'c<-a', 'c<-b'}
