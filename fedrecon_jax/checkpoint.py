@@ -49,10 +49,6 @@ from fedrecon_jax import config as config_lib
 from fedrecon_jax import metrics_writer, rounds, server
 from fedrecon_jax import workdir as workdir_lib
 
-# Kept importable from here for callers that read metrics with checkpoints.
-read_metrics = metrics_writer.read_metrics
-truncate_metrics = metrics_writer.truncate_metrics
-
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'checkpoints_corrupt'
@@ -95,7 +91,7 @@ class Checkpointer:
     if not (due or force) or round_ in self.mngr.all_steps():
       return False
     if metrics is None:
-      metrics = read_metrics(
+      metrics = metrics_writer.read_metrics(
           os.path.join(self.workdir, metrics_writer.METRICS_FILE))
     meta = {'round': round_, 'config': self.cfg.to_dict(),
             'partition': self.fingerprint, 'metrics': list(metrics)}
