@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedrecon_jax import client, generator
+from fedrecon_jax import client, recon_metrics
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import Model
 
@@ -32,25 +32,6 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def accuracy(y_true, y_pred) -> float:
   return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
-
-
-def leave_one_out_sse(reconstruct_fn, xs: Sequence[jax.Array],
-                      rows: jax.Array) -> jax.Array:
-  """[M]: for each modality n rebuilt from all the others, the sum over the
-  rows marked in `rows` [B] of the per-feature mean squared error.
-
-  reconstruct_fn(xs, present [B, M]) -> per-modality reconstructions.
-  """
-  m, b = len(xs), xs[0].shape[0]
-  out = []
-  for n in range(m):
-    present = jnp.ones((b, m), bool).at[:, n].set(False)
-    held_out = tuple(jnp.where(i == n, jnp.zeros_like(x), x)
-                     for i, x in enumerate(xs))
-    x_hat = reconstruct_fn(held_out, present)[n]
-    err = jnp.square(x_hat - xs[n]).reshape(b, -1).mean(1)
-    out.append(jnp.sum(err * rows))
-  return jnp.stack(out)
 
 
 def fill_mse(xs_test, fill_values) -> np.ndarray:
@@ -100,7 +81,6 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
     present_complete = pad_to(present_complete)
     xs_complete = [np.where(present_complete[:, i].reshape(
         -1, *[1] * (x.ndim - 1)), x, 0) for i, x in enumerate(xs_true)]
-  rows = pad_to(np.ones(n, np.float32))
   chunks = lambda arrs: [tuple(a[i:i + chunk] for a in arrs)
                          for i in range(0, n + pad, chunk)]
 
@@ -110,11 +90,6 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
     return jnp.argmax(model.logits(params['task'], xs, attend), -1)
 
   kind = client.generator_kind(cfg)
-
-  @jax.jit
-  def recon(params, xs, rows):
-    return leave_one_out_sse(
-        lambda h, p: generator.reconstruct(kind, model, params, h, p), xs, rows)
 
   def classify(params, xs, pres):
     return np.concatenate([np.asarray(predict(params, c[:-1], c[-1]))
@@ -128,9 +103,11 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
       out['f1_macro_complete'] = macro_f1(y_test, preds)
       out['accuracy_complete'] = accuracy(y_test, preds)
     if cfg.uses_generator:
-      sse = sum(np.asarray(recon(params, c[:-1], c[-1]))
-                for c in chunks([*xs_true, rows]))
-      out['recon_mse'] = float(sse.sum() / (n * len(xs_test)))
+      # Mean over modalities n of the MSE of n rebuilt from all the others.
+      rebuild = recon_metrics.reconstructor(kind, model, params)
+      out['recon_mse'] = float(np.mean([
+          mse for _, _, mse in recon_metrics.leave_one_out(
+              rebuild, xs_test, chunk=chunk)]))
     return out
 
   return evaluate

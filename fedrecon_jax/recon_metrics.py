@@ -125,6 +125,21 @@ def _only(m: int, num: int) -> np.ndarray:
   return np.arange(num) == m
 
 
+def leave_one_out(reconstruct_from: ReconstructFn, xs: Sequence[np.ndarray],
+                  *, chunk: int = DEFAULT_CHUNK):
+  """Each modality n rebuilt from all the others (n absent and zeroed).
+
+  Yields (n, x_hat_n [N, ...], per-feature MSE of x_hat_n averaged over
+  samples) for n = 0 .. M-1; `reconstruct_from` as for
+  `reconstruct_in_chunks`.
+  """
+  num = len(xs)
+  for n in range(num):
+    x_hats, err = reconstruct_in_chunks(reconstruct_from, xs, ~_only(n, num),
+                                        chunk=chunk)
+    yield n, x_hats[n], float(err[:, n].mean())
+
+
 def recon_mse_matrix(reconstruct_from: ReconstructFn, xs: Sequence[np.ndarray],
                      *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
   """[M, M] cross-modal reconstruction error over a whole set.
@@ -275,13 +290,9 @@ def table2_metrics(kind: str, model: Model, params: Any,
 
   mse_loo = np.zeros(num)
   coh_loo = np.zeros(num)
-  for n in range(num):
-    x_hats, err = reconstruct_in_chunks(fn, test_xs, ~_only(n, num),
-                                        chunk=chunk)
-    mse_loo[n] = err[:, n].mean()
+  for n, x_hat, mse_loo[n] in leave_one_out(fn, test_xs, chunk=chunk):
     if probes is not None:
-      coh_loo[n] = probes_lib.coherence(probes[n], x_hats[n], test_y,
-                                        chunk=chunk)
+      coh_loo[n] = probes_lib.coherence(probes[n], x_hat, test_y, chunk=chunk)
   out['mse_loo'] = mse_loo
 
   if probes is not None:

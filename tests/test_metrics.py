@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedrecon_jax import evaluation, generator
+from fedrecon_jax import evaluation, generator, recon_metrics
 from fedrecon_jax.config import Config
 
 
@@ -21,14 +21,21 @@ def test_macro_f1_known_answer():
   assert evaluation.macro_f1(y_true, y_true) == 1.0
 
 
-def test_leave_one_out_sse_is_zero_for_perfect_reconstruction():
-  xs = (jnp.arange(12.).reshape(4, 3), jnp.ones((4, 2)))
-  perfect = lambda held_out, present: xs
-  np.testing.assert_array_equal(
-      evaluation.leave_one_out_sse(perfect, xs, jnp.ones(4)), [0.0, 0.0])
-  zeros = lambda held_out, present: tuple(jnp.zeros_like(x) for x in xs)
-  sse = evaluation.leave_one_out_sse(zeros, xs, jnp.array([1., 1., 0., 0.]))
-  np.testing.assert_allclose(sse, [np.mean(np.arange(6.)**2, ) * 2, 2.0])
+def test_leave_one_out_mse_known_answers():
+  xs = (np.arange(12.).reshape(4, 3).astype(np.float32),
+        np.ones((4, 2), np.float32))
+  perfect = lambda held_out, present: tuple(jnp.asarray(x) for x in xs)
+  loo = recon_metrics.leave_one_out(perfect, xs, chunk=4)
+  assert [(n, mse) for n, _, mse in loo] == [(0, 0.0), (1, 0.0)]
+  # Rebuilding as zeros: the mean square of each modality's values.
+  zeros = lambda held_out, present: tuple(jnp.zeros_like(h) for h in held_out)
+  mse = [m for _, _, m in recon_metrics.leave_one_out(zeros, xs, chunk=3)]
+  np.testing.assert_allclose(mse, [np.mean(np.arange(12.)**2), 1.0])
+  # The rebuilt modality is zeroed in what the generator sees.
+  echo = lambda held_out, present: held_out
+  for n, x_hat, mse in recon_metrics.leave_one_out(echo, xs, chunk=3):
+    np.testing.assert_array_equal(x_hat, np.zeros_like(xs[n]))
+    assert mse == pytest.approx(np.mean(xs[n].astype(np.float64)**2))
 
 
 def test_ridge_probe_separable():
