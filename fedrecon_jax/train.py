@@ -188,6 +188,24 @@ class _Outcome:
   preempted_by: str | None = None          # signal name
 
 
+# What JAX spends producing programs: tracing, lowering, XLA compiles and
+# persistent-cache loads.
+_COMPILE_EVENTS = frozenset({
+    '/jax/core/compile/jaxpr_trace_duration',
+    '/jax/core/compile/jaxpr_to_mlir_module_duration',
+    '/jax/core/compile/backend_compile_duration',
+    '/jax/compilation_cache/cache_retrieval_time_sec'})
+_compile_seconds = [0.0]   # this process's total, summed by the listener
+
+
+def _on_event(event: str, duration: float, **unused) -> None:
+  if event in _COMPILE_EVENTS:
+    _compile_seconds[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
 def _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer, stop, primary):
   """Runs rounds state['round'] + 1 .. total; returns (state, _Outcome)."""
   population = distributed.replicate(exp.population, mesh)
@@ -198,6 +216,7 @@ def _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer, stop, primary):
   round_fns = {}
   for r in range(state['round'] + 1, cfg.total_rounds + 1):
     stage = cfg.stage(r)
+    compiled_before = _compile_seconds[0]
     if stage not in round_fns:
       round_fns[stage] = _make_round(cfg, exp, stage, mesh, num_clients,
                                      state['params'], population)
@@ -227,6 +246,8 @@ def _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer, stop, primary):
       if all(math.isfinite(v) for v in outcome.last_eval.values()):
         outcome.last_finite_eval = {'round': r, **outcome.last_eval}
     record['seconds'] = time.time() - t0
+    if _compile_seconds[0] > compiled_before:   # a stage's first round
+      record['compile_seconds'] = _compile_seconds[0] - compiled_before
     writer.write(record)
     if primary:
       print(f'round {r}/{cfg.total_rounds} stage {stage} '

@@ -40,7 +40,8 @@ def train(env, workdir_, *extra):
 def records(workdir_):
   with open(os.path.join(workdir_, 'metrics.jsonl')) as f:
     lines = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if k != 'seconds'} for r in lines]
+  return [{k: v for k, v in r.items() if not k.endswith('seconds')}
+          for r in lines]
 
 
 def steps(workdir_):

@@ -44,7 +44,8 @@ def records(workdir):
   """metrics.jsonl as parsed records, without the wall-clock field."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     lines = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if k != 'seconds'} for r in lines]
+  return [{k: v for k, v in r.items() if not k.endswith('seconds')}
+          for r in lines]
 
 
 def steps(workdir):

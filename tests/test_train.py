@@ -71,6 +71,8 @@ def test_every_method_runs(tmp_path, data_dir, method, extra):
   summary = train.run(cfg)
   records = read_jsonl(tmp_path / 'metrics.jsonl')
   assert len(records) == cfg.total_rounds
+  # Compile time is recorded where programs were built: the first round.
+  assert records[0]['compile_seconds'] > 0
   assert 0.0 <= summary['f1_macro'] <= 1.0
   assert ('recon_mse' in summary) == cfg.uses_generator
   if method == 'unimodal':
