@@ -145,34 +145,32 @@ def max_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
 
 
-def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
-  """Best-of-`repeats` f32 [n, n] @ [n, n] under jit on the default device."""
-  f = jax.jit(jnp.matmul)
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  f(a, a).block_until_ready()
+def best_seconds(f, *args, repeats: int = 5) -> float:
+  """Best-of-`repeats` wall time of a jitted f(*args), after one warm call."""
+  f(*args).block_until_ready()
   best = float('inf')
   for _ in range(repeats):
     t = time.perf_counter()
-    f(a, a).block_until_ready()
+    f(*args).block_until_ready()
     best = min(best, time.perf_counter() - t)
-  return 2 * n**3 / best / GB
+  return best
+
+
+def matmul_peak_gflops(n: int = 4096) -> float:
+  """f32 [n, n] @ [n, n] under jit on the default device."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  return 2 * n**3 / best_seconds(jax.jit(jnp.matmul), a, a) / GB
 
 
 def per_client_matmul_gflops(clients: int = 256, rows: int = 16,
-                             width: int = 256, repeats: int = 5) -> float:
-  """Best-of-`repeats` batched [C, rows, w] @ [C, w, w]: one small matmul
-  per client, the shape stage 1's MLPs run on a vmapped cohort."""
-  f = jax.jit(lambda a, b: jnp.einsum('cij,cjk->cik', a, b))
+                             width: int = 256) -> float:
+  """Batched [C, rows, w] @ [C, w, w]: one small matmul per client, the
+  shape stage 1's MLPs run on a vmapped cohort."""
   k1, k2 = jax.random.split(jax.random.key(1))
   a = jax.random.normal(k1, (clients, rows, width), jnp.float32)
   b = jax.random.normal(k2, (clients, width, width), jnp.float32)
-  f(a, b).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * clients * rows * width**2 / best / GB
+  f = jax.jit(lambda a, b: jnp.einsum('cij,cjk->cik', a, b))
+  return 2 * clients * rows * width**2 / best_seconds(f, a, b) / GB
 
 
 def memory_gb(compiled) -> float | None:

@@ -1,0 +1,86 @@
+r"""Stage-1 round speed of two source trees, measured in one session.
+
+  git worktree add /tmp/old <commit>
+  python -m experiments.stage1_ab --trees=/tmp/old,. --repeats=2
+
+Each tree runs in its own subprocess (its own `fedrecon_jax` on PYTHONPATH),
+alternating, on the default config's stage-1 round (uci_multifeature, 10
+clients per round, batch 16): compile time and the median of 5 rounds, in
+wall and process CPU seconds. CPU seconds are the fairer comparison on a
+shared machine. Prints a table and writes JSON (--out).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+_TREES = flags.DEFINE_list('trees', None, 'Source trees to compare.')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'Alternating repeats.')
+_OUT = flags.DEFINE_string('out', 'experiments/results/stage1_ab_cpu.json',
+                           'Where the JSON goes.')
+
+# Runs inside the measured tree's subprocess; prints one JSON line.
+_PROBE = r'''
+import json, resource, time
+import jax
+from fedrecon_jax import distributed, rounds, train
+from fedrecon_jax.config import Config
+cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+cfg = Config(workdir='/tmp/stage1_ab_unused')
+exp = train.build(cfg)
+mesh = rounds.make_mesh(1)
+params = jax.jit(exp.model.init)(jax.random.key(0))
+pop = distributed.replicate(exp.population, mesh)
+fn, tx = rounds.make_round(cfg, exp.model, 1, mesh, cfg.num_clients)
+p, o, k = distributed.replicate(
+    (params, rounds.init_server_opt(tx, params, cfg, 1), jax.random.key(1)),
+    mesh)
+t, c = time.perf_counter(), cpu()
+fn.lower(p, o, pop, k).compile()
+out = {'compile_s': time.perf_counter() - t, 'compile_cpu_s': cpu() - c}
+jax.block_until_ready(fn(p, o, pop, k))
+wall, cpus = [], []
+for r in range(5):
+  t, c = time.perf_counter(), cpu()
+  jax.block_until_ready(fn(p, o, pop, jax.random.key(r)))
+  wall.append(time.perf_counter() - t)
+  cpus.append(cpu() - c)
+steps = -(-exp.population.y.shape[1] // cfg.batch_size) * cfg.local_epochs
+n = cfg.clients_per_round * steps
+out.update(round_s=sorted(wall)[2], round_cpu_s=sorted(cpus)[2],
+           client_steps_per_s=n / sorted(wall)[2],
+           client_steps_per_cpu_s=n / sorted(cpus)[2])
+print(json.dumps(out))
+'''
+
+
+def measure(tree: str) -> dict:
+  env = {**os.environ, 'PYTHONPATH': os.path.abspath(tree),
+         'JAX_COMPILATION_CACHE_DIR': '', 'JAX_ENABLE_COMPILATION_CACHE': '0'}
+  proc = subprocess.run([sys.executable, '-c', _PROBE], env=env, check=True,
+                        capture_output=True, text=True, cwd='/tmp')
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  return {'tree': tree, 'load': os.getloadavg()[0], **out}
+
+
+def main(argv):
+  del argv
+  rows = [measure(t) for _ in range(_REPEATS.value) for t in _TREES.value]
+  print('| tree | compile s (CPU s) | s/round (CPU s) | client-steps/s '
+        '(per CPU s) | load |\n|---|---|---|---|---|')
+  for r in rows:
+    print(f'| {r["tree"]} | {r["compile_s"]:.1f} ({r["compile_cpu_s"]:.1f}) '
+          f'| {r["round_s"]:.2f} ({r["round_cpu_s"]:.2f}) '
+          f'| {r["client_steps_per_s"]:.1f} ({r["client_steps_per_cpu_s"]:.1f})'
+          f' | {r["load"]:.1f} |')
+  with open(_OUT.value, 'w') as f:
+    json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('trees')
+  app.run(main)
