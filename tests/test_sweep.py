@@ -15,7 +15,7 @@ import tiny
 
 # The tests' tiny run (its alpha as the grid's one alpha): both seeds' cells
 # reuse the programs of the other end-to-end tests.
-TINY = (*tiny.flags(alpha=None, gen_rounds=3, rounds=5), '--checkpoint_every=2')
+TINY = (*tiny.flags(alpha=None, gen_rounds=2, rounds=2), '--checkpoint_every=2')
 ALPHA = float(tiny.MODEL['alpha'])
 GRID = ('--methods=fedrecon,zero_fill', f'--alphas={ALPHA}', '--seeds=0,1')
 
