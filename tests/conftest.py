@@ -36,10 +36,8 @@ def env(tmp_path_factory):
 _SPREAD = ('test_engine.py', 'test_train.py')
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
+def pytest_itemcollected(item):
   """Under `--dist loadgroup` (setup.cfg) every other file's tests run on one
   worker, so its module fixtures (a reference run, a sweep) run once."""
-  for item in items:
-    if item.path.name not in _SPREAD:
-      item.add_marker(pytest.mark.xdist_group(item.path.stem))
+  if item.path.name not in _SPREAD:
+    item.add_marker(pytest.mark.xdist_group(item.path.stem))
