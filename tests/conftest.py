@@ -29,15 +29,3 @@ def env(tmp_path_factory):
   prepared by the first run that needs it (one per pytest-xdist worker)."""
   return dict(os.environ, TFDS_DATA_DIR=str(tmp_path_factory.mktemp('tfds')))
 
-
-# Files whose tests may run on any pytest-xdist worker: no costly module
-# fixture, and many independent compiles (test_engine.py alone is the
-# longest file).
-_SPREAD = ('test_engine.py', 'test_train.py')
-
-
-def pytest_itemcollected(item):
-  """Under `--dist loadgroup` (setup.cfg) every other file's tests run on one
-  worker, so its module fixtures (a reference run, a sweep) run once."""
-  if item.path.name not in _SPREAD:
-    item.add_marker(pytest.mark.xdist_group(item.path.stem))

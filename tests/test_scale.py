@@ -259,7 +259,7 @@ def test_two_processes_equal_one(setup, tmp_path):
   logs = []
   for proc in procs:
     try:
-      logs.append(proc.communicate(timeout=150)[0])
+      logs.append(proc.communicate(timeout=600)[0])
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
