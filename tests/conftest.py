@@ -22,8 +22,10 @@ if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
                              ' --xla_backend_optimization_level=0').strip()
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def env(tmp_path_factory):
   """Environment for `python -m experiments.*` subprocesses: the shared
-  compilation cache (inherited from os.environ) and a fresh TFDS data_dir."""
+  compilation cache (inherited from os.environ) and a fresh TFDS data_dir,
+  prepared by the first run that needs it (one per pytest-xdist worker)."""
   return dict(os.environ, TFDS_DATA_DIR=str(tmp_path_factory.mktemp('tfds')))
+

@@ -1,6 +1,5 @@
 """The round engine against references written differently."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,10 +8,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 import pytest
 
-from fedrecon_jax import client, partition, rounds, server
+from fedrecon_jax import client, distributed, partition, rounds, server
 from fedrecon_jax.config import Config, GEN_STAGE, TASK_STAGE
 from fedrecon_jax.models import DataSpec, Model
 
@@ -46,18 +44,35 @@ def cfg_for(**kw):
   return Config(**{**base, **kw})
 
 
+def init_params(model):
+  # Jitted: one program (shared through the compilation cache) instead of
+  # an eager init's hundreds of small ones.
+  return jax.jit(model.init)(jax.random.key(0))
+
+
+def placed(mesh, *args):
+  """Round arguments placed as train.run places them (replicated), so the
+  first round and later ones (fed the outputs) run one program, and tests
+  with the same round share it through the compilation cache."""
+  return distributed.replicate(args, mesh)
+
+
 def one_round(cfg, model, stage, params, population, key, mesh=None):
   mesh = mesh or rounds.make_mesh(1)
   fn, tx = rounds.make_round(cfg, model, stage, mesh, K)
   opt = rounds.init_server_opt(tx, params, cfg, stage)
-  return fn(params, opt, population, key)
+  return fn(*placed(mesh, params, opt, population, key))
+
+
+# The jitted server step (the tests' hand-stacked updates): one program per
+# cohort size instead of an eager op-by-op step.
+aggregate = jax.jit(server.aggregate, static_argnames='tx')
 
 
 @pytest.fixture(scope='module')
 def setup():
   model = small_model()
-  params = model.init(jax.random.key(0))
-  return model, params, make_population()
+  return model, init_params(model), make_population()
 
 
 @pytest.mark.parametrize('method,stage,server_opt', [
@@ -94,10 +109,10 @@ def test_masked_aggregation_ignores_clients_without_the_modality(setup):
   assert float(outs[1][1]['gen']['enc']['a']['Dense_0']['kernel']) == 0.0
   stack = lambda *xs: jnp.stack(xs)
   tx = server.server_optimizer(cfg_for(server_opt='fedavg'), GEN_STAGE)
-  both = server.aggregate(trainable, tx.init(trainable),
+  both = aggregate(trainable, tx.init(trainable),
                           jax.tree.map(stack, *[o[0] for o in outs]),
                           jax.tree.map(stack, *[o[1] for o in outs]), tx)[0]
-  only0 = server.aggregate(trainable, tx.init(trainable),
+  only0 = aggregate(trainable, tx.init(trainable),
                            jax.tree.map(stack, outs[0][0]),
                            jax.tree.map(stack, outs[0][1]), tx)[0]
   chex.assert_trees_all_equal(both['gen']['enc']['a'], only0['gen']['enc']['a'])
@@ -128,7 +143,7 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
   # FedAvg of task encoder 'a': sample-weighted mean written out by hand.
   tx = server.server_optimizer(cfg_for(server_opt='fedavg'), TASK_STAGE)
   stack = lambda *xs: jnp.stack(xs)
-  got = server.aggregate(trainable, tx.init(trainable),
+  got = aggregate(trainable, tx.init(trainable),
                          jax.tree.map(stack, *[o[0] for o in outs]),
                          jax.tree.map(stack, *[o[1] for o in outs]), tx)[0]
   kernel = lambda p: np.asarray(p['enc']['a']['MLP_0']['Dense_0']['kernel'])
@@ -160,9 +175,9 @@ def test_generator_frozen_in_stage2(setup):
     cfg = cfg_for(method=method)
     fn, tx = rounds.make_round(cfg, model, TASK_STAGE, mesh, K)
     opt = rounds.init_server_opt(tx, params, cfg, TASK_STAGE)
-    p = params
+    p, opt, pop = placed(mesh, params, opt, population)
     for r in range(3):
-      p, opt, _ = fn(p, opt, population, jax.random.key(r))
+      p, opt, _ = fn(p, opt, pop, *placed(mesh, jax.random.key(r)))
       same = jax.tree.leaves(jax.tree.map(
           lambda a, b: bool(jnp.array_equal(a, b)), p['gen'], params['gen']))
       assert all(same) == frozen, (method, r)
@@ -188,43 +203,50 @@ def test_no_recompilation_across_rounds(setup):
   cfg = cfg_for()
   mesh = rounds.make_mesh(1)
   fn, tx = rounds.make_round(cfg, model, GEN_STAGE, mesh, K)
-  state = jax.device_put((params, rounds.init_server_opt(
-      tx, params, cfg, GEN_STAGE)), NamedSharding(mesh, P()))
+  *state, pop = placed(mesh, params, rounds.init_server_opt(
+      tx, params, cfg, GEN_STAGE), population)
   for r in range(3):
-    p, o, _ = fn(*state, population, jax.random.key(r))
+    p, o, _ = fn(*state, pop, *placed(mesh, jax.random.key(r)))
     state = (p, o)
   assert fn._cache_size() == 1
 
 
-_MULTI_DEVICE_SCRIPT = r'''
+_EIGHT_DEVICE_SCRIPT = r'''
 import sys, numpy as np, jax
 sys.path.insert(0, {tests!r})
 import test_engine as t
 from fedrecon_jax import rounds
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
-assert len(jax.devices()) == {n}, jax.devices()
+assert len(jax.devices()) == 8, jax.devices()
 model = t.small_model()
-params = model.init(jax.random.key(0))
+params = t.init_params(model)
 pop = t.make_population()
-cfg = t.cfg_for(clients_per_round=5)
 mesh = rounds.make_mesh()
-p1, _, _ = t.one_round(cfg, model, GEN_STAGE, params, pop, jax.random.key(7), mesh)
-p2, _, _ = t.one_round(cfg, model, TASK_STAGE, params, pop, jax.random.key(8), mesh)
+p1, _, _ = t.one_round(t.cfg_for(), model, GEN_STAGE, params, pop, jax.random.key(7), mesh)
+p2, _, _ = t.one_round(t.cfg_for(), model, TASK_STAGE, params, pop, jax.random.key(8), mesh)
 np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves((p1, p2))])
 '''
 
 
-def test_8_devices_match_1_device(tmp_path):
-  """5 clients on 8 CPU devices (3 zero-weight pads) == 5 clients on 1."""
-  outs = {}
-  for n in (1, 8):
-    out = str(tmp_path / f'{n}.npz')
-    env = {**os.environ,
-           'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}'}
-    script = _MULTI_DEVICE_SCRIPT.format(
-        tests=os.path.dirname(__file__), n=n, out=out)
-    subprocess.run([sys.executable, '-c', script], env=env, check=True)
-    with np.load(out) as f:
-      outs[n] = [f[k] for k in sorted(f.files, key=lambda s: int(s[4:]))]
-  for a, b in zip(outs[1], outs[8]):
+def test_8_devices_match_1_device(setup, tmp_path):
+  """4 clients on 8 CPU devices (4 zero-weight pads) == 4 clients on 1.
+  The 1-device rounds run here: the programs of
+  test_no_recompilation_across_rounds and test_generator_frozen_in_stage2."""
+  model, params, population = setup
+  want = [one_round(cfg_for(), model, stage, params, population,
+                    jax.random.key(seed))[0]
+          for stage, seed in ((GEN_STAGE, 7), (TASK_STAGE, 8))]
+  out = str(tmp_path / '8.npz')
+  # Keeps conftest's XLA flags (-O0; a shared compilation cache key).
+  flags = os.environ.get('XLA_FLAGS', '')
+  env = {**os.environ,
+         'XLA_FLAGS': f'{flags} --xla_force_host_platform_device_count=8'}
+  script = _EIGHT_DEVICE_SCRIPT.format(tests=os.path.dirname(__file__),
+                                       out=out)
+  subprocess.run([sys.executable, '-c', script], env=env, check=True)
+  with np.load(out) as f:
+    got = [f[k] for k in sorted(f.files, key=lambda s: int(s[4:]))]
+  want = jax.tree.leaves(want)
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)

@@ -13,8 +13,11 @@ from experiments import paper, report, sweep, table2
 from fedrecon_jax import generator
 from fedrecon_jax.models import DataSpec, Model
 
-TINY = dict(num_clients=6, clients_per_round=3, gen_rounds=2, rounds=3,
-            map_width=16, gen_width=32, latent_dim=8, checkpoint_every=2)
+import tiny
+
+# The tests' tiny run; alpha is the page test's grid axis.
+TINY = dict(tiny.MODEL, gen_rounds=2, rounds=3, checkpoint_every=2)
+del TINY['alpha']
 
 
 @pytest.fixture(scope='module')

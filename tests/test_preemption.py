@@ -1,7 +1,7 @@
 """Runs that survive schedulers: SIGTERM saves the round and exits 75 (1 and
 2 processes), one writer per workdir, divergence, unwritable workdirs and
 failed checkpoint writes. Real `python -m experiments.train` subprocesses
-on tiny configs (programs shared with test_resume.py via the XLA cache)."""
+of the tests' tiny run (tiny.py: programs shared through the XLA cache)."""
 
 import json
 import os
@@ -18,44 +18,21 @@ from fedrecon_jax import preemption, workdir
 from fedrecon_jax import train as train_lib
 from fedrecon_jax.config import Config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import tiny
+
 # 6 generator + 3 task rounds; checkpoints at 5 and 9 only, so the round a
 # SIGTERM stops (7) is not a checkpoint round.
-FLAGS = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=6',
-         '--rounds=3', '--map_width=16', '--gen_width=32', '--latent_dim=8',
-         '--checkpoint_every=5', '--eval_every=3')
+SCHEDULE = dict(gen_rounds=6, rounds=3, checkpoint_every=5, eval_every=3)
 TOTAL = 9
+records, steps = tiny.records, tiny.steps
 
 
 def cmd(workdir_, *extra):
-  return [sys.executable, '-m', 'experiments.train', f'--workdir={workdir_}',
-          *FLAGS, *extra]
+  return tiny.train_cmd(workdir_, *extra, **SCHEDULE)
 
 
 def train(env, workdir_, *extra):
-  return subprocess.run(cmd(workdir_, *extra), cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def records(workdir_):
-  with open(os.path.join(workdir_, 'metrics.jsonl')) as f:
-    lines = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if not k.endswith('seconds')}
-          for r in lines]
-
-
-def steps(workdir_):
-  return sorted(int(n) for n in os.listdir(os.path.join(workdir_,
-                                                        'checkpoints'))
-                if n.isdigit())
-
-
-def rounds_logged(workdir_):
-  path = os.path.join(workdir_, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    return f.read().count('\n')
+  return tiny.run(cmd(workdir_, *extra), env, check=False)
 
 
 def wait_for_round(procs, workdir_, round_):
@@ -63,7 +40,7 @@ def wait_for_round(procs, workdir_, round_):
   round the run compiles the task stage's program (seconds), so a signal
   sent now stops it after round_ + 1."""
   deadline = time.time() + 400
-  while rounds_logged(workdir_) < round_:
+  while tiny.rounds_logged(workdir_) < round_:
     assert all(p.poll() is None for p in procs), 'a run ended early'
     assert time.time() < deadline, 'timed out waiting for the run'
     time.sleep(0.005)
@@ -74,8 +51,7 @@ def reference(env, tmp_path_factory):
   """An uninterrupted run, and what a second writer started on its workdir
   while it ran got: (workdir, first run's pid, second's process, seconds)."""
   workdir_ = str(tmp_path_factory.mktemp('reference'))
-  first = subprocess.Popen(cmd(workdir_), cwd=REPO, env=env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  first = tiny.popen(cmd(workdir_), env)
   try:
     wait_for_round([first], workdir_, 1)   # it holds the lock by now
     t0 = time.time()
@@ -92,8 +68,7 @@ def reference(env, tmp_path_factory):
 def test_sigterm_saves_the_round_exits_75_and_resumes_exactly(env, reference,
                                                               tmp_path):
   workdir_ = str(tmp_path / 'run')
-  proc = subprocess.Popen(cmd(workdir_), cwd=REPO, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  proc = tiny.popen(cmd(workdir_), env)
   try:
     wait_for_round([proc], workdir_, 6)
     proc.send_signal(signal.SIGTERM)
@@ -185,11 +160,10 @@ def _two_processes(env, workdir_):
   address = f'localhost:{_free_port()}'
   # LLVM -O0 halves these multi-device compiles (as in test_scale.py).
   env = {**env, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
-  return [subprocess.Popen(
+  return [tiny.popen(
       cmd(workdir_, '--distributed', f'--coordinator_address={address}',
-          '--num_processes=2', f'--process_id={pid}'), cwd=REPO, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-          for pid in range(2)]
+          '--num_processes=2', f'--process_id={pid}'), env,
+      stderr=subprocess.STDOUT) for pid in range(2)]
 
 
 def _finish(procs, timeout=600):

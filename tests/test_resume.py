@@ -2,13 +2,11 @@
 experiments.train` subprocesses that get killed, corrupted and re-run."""
 
 import errno
-import json
 import os
 import shutil
 import signal
 import struct
 import subprocess
-import sys
 import time
 
 import jax.numpy as jnp
@@ -19,51 +17,20 @@ import pytest
 from fedrecon_jax import checkpoint, metrics_writer, workdir
 from fedrecon_jax.config import Config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import tiny
+
 # Tiny runs: 3 generator + 5 task rounds, checkpoints at 2, 4, 6, 8.
-FLAGS = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=3',
-         '--rounds=5', '--map_width=16', '--gen_width=32', '--latent_dim=8',
-         '--checkpoint_every=2', '--keep_checkpoints=3')
+SCHEDULE = dict(gen_rounds=3, rounds=5, checkpoint_every=2, keep_checkpoints=3)
 TOTAL_ROUNDS = 8
+records, steps = tiny.records, tiny.steps
 
 
 def train_cmd(workdir, *extra):
-  return [sys.executable, '-m', 'experiments.train', f'--workdir={workdir}',
-          *FLAGS, *extra]
+  return tiny.train_cmd(workdir, *extra, **SCHEDULE)
 
 
 def train(env, workdir, *extra, check=True):
-  proc = subprocess.run(train_cmd(workdir, *extra), cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-  if check:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return proc
-
-
-def records(workdir):
-  """metrics.jsonl as parsed records, without the wall-clock field."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    lines = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if not k.endswith('seconds')}
-          for r in lines]
-
-
-def steps(workdir):
-  d = os.path.join(workdir, 'checkpoints')
-  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
-
-
-def _committed_steps(workdir):
-  d = os.path.join(workdir, 'checkpoints')
-  return steps(workdir) if os.path.isdir(d) else []
-
-
-def _lines(workdir):
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    return f.read().count('\n')
+  return tiny.run(train_cmd(workdir, *extra), env, check=check)
 
 
 @pytest.fixture(scope='module')
@@ -86,15 +53,15 @@ def test_uninterrupted_run_layout(reference):
 def test_sigkill_then_resume_matches_uninterrupted_run(env, reference,
                                                        tmp_path):
   workdir = str(tmp_path / 'killed')
-  proc = subprocess.Popen(train_cmd(workdir), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = tiny.popen(train_cmd(workdir), env, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   try:
     # Kill once a checkpoint is committed and later rounds are in
     # metrics.jsonl, so resuming has rounds to drop and redo.
     while proc.poll() is None and time.time() < deadline:
-      done = _committed_steps(workdir)
-      if done and _lines(workdir) > done[-1]:
+      done = steps(workdir)
+      if done and tiny.rounds_logged(workdir) > done[-1]:
         break
       time.sleep(0.01)
     assert proc.poll() is None, 'the run ended before it could be killed'
@@ -103,7 +70,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(env, reference,
     proc.kill()
     proc.wait()
   assert not os.path.exists(os.path.join(workdir, 'summary.json'))
-  assert _lines(workdir) < TOTAL_ROUNDS
+  assert tiny.rounds_logged(workdir) < TOTAL_ROUNDS
 
   out = train(env, workdir).stdout
   assert 'round 1/' not in out, 'restarted instead of resuming'

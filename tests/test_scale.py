@@ -12,13 +12,13 @@ import chex
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fedrecon_jax import distributed, rounds
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 
 sys.path.insert(0, os.path.dirname(__file__))
 import test_engine as te  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 _compiles = collections.Counter()
@@ -67,8 +67,7 @@ def _chunked(stage):
 
 @pytest.fixture(scope='module')
 def setup():
-  params = _model().init(jax.random.key(0))
-  return _model(), params, te.make_population()
+  return _model(), te.init_params(_model()), te.make_population()
 
 
 def _with_nan_client():
@@ -79,11 +78,20 @@ def _with_nan_client():
   return population.replace(xs=tuple(xs))
 
 
+def _placed(engine, stage, params, opt_state, population, key):
+  """A round's arguments placed as train.run places them: replicated, the
+  population kept on the host for a host-gathering chunked round. One
+  placement, so the tests share each round program (test_engine.placed)."""
+  mesh = rounds.make_mesh(1)
+  if engine == 'chunked' and CHUNKED[stage][1]:
+    return (*te.placed(mesh, params, opt_state), population,
+            *te.placed(mesh, key))
+  return te.placed(mesh, params, opt_state, population, key)
+
+
 def _train_like(engine, params, population, schedule):
   """Runs rounds the way train.run does (per-round key, replicated state, a
   fresh server state when the stage changes); compile count after each."""
-  mesh = rounds.make_mesh(1)
-  replicated = NamedSharding(mesh, P())
   state, after = None, []
   for r, stage in enumerate(schedule, 1):
     if engine == 'make_round':
@@ -95,11 +103,7 @@ def _train_like(engine, params, population, schedule):
       state = (params if state is None else state[0],
                rounds.init_server_opt(tx, params, CFG, stage))
     key = jax.random.fold_in(jax.random.key(0), r)
-    if engine == 'make_round':      # train.run's placement today
-      state = jax.device_put(state, replicated)
-    else:                           # the multi-process-safe placement
-      *state, key = distributed.replicate((*state, key), mesh)
-    p, o, m = fn(*state, population, key)
+    p, o, m = fn(*_placed(engine, stage, *state, population, key))
     jax.block_until_ready((p, o, m))
     float(m['skipped_clients'])        # as train.run logs it
     state = (p, o)
@@ -125,11 +129,12 @@ def test_chunked_round_one_program_for_every_cohort_size(setup):
   _, params, population = setup
   cr = _chunked(GEN_STAGE)
   opt = rounds.init_server_opt(cr.tx, params, CFG, GEN_STAGE)
-  jax.block_until_ready(cr(params, opt, population, jax.random.key(0)))
+  args = lambda key: _placed('chunked', GEN_STAGE, params, opt, population,
+                             key)
+  jax.block_until_ready(cr(*args(jax.random.key(0))))
   start = _compile_count()
   for n in (1, 3, 5):
-    jax.block_until_ready(cr(params, opt, population, jax.random.key(n),
-                             cohort_size=n))
+    jax.block_until_ready(cr(*args(jax.random.key(n)), cohort_size=n))
   # (jit's _cache_size() would also count the same executable once per
   # argument placement, so compiles are what is counted.)
   assert _compile_count() == start, dict(_compiles)
@@ -143,10 +148,10 @@ def test_chunked_round_equals_make_round(setup, stage):
   key = jax.random.key(3)
   fn, tx = _make_round(stage)
   opt = rounds.init_server_opt(tx, params, CFG, stage)
-  want = fn(params, opt, population, key)
+  want = fn(*_placed('make_round', stage, params, opt, population, key))
   cr = _chunked(stage)
   assert cr.padded() > te.K
-  got = cr(params, opt, population, key)
+  got = cr(*_placed('chunked', stage, params, opt, population, key))
   assert int(got[2]['skipped_clients']) == int(want[2]['skipped_clients']) == 1
   chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -231,7 +236,8 @@ def test_two_processes_equal_one(setup, tmp_path):
   for stage, seed in ((GEN_STAGE, 7), (TASK_STAGE, 8)):
     fn, tx = _make_round(stage)
     opt = rounds.init_server_opt(tx, params, CFG, stage)
-    want.append(fn(params, opt, population, jax.random.key(seed))[0])
+    want.append(fn(*_placed('make_round', stage, params, opt, population,
+                            jax.random.key(seed)))[0])
   want.append(want[-1])
   want = [np.asarray(x) for x in jax.tree.leaves(want)]
   params_file = str(tmp_path / 'params.npz')
@@ -253,7 +259,7 @@ def test_two_processes_equal_one(setup, tmp_path):
   logs = []
   for proc in procs:
     try:
-      logs.append(proc.communicate(timeout=150)[0])
+      logs.append(proc.communicate(timeout=600)[0])
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
@@ -275,23 +281,17 @@ def test_two_process_training_run_equals_one_process(env, tmp_path):
   """The whole training loop under jax.distributed (2 CPU processes sharing
   one workdir, checkpoints on) logs the rounds a 1-process run logs; only
   process 0 writes the workdir's files."""
-  tiny = ['--num_clients=6', '--clients_per_round=4', '--gen_rounds=2',
-          '--rounds=2', '--latent_dim=8', '--gen_width=32', '--map_width=16',
-          '--task_width=16', '--eval_every=2', '--checkpoint_every=2']
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  schedule = dict(clients_per_round=4, gen_rounds=2, rounds=2, eval_every=2,
+                  checkpoint_every=2)
   one = tmp_path / 'one'
-  subprocess.run([sys.executable, '-m', 'experiments.train',
-                  f'--workdir={one}', *tiny], cwd=repo, env=env, check=True,
-                 capture_output=True, timeout=300)
+  tiny.run(tiny.train_cmd(str(one), **schedule), env)
   two = tmp_path / 'two'
   address = f'localhost:{_free_port()}'
   env2 = {**env, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
-  procs = [subprocess.Popen(
-      [sys.executable, '-m', 'experiments.train', f'--workdir={two}', *tiny,
-       '--distributed', f'--coordinator_address={address}',
-       '--num_processes=2', f'--process_id={pid}'], cwd=repo, env=env2,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for pid in range(2)]
+  procs = [tiny.popen(tiny.train_cmd(
+      str(two), '--distributed', f'--coordinator_address={address}',
+      '--num_processes=2', f'--process_id={pid}', **schedule), env2,
+                      stderr=subprocess.STDOUT) for pid in range(2)]
   try:
     logs = [p.communicate(timeout=300)[0] for p in procs]
   finally:

@@ -3,7 +3,6 @@ and the grid / sweep-root checks on fakes."""
 
 import json
 import os
-import subprocess
 import sys
 
 import matplotlib.image
@@ -12,20 +11,18 @@ import pytest
 from experiments import report, sweep
 from fedrecon_jax import train, workdir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ('--num_clients=6', '--clients_per_round=3', '--gen_rounds=3',
-        '--rounds=5', '--map_width=16', '--gen_width=32', '--latent_dim=8',
-        '--checkpoint_every=2')
-GRID = ('--methods=fedrecon,zero_fill', '--seeds=0,1')
+import tiny
+
+# The tests' tiny run (its alpha as the grid's one alpha): both seeds' cells
+# reuse the programs of the other end-to-end tests.
+TINY = (*tiny.flags(alpha=None, gen_rounds=2, rounds=2), '--checkpoint_every=2')
+ALPHA = float(tiny.MODEL['alpha'])
+GRID = ('--methods=fedrecon,zero_fill', f'--alphas={ALPHA}', '--seeds=0,1')
 
 
 def run_sweep_cli(env, root, *args, check=True):
-  proc = subprocess.run(
-      [sys.executable, '-m', 'experiments.sweep', f'--sweep_root={root}',
-       *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  if check:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return proc
+  return tiny.run([sys.executable, '-m', 'experiments.sweep',
+                   f'--sweep_root={root}', *args], env, check=check)
 
 
 @pytest.fixture(scope='module')
@@ -44,7 +41,8 @@ def summary_mtimes(root):
 def test_sweep_writes_one_row_per_cell_and_plots(swept):
   names = sorted(n for n in os.listdir(swept) if '=' in n)
   assert names == [
-      f'method={m},alpha=5.0,missing_rate=0.3,seed={s},dataset=uci_multifeature'
+      f'method={m},alpha={ALPHA},missing_rate=0.3,seed={s},'
+      'dataset=uci_multifeature'
       for m in ('fedrecon', 'zero_fill') for s in (0, 1)]
   with open(os.path.join(swept, 'results.md')) as f:
     text = f.read()

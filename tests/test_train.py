@@ -10,15 +10,15 @@ import pytest
 from fedrecon_jax import train
 from fedrecon_jax.config import Config
 
-TINY = dict(num_clients=6, clients_per_round=3, gen_rounds=2, rounds=2,
-            latent_dim=8, gen_width=32, map_width=16, task_width=16,
-            eval_every=2, checkpoint_every=0)
+import tiny
+
+TINY = dict(tiny.MODEL, gen_rounds=2, rounds=2, eval_every=2,
+            checkpoint_every=0)
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return os.environ.get('TFDS_DATA_DIR') or str(
-      tmp_path_factory.mktemp('tfds'))
+def data_dir(env):
+  return env['TFDS_DATA_DIR']
 
 
 def read_jsonl(path):
@@ -57,12 +57,14 @@ def test_default_run_reaches_target(tmp_path, data_dir):
 
 # The generator-stage baselines compile large programs (~1-2 min each here);
 # their round mechanics are covered in test_engine.py, so only the end-to-end
-# runs are slow-marked.
+# runs are slow-marked. zero_fill's programs are the sweep test's
+# (test_sweep.py); FedAvg's server step is checked in test_engine.py and
+# test_server_reference.py.
 @pytest.mark.parametrize('method,extra', [
     pytest.param('fedrecon_no_freeze', {}, marks=pytest.mark.slow),
     pytest.param('fedrecon_no_map', {'joint_posterior': 'moe'},
                  marks=pytest.mark.slow),
-    ('zero_fill', {'server_opt': 'fedavg'}),
+    ('zero_fill', {}),
     ('unimodal', {}),
 ])
 def test_every_method_runs(tmp_path, data_dir, method, extra):
@@ -96,7 +98,7 @@ def test_cli_rejects_bad_flag_by_name(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'experiments.train', f'--workdir={tmp_path}',
        '--alpha=-1'], capture_output=True, text=True, check=False,
-      cwd=os.path.dirname(os.path.dirname(__file__)))
+      cwd=tiny.REPO)
   assert out.returncode != 0
   assert '--alpha' in out.stderr + out.stdout
   assert not os.path.exists(tmp_path / 'metrics.jsonl')
