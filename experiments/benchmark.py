@@ -2,7 +2,7 @@ r"""Round throughput and memory: vmapped cohort vs chunked cohort vs a client lo
 
   python -m experiments.benchmark        # canonical run, budget 9 min
   python -m experiments.benchmark --population=10000 --cohorts=1000 \
-      --variants=vmap,vmap_donate,chunked,chunked_donate,chunked_host,sequential \
+      --variants=vmap,vmap_donate,chunked,chunked_donate,sequential \
       --rounds=1 --budget_s=1800 --out=experiments/results/benchmark_cpu_10k.json
 
 Workload: FedRecon on uci_multifeature (6 modalities), stage 1 (generator +
@@ -15,12 +15,10 @@ then the same at every cohort size and time per round should be linear in N.
 
 Variants, each timed in this process after a warm-up (median of --rounds):
   vmap           rounds.make_round: the whole cohort vmapped, one program.
-  chunked        distributed.make_chunked_round: the cohort run in chunks of
-                 --clients_per_device x devices, one after another inside
-                 one program, aggregation accumulated as it goes; the program
-                 serves every N (compiled once per stage).
-  chunked_host   the same, population kept on the host, cohort rows gathered
-                 outside the program.
+  chunked        rounds.make_round(clients_per_chunk=...): the cohort run in
+                 chunks of --clients_per_device x devices, one after another
+                 inside one program, aggregation accumulated as it goes; the
+                 program serves every N (compiled once per stage).
   auto           memory_plan.make_round with --clients_per_device=auto: what
                  a training run picks (all at once if XLA says it fits
                  --memory_fraction of the device, else the largest chunk
@@ -72,8 +70,8 @@ _BASE_CLIENTS = flags.DEFINE_integer(
 _STAGES = flags.DEFINE_list('stages', ['1', '2'], 'FedRecon stages to time.')
 _VARIANTS = flags.DEFINE_list(
     'variants', ['vmap', 'chunked', 'sequential'],
-    'Any of vmap, chunked, chunked_host, sequential, with an optional '
-    '_donate suffix on the first three.')
+    'Any of vmap, chunked, auto, sequential, with an optional _donate '
+    'suffix on the first two.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (median).')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed rounds after compiling.')
 _SEQ_MAX = flags.DEFINE_integer(
@@ -210,11 +208,11 @@ def tile_population(population, num_clients: int):
 
 def workload(num_clients: int):
   """(model, host population [K, ...], base Config) of the canonical run."""
-  from fedrecon_jax import train  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import experiment  # pylint: disable=g-import-not-at-top
   from fedrecon_jax.config import Config  # pylint: disable=g-import-not-at-top
   base = Config(workdir='/tmp/fedrecon_benchmark_unused',
                 num_clients=_BASE_CLIENTS.value, seed=_SEED.value)
-  exp = train.build(base)
+  exp = experiment.build(base)
   population = tile_population(exp.population, num_clients)
   return exp.model, population, base
 
@@ -227,50 +225,37 @@ class Runner:
 
   def __init__(self, variant, cfg, model, stage, mesh, num_clients,
                host_pop, device_pop, params, built):
-    from fedrecon_jax import client, distributed, rounds  # pylint: disable=g-import-not-at-top
+    from fedrecon_jax import plan, rounds  # pylint: disable=g-import-not-at-top
     self.variant = variant
     self.kind = variant.removesuffix('_donate')
-    donate = variant.endswith('_donate')
     self.cfg, self.stage, self.mesh = cfg, stage, mesh
-    self.num_clients = num_clients
-    self.model_ = model
+    self.h = cfg.hparams()
+    self.plan = plan.make_plan(cfg, model, stage, num_clients)
     self.save_hlo = ''
     self.note = ''
     self.params = params
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self.pop = device_pop
+    self.round = None
     if self.kind == 'vmap':
-      fn, self.tx = rounds.make_round(cfg, model, stage, mesh, num_clients)
-      if donate:
-        fn = jax.jit(fn.__wrapped__, out_shardings=replicated,
-                     donate_argnums=(0, 1))
-      self.fn = fn
-      self.args = lambda p, o, key: (p, o, device_pop, key)
-    elif self.kind in ('chunked', 'chunked_host'):
-      host = self.kind == 'chunked_host'
-      # One program serves every cohort size (device store): build it once
-      # per stage and variant, so larger N reuse the compiled round.
+      self.round = rounds.make_round(self.plan, mesh,
+                                     donate=variant.endswith('_donate'))
+    elif self.kind == 'chunked':
+      # One program serves every cohort size: build it once per stage and
+      # variant, so larger N reuse the compiled round.
       if (stage, variant) not in built:
-        built[stage, variant] = distributed.make_chunked_round(
-            cfg, model, stage, mesh, num_clients,
-            clients_per_device=int(_PER_DEVICE.value[stage - 1]),
-            host_population=host,
-            donate=donate)
-      cr = built[stage, variant]
-      self.fn, self.tx = cr.jitted, cr.tx
-      pop = host_pop if host else device_pop
+        per_device = int(_PER_DEVICE.value[stage - 1])
+        built[stage, variant] = rounds.make_round(
+            self.plan, mesh, clients_per_chunk=per_device * mesh.size,
+            donate=variant.endswith('_donate'))
+      self.round = built[stage, variant]
       n = cfg.clients_per_round
-      self.args = lambda p, o, key: cr.args(p, o, pop, key, cohort_size=n)
-      self.note = f'chunk={cr.chunk}, {cr.padded(n) - n} pads'
-    elif self.kind == 'auto':
-      self.device_pop = device_pop
+      pads = -(-n // self.round.chunk) * self.round.chunk - n
+      self.note = f'chunk={self.round.chunk}, {pads} pads'
     elif self.kind == 'sequential':
-      self.tx = None
-      self.host_pop = host_pop
-      self.rounds_mod = rounds
-      self.model = model
-      self.client_mod = client
-    else:
+      self.pop = host_pop
+    elif self.kind != 'auto':
       raise ValueError(f'unknown variant {variant!r}')
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     self.place = lambda tree: jax.device_put(tree, replicated)
     if self.kind == 'sequential':
       # The loop runs its jitted update on one device, like FedJAX does.
@@ -287,13 +272,10 @@ class Runner:
       # program's jit call below reuses that compile.
       t = time.perf_counter()
       plan = memory_plan.make_round(
-          dataclasses.replace(self.cfg, clients_per_device='auto'),
-          self.model_, self.stage, self.mesh, self.num_clients, self.params,
-          self.device_pop)
-      self.fn, self.tx = plan.round_fn, plan.tx
-      self.opt = self.place(rounds.init_server_opt(self.tx, self.params,
-                                                   self.cfg, self.stage))
-      self.args = lambda p, o, key: (p, o, self.device_pop, key)
+          self.plan, self.mesh, self.params, self.pop, self.h,
+          cfg=dataclasses.replace(self.cfg, clients_per_device='auto'))
+      self.round = plan.round
+      self.state = self.round.init(self.params, self.h)
       self.note = (f'auto: {plan.clients_per_device or "all"} per device, '
                    f'{plan.program_bytes / GB:.2f} of '
                    f'{plan.budget_bytes / GB:.1f} GB budget')
@@ -301,31 +283,23 @@ class Runner:
               'xla_memory_gb': plan.program_bytes / GB,
               'program': 'round (memory plan)',
               'auto_clients_per_device': plan.clients_per_device}
+    self.state = self.place(server.init_state(self.plan, self.params, self.h))
     if self.kind == 'sequential':
-      tx = server.server_optimizer(self.cfg, self.stage)
-      self.opt = self.place(rounds.init_server_opt(tx, self.params, self.cfg,
-                                                   self.stage))
-      # The same jit object sequential_round calls (cached on cfg).
-      update, _ = rounds._sequential_parts(  # pylint: disable=protected-access
-          self.cfg, self.model, self.stage)
-      trainable, frozen = rounds.split_params(
-          self.params, self.client_mod.trainable_groups(self.cfg, self.stage))
-      one = jax.tree.map(lambda x: x[0], self.host_pop)
+      # The same jit object sequential_round calls (cached on the plan).
+      update, _ = rounds._sequential_parts(self.plan)  # pylint: disable=protected-access
+      trainable, frozen = rounds.split_params(self.params, self.plan.groups)
+      one = jax.tree.map(lambda x: x[0], self.pop)
       t = time.perf_counter()
-      compiled = update.lower(trainable, frozen, one, key).compile()
-      info = {'compile_s': time.perf_counter() - t,
+      compiled = update.lower(self.h, trainable, frozen, one, key).compile()
+      return {'compile_s': time.perf_counter() - t,
               'xla_flops_program': xla_flops(compiled),
               'xla_memory_gb': memory_gb(compiled),
               'program': 'one client update'}
-      return info
-    self.opt = self.place(rounds.init_server_opt(self.tx, self.params,
-                                                 self.cfg, self.stage))
     if self.variant.endswith('_donate'):
       # Fresh buffers: a donated one may not alias the driver's numpy copy.
-      self.params, self.opt = jax.tree.map(lambda x: x.copy(),
-                                           (self.params, self.opt))
+      self.state = jax.tree.map(lambda x: x.copy(), self.state)
     t = time.perf_counter()
-    compiled = self.fn.lower(*self.args(self.params, self.opt, key)).compile()
+    compiled = self.round.lower(self.state, self.pop, key, self.h).compile()
     compile_s = time.perf_counter() - t
     if self.save_hlo:
       save_program(compiled, self.save_hlo)
@@ -334,24 +308,24 @@ class Runner:
             'xla_memory_gb': memory_gb(compiled), 'program': 'round'}
 
   def run_round(self, r: int) -> float:
+    from fedrecon_jax import rounds  # pylint: disable=g-import-not-at-top
     key = self.place(jax.random.key(1000 + r))
     t = time.perf_counter()
     if self.kind == 'sequential':
-      out = self.rounds_mod.sequential_round(
-          self.cfg, self.model, self.stage, self.params, self.opt,
-          self.host_pop, key, self.num_clients)
+      out = rounds.sequential_round(self.plan, self.state, self.pop, key,
+                                    self.h)
       jax.block_until_ready(out)
       # Keep the server state fixed: every timed round is the same work.
       return time.perf_counter() - t
-    p, o, metrics = self.fn(*self.args(self.params, self.opt, key))
-    jax.block_until_ready((p, o, metrics))
-    self.params, self.opt = p, o
+    state, metrics = self.round(self.state, self.pop, key, self.h)
+    jax.block_until_ready((state, metrics))
+    self.state = state
     return time.perf_counter() - t
 
   def cache_size(self) -> int | None:
     if self.kind == 'sequential':
       return None
-    size = getattr(self.fn, '_cache_size', None)
+    size = getattr(self.round.jitted, '_cache_size', None)
     return size() if size else None
 
 
@@ -360,12 +334,13 @@ class Runner:
 
 def client_flops(cfg, model, stage, host_pop, params) -> tuple[float, int]:
   """(FLOPs of one client's local update, its local steps)."""
-  from fedrecon_jax import client, rounds  # pylint: disable=g-import-not-at-top
-  update, _ = rounds._sequential_parts(cfg, model, stage)  # pylint: disable=protected-access
-  trainable, frozen = rounds.split_params(
-      params, client.trainable_groups(cfg, stage))
+  from fedrecon_jax import plan, rounds  # pylint: disable=g-import-not-at-top
+  stage_plan = plan.make_plan(cfg, model, stage, host_pop.y.shape[0])
+  update, _ = rounds._sequential_parts(stage_plan)  # pylint: disable=protected-access
+  trainable, frozen = rounds.split_params(params, stage_plan.groups)
   one = jax.tree.map(lambda x: x[0], host_pop)
-  compiled = update.lower(trainable, frozen, one, jax.random.key(0)).compile()
+  compiled = update.lower(cfg.hparams(), trainable, frozen, one,
+                          jax.random.key(0)).compile()
   steps = -(-host_pop.y.shape[1] // cfg.batch_size) * cfg.local_epochs
   # XLA's cost analysis counts the body of the step loop once.
   return xla_flops(compiled) * steps, steps
@@ -395,8 +370,7 @@ def main(argv):
   model, host_pop, base_cfg = workload(num_clients)
   mesh = rounds.make_mesh(_CPU_DEVICES.value)
   device_pop = None
-  if any(not v.startswith(('sequential', 'chunked_host'))
-         for v in _VARIANTS.value):
+  if any(not v.startswith('sequential') for v in _VARIANTS.value):
     device_pop = distributed.replicate(host_pop, mesh)
   params = jax.device_get(jax.jit(model.init)(jax.random.key(_SEED.value)))
   store_gb = sum(x.nbytes for x in jax.tree.leaves(host_pop)) / GB

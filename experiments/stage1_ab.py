@@ -31,22 +31,34 @@ from fedrecon_jax import distributed, rounds, train
 from fedrecon_jax.config import Config
 cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 cfg = Config(workdir='/tmp/stage1_ab_unused')
-exp = train.build(cfg)
 mesh = rounds.make_mesh(1)
-params = jax.jit(exp.model.init)(jax.random.key(0))
-pop = distributed.replicate(exp.population, mesh)
-fn, tx = rounds.make_round(cfg, exp.model, 1, mesh, cfg.num_clients)
-p, o, k = distributed.replicate(
-    (params, rounds.init_server_opt(tx, params, cfg, 1), jax.random.key(1)),
-    mesh)
+if hasattr(rounds, 'init_server_opt'):    # before the one round builder
+  exp = train.build(cfg)
+  params = jax.jit(exp.model.init)(jax.random.key(0))
+  pop = distributed.replicate(exp.population, mesh)
+  fn, tx = rounds.make_round(cfg, exp.model, 1, mesh, cfg.num_clients)
+  p, o, k = distributed.replicate(
+      (params, rounds.init_server_opt(tx, params, cfg, 1), jax.random.key(1)),
+      mesh)
+  args = lambda key: (p, o, pop, key)
+else:
+  from fedrecon_jax import experiment, plan
+  exp = experiment.build(cfg)
+  params = jax.jit(exp.model.init)(jax.random.key(0))
+  h = cfg.hparams()
+  rnd = rounds.make_round(plan.make_plan(cfg, exp.model, 1, cfg.num_clients),
+                          mesh)
+  fn, state, pop = rnd.jitted, rnd.init(params, h), rnd.place(exp.population)
+  args = lambda key: rnd.args(state, pop, key, h)
+k = jax.random.key(1)
 t, c = time.perf_counter(), cpu()
-fn.lower(p, o, pop, k).compile()
+fn.lower(*args(k)).compile()
 out = {'compile_s': time.perf_counter() - t, 'compile_cpu_s': cpu() - c}
-jax.block_until_ready(fn(p, o, pop, k))
+jax.block_until_ready(fn(*args(k)))
 wall, cpus = [], []
 for r in range(5):
   t, c = time.perf_counter(), cpu()
-  jax.block_until_ready(fn(p, o, pop, jax.random.key(r)))
+  jax.block_until_ready(fn(*args(jax.random.key(r))))
   wall.append(time.perf_counter() - t)
   cpus.append(cpu() - c)
 steps = -(-exp.population.y.shape[1] // cfg.batch_size) * cfg.local_epochs

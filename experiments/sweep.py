@@ -16,7 +16,9 @@ may use any training flag as a key. Every other flag of experiments.train
 command line override the config file.
 
 Each cell trains in <sweep_root>/<key=value,...> (in this process, one cell
-after another) with fedrecon_jax.train.run. Re-running the same command
+after another) with fedrecon_jax.train.run; with --runs_per_program=R, cells
+that share a program (they differ only in seed, missing_rate, alpha or
+numeric settings) train R at a time as one (fedrecon_jax.train.run_group). Re-running the same command
 skips finished cells (summary.json with the requested rounds), resumes
 unfinished ones from their checkpoints, and refuses a sweep root whose
 grid.json records another grid. The last step writes results.md and plots
@@ -286,13 +288,28 @@ def shard(cells: list, shard_index: int, num_shards: int) -> list:
   return cells[shard_index::num_shards]
 
 
+def groups(cfgs: list[Config], runs_per_program: int) -> list[list[Config]]:
+  """Cells that share one program (Config.program_key), in grid order, in
+  groups of at most runs_per_program: each group trains as one."""
+  if runs_per_program < 1:
+    raise GridError(f'--runs_per_program={runs_per_program} must be >= 1.')
+  by_key = {}
+  for cfg in cfgs:
+    by_key.setdefault(cfg.program_key(), []).append(cfg)
+  return [same[i:i + runs_per_program] for same in by_key.values()
+          for i in range(0, len(same), runs_per_program)]
+
+
 def run_sweep(grid: Grid, sweep_root: str, shard_index: int = 0,
-              num_shards: int = 1, report: bool = True) -> list[str]:
+              num_shards: int = 1, report: bool = True,
+              runs_per_program: int = 1) -> list[str]:
   """Runs this shard's unfinished cells; returns the names that failed.
 
-  A cell whose workdir another process writes (a second sweep on the same
-  root) is left to it. A preempted cell stops the sweep: Preempted goes up
-  (exit 75), and re-running resumes it.
+  Cells that share a program run runs_per_program at a time as one program
+  (fedrecon_jax.train.run_group), each still in its own workdir. A group
+  with a workdir another process writes (a second sweep on the same root)
+  is left to it. A preempted group stops the sweep: Preempted goes up (exit
+  75), and re-running resumes it.
   """
   from fedrecon_jax import train  # pylint: disable=g-import-not-at-top
   cells = validate_cells(grid, sweep_root)
@@ -300,37 +317,42 @@ def run_sweep(grid: Grid, sweep_root: str, shard_index: int = 0,
   check_sweep_root(grid, sweep_root)
   print(f'sweep: {len(cells)} cells, {len(mine)} in shard '
         f'{shard_index}/{num_shards}, root {sweep_root}', flush=True)
-  failed, busy, rate = [], [], progress.Rate()
-  to_run = sum(not is_finished(grid.config(c, sweep_root)) for c in mine)
-  for i, cell in enumerate(mine, 1):
-    cfg = grid.config(cell, sweep_root)
-    tag = f'[{i}/{len(mine)}]'
-    if is_finished(cfg):
-      print(f'{tag} skipping {cell.name}: finished', flush=True)
-      continue
-    verb = 'resuming' if os.path.isdir(cfg.workdir) else 'running'
+  cfgs = [grid.config(c, sweep_root) for c in mine]
+  todo = [c for c in cfgs if not is_finished(c)]
+  for c in cfgs:
+    if is_finished(c):
+      print(f'skipping {_name(c)}: finished', flush=True)
+  failed, busy, rate, done = [], [], progress.Rate(), 0
+  for group in groups(todo, runs_per_program):
+    names = ', '.join(_name(c) for c in group)
+    verb = 'resuming' if any(os.path.isdir(c.workdir) for c in group) else (
+        'running')
     # The ETA prices the cells left at the mean time of those run so far.
-    print(f'{tag} {verb} {cell.name} ({i - 1} done, {len(mine) - i + 1} '
-          f'left, ETA {progress.duration(rate.eta(to_run))})', flush=True)
-    to_run -= 1
+    left = len(todo) - done
+    print(f'[{done + 1}-{done + len(group)}/{len(todo)}] {verb} {names} '
+          f'({done} done, {left} left, ETA '
+          f'{progress.duration(rate.eta(left))})', flush=True)
     try:
-      summary = train.run(cfg)
+      summaries = train.run_group(group)
     except workdir.WorkdirBusyError as e:
-      print(f'{tag} skipping {cell.name}: {e}', flush=True)
-      busy.append(cell.name)
+      print(f'skipping {names}: {e}', flush=True)
+      busy.extend(_name(c) for c in group)
       continue
     except preemption.Preempted:
       raise
     except Exception as e:  # pylint: disable=broad-except
       # One bad cell must not cost the others; its workdir keeps what it had.
       traceback.print_exc()
-      print(f'{tag} FAILED {cell.name}: {e}', flush=True)
-      failed.append(cell.name)
+      print(f'FAILED {names}: {e}', flush=True)
+      failed.extend(_name(c) for c in group)
     else:
-      if 'diverged_at_round' in summary:
-        print(f'{tag} DIVERGED {cell.name} at round '
-              f'{summary["diverged_at_round"]}', flush=True)
-    rate.tick()
+      for cfg, summary in zip(group, summaries):
+        if 'diverged_at_round' in summary:
+          print(f'DIVERGED {_name(cfg)} at round '
+                f'{summary["diverged_at_round"]}', flush=True)
+    done += len(group)
+    for _ in group:
+      rate.tick()
   if busy:
     print(f'sweep: {len(busy)} cell(s) left to the processes writing them; '
           're-run when they finish for the full report.', flush=True)
@@ -342,6 +364,10 @@ def run_sweep(grid: Grid, sweep_root: str, shard_index: int = 0,
   return failed
 
 
+def _name(cfg: Config) -> str:
+  return os.path.basename(cfg.workdir)
+
+
 def define_flags() -> None:
   flags.DEFINE_string('sweep_root', None, 'Folder of the sweep: grid.json, '
                       'one workdir per cell, results.md, plots/.')
@@ -351,6 +377,11 @@ def define_flags() -> None:
   flags.DEFINE_integer('num_shards', 1, 'Cells are dealt round-robin to this '
                        'many shards.')
   flags.DEFINE_boolean('report', True, 'Write results.md and plots at the end.')
+  flags.DEFINE_integer(
+      'runs_per_program', 1, 'Cells that differ only in seed, missing_rate, '
+      'alpha or numeric settings (learning rates, ...) train this many at a '
+      'time as one compiled program (a runs axis), each in its own workdir. '
+      '1 = one cell after another.')
   for key, name in AXIS_FLAGS.items():
     flags.DEFINE_list(name, None, f'Grid axis: comma-separated values of '
                       f'--{key} (default: {_FIELDS[key].default!r}'
@@ -379,7 +410,8 @@ def main(argv):
       raise GridError('--sweep_root is required.')
     grid = grid_from_flags()
     failed = run_sweep(grid, fl.sweep_root, fl.shard_index, fl.num_shards,
-                       report=fl.report)
+                       report=fl.report,
+                       runs_per_program=fl.runs_per_program)
   except GridError as e:
     sys.exit(f'error: {e}')
   except preemption.Preempted as e:

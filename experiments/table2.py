@@ -36,7 +36,7 @@ import numpy as np
 from experiments import train as train_flags
 from fedrecon_jax import checkpoint, client, data, generator, probes
 from fedrecon_jax import recon_metrics
-from fedrecon_jax import train, workdir
+from fedrecon_jax import experiment, train, workdir
 from fedrecon_jax.config import Config
 from fedrecon_jax.metrics_writer import write_json_atomic
 
@@ -115,7 +115,7 @@ def run_variant(dataset: str, variant: str, root: str,
     print(f'table2: {dataset}/{variant} diverged at round {diverged}',
           flush=True)
     return results
-  exp = train.build(cfg)
+  exp = experiment.build(cfg)
   state = checkpoint.Checkpointer(cfg).restore_or_none(exp, cfg)
   if state is None or state['round'] != cfg.total_rounds:
     raise ValueError(f'{cfg.workdir}: no checkpoint of round '
@@ -162,7 +162,7 @@ def load_results(root: str, dataset: str) -> tuple[dict, dict]:
   return rows, refs
 
 
-def _save_grid(path: str, kind: str, exp: train.Experiment, params) -> None:
+def _save_grid(path: str, kind: str, exp: experiment.Experiment, params) -> None:
   """True test images (row 0) and their rebuilds from each single source."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   num = exp.spec.num_modalities

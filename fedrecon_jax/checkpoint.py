@@ -46,7 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fedrecon_jax import config as config_lib
-from fedrecon_jax import metrics_writer, rounds, server
+from fedrecon_jax import client, metrics_writer, server
 from fedrecon_jax import workdir as workdir_lib
 
 CONFIG_FILE = 'config.json'
@@ -79,7 +79,7 @@ class Checkpointer:
             enable_async_checkpointing=True))
     self.fingerprint = None
 
-  def maybe_save(self, state: dict, round_: int, metrics=None,
+  def maybe_save(self, state: server.ServerState, round_: int, metrics=None,
                  force: bool = False) -> bool:
     """Starts an async save if round_ is due (or `force`: a preemption);
     True if it did.
@@ -95,7 +95,7 @@ class Checkpointer:
           os.path.join(self.workdir, metrics_writer.METRICS_FILE))
     meta = {'round': round_, 'config': self.cfg.to_dict(),
             'partition': self.fingerprint, 'metrics': list(metrics)}
-    tree = {'params': state['params'], 'opt_state': state['opt_state']}
+    tree = {'params': state.params, 'opt_state': state.opt_state}
     # save() also waits for the previous async save: either may fail.
     with self._write_errors(round_):
       return self.mngr.save(round_, force=force, args=ocp.args.Composite(
@@ -120,11 +120,11 @@ class Checkpointer:
           f'Kept the earlier checkpoints {kept}; re-running the command '
           'resumes from the latest once the disk has room.') from e
 
-  def restore_or_none(self, exp, cfg: config_lib.Config):
-    """Latest readable checkpoint as a state dict, or None for a fresh run.
-
-    The dict has 'params', 'opt_state', 'round' and 'metrics' (the records
-    stored with the checkpoint). Raises ValueError if the workdir's run
+  def restore_or_none(self, exp, cfg: config_lib.Config,
+                      max_round: int | None = None):
+    """Latest readable checkpoint as (server.ServerState, the metrics
+    records stored with it), or None for a fresh run. With max_round, the
+    latest at or before that round (a group resumes all its runs from one). Raises ValueError if the workdir's run
     differs from cfg in a flag that defines it, or if there are checkpoints
     but none can be read (then nothing is moved: starting over would
     truncate metrics.jsonl, so that is left to the user).
@@ -135,6 +135,8 @@ class Checkpointer:
     bad = []
     state = None
     for step in sorted(self.mngr.all_steps(), reverse=True):
+      if max_round is not None and step > max_round:
+        continue
       try:
         state = self._restore(step, exp, cfg)
         break
@@ -156,17 +158,17 @@ class Checkpointer:
       self._move_aside(str(step))
     if bad:
       self.mngr.reload()
-    if state is not None and state['round'] > cfg.total_rounds:
+    if state is not None and state[0].round > cfg.total_rounds:
       raise IncompatibleRunError(
           f'--rounds={cfg.rounds}: {cfg.workdir} already holds round '
-          f'{state["round"]}, past the {cfg.total_rounds} rounds asked for; '
+          f'{state[0].round}, past the {cfg.total_rounds} rounds asked for; '
           'pass at least the rounds it was run with, or use a new --workdir.')
     self._write_config_file(cfg)
     if state is not None:
-      logging.info('Resuming from round %d (%s).', state['round'], self.dir)
+      logging.info('Resuming from round %d (%s).', state[0].round, self.dir)
     return state
 
-  def _restore(self, step: int, exp, cfg: config_lib.Config) -> dict:
+  def _restore(self, step: int, exp, cfg: config_lib.Config):
     meta = self.mngr.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))['meta']
     if not isinstance(meta, dict) or meta.get('round') != step:
@@ -179,8 +181,9 @@ class Checkpointer:
           'Use a new --workdir.')
     tree = self.mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract_state(exp, cfg, step))))
-    return {**tree['state'], 'round': step,
-            'metrics': meta.get('metrics', [])}
+    state = server.ServerState(tree['state']['params'],
+                               tree['state']['opt_state'], np.int32(step))
+    return state, meta.get('metrics', [])
 
   def _config_path(self) -> str:
     return os.path.join(self.workdir, CONFIG_FILE)
@@ -251,7 +254,8 @@ def _listed_steps(directory: str) -> list[int]:
 def _abstract_state(exp, cfg, round_: int):
   params = jax.eval_shape(exp.model.init, jax.random.key(0))
   stage = cfg.stage(round_)
-  tx = server.server_optimizer(cfg, stage)
-  opt = jax.eval_shape(lambda p: rounds.init_server_opt(tx, p, cfg, stage),
-                       params)
+  groups = client.trainable_groups(cfg, stage)
+  opt = jax.eval_shape(
+      lambda p: server.server_optimizer(cfg, stage).init(
+          {g: p[g] for g in groups}), params)
   return {'params': params, 'opt_state': opt}

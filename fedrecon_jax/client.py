@@ -10,7 +10,6 @@ padding rows are masked out of every loss, so padding never changes a result.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import chex
@@ -53,41 +52,54 @@ def task_inputs(cfg: Config, model: Model, params: dict, xs, present):
   return xs, jnp.ones_like(present)   # zeros: absent inputs are zeros
 
 
-def make_loss(cfg: Config, model: Model, stage: int) -> LossFn:
-  """The per-sample client objective of a method in a stage."""
-  gen_kw = dict(beta=cfg.beta, match_weight=cfg.match_weight,
-                cross_decoding=cfg.cross_decoding)
+def make_loss(cfg: Config, model: Model, stage: int):
+  """h -> the per-sample client objective (LossFn) of a method in a stage.
+
+  h: Config.hparams(), possibly traced (beta, match_weight are read here).
+  """
   kind = generator_kind(cfg) if cfg.uses_generator else None
+  train_map = 'map' in trainable_groups(cfg, stage)
 
-  def gen_loss(params, batch, key):
-    return generator.objective(kind, model, params, batch['xs'],
-                               batch['present'], key, **gen_kw)
+  def with_hparams(h) -> LossFn:
+    gen_kw = dict(beta=h['beta'], match_weight=h['match_weight'],
+                  cross_decoding=cfg.cross_decoding)
 
-  def task_loss(params, batch, key):
-    xs, attend = task_inputs(cfg, model, params, batch['xs'], batch['present'])
-    logits = model.logits(params['task'], xs, attend)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
-    terms = {'ce': ce}
-    loss = ce
-    if cfg.method_spec.task_trains_generator:
-      g, gterms = gen_loss(params, batch, key)
-      loss, terms = loss + g, {**terms, **gterms}
-    elif 'map' in trainable_groups(cfg, stage):
-      match = generator.match_loss(model, params, batch['xs'], batch['present'])
-      loss, terms = loss + cfg.match_weight * match, {**terms, 'match': match}
-    return loss, terms
+    def gen_loss(params, batch, key):
+      return generator.objective(kind, model, params, batch['xs'],
+                                 batch['present'], key, **gen_kw)
 
-  return gen_loss if stage == GEN_STAGE else task_loss
+    def task_loss(params, batch, key):
+      xs, attend = task_inputs(cfg, model, params, batch['xs'],
+                               batch['present'])
+      logits = model.logits(params['task'], xs, attend)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
+      terms = {'ce': ce}
+      loss = ce
+      if cfg.method_spec.task_trains_generator:
+        g, gterms = gen_loss(params, batch, key)
+        loss, terms = loss + g, {**terms, **gterms}
+      elif train_map:
+        match = generator.match_loss(model, params, batch['xs'],
+                                     batch['present'])
+        loss = loss + h['match_weight'] * match
+        terms = {**terms, 'match': match}
+      return loss, terms
+
+    return gen_loss if stage == GEN_STAGE else task_loss
+
+  return with_hparams
 
 
-def client_optimizer(cfg: Config, stage: int) -> optax.GradientTransformation:
+def client_optimizer(cfg: Config, stage: int,
+                     h: dict) -> optax.GradientTransformation:
+  """The client's optimizer; its numbers come from h (possibly traced)."""
+  lr = h['gen_lr'] if stage == GEN_STAGE else h['client_lr']
   if stage == GEN_STAGE and cfg.gen_optimizer == 'adam':
-    step = optax.adam(cfg.gen_lr)
+    step = optax.adam(lr)
   else:
-    step = optax.sgd(cfg.gen_lr if stage == GEN_STAGE else cfg.client_lr,
-                     momentum=cfg.momentum)
-  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                     optax.add_decayed_weights(cfg.weight_decay), step)
+    step = optax.sgd(lr, momentum=h['momentum'])
+  return optax.chain(optax.clip_by_global_norm(h['clip_norm']),
+                     optax.add_decayed_weights(h['weight_decay']), step)
 
 
 def contribution_weights(trainable: dict, data, spec, task_seen) -> dict:
@@ -141,7 +153,7 @@ def task_seen_mask(cfg: Config, data) -> jax.Array:
 def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
                  loss_fn: LossFn, tx: optax.GradientTransformation,
                  batch_size: int, local_epochs: int,
-                 prox_mu: float = 0.0) -> tuple[dict, dict]:
+                 prox_mu=None) -> tuple[dict, dict]:
   """Runs local epochs on one client.
 
   Args:
@@ -160,7 +172,7 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
     per_sample, terms = loss_fn({**frozen, **params}, batch, step_key)
     weight = batch['mask'] / jnp.maximum(batch['mask'].sum(), 1.0)
     loss = jnp.sum(per_sample * weight)
-    if prox_mu:
+    if prox_mu is not None:   # FedProx; None (not 0.0) compiles it out
       loss += 0.5 * prox_mu * optax.tree.norm(
           jax.tree.map(jnp.subtract, params, trainable), squared=True)
     return loss, {k: jnp.sum(v * weight) for k, v in terms.items()}
@@ -216,14 +228,17 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
 
 
 def make_client_update(cfg: Config, model: Model, stage: int):
-  """(trainable, frozen, data, key) -> (params, weights, metrics) for one client."""
-  update = functools.partial(
-      local_update, loss_fn=make_loss(cfg, model, stage),
-      tx=client_optimizer(cfg, stage), batch_size=cfg.batch_size,
-      local_epochs=cfg.local_epochs, prox_mu=cfg.fedprox_mu)
+  """(h, trainable, frozen, data, key) -> (params, weights, metrics) for one
+  client; h is Config.hparams() (traced: one program for every value)."""
+  loss = make_loss(cfg, model, stage)
+  prox = cfg.fedprox_mu > 0
 
-  def client_update(trainable, frozen, data, key):
-    params, metrics = update(trainable, frozen, data, key)
+  def client_update(h, trainable, frozen, data, key):
+    params, metrics = local_update(
+        trainable, frozen, data, key, loss_fn=loss(h),
+        tx=client_optimizer(cfg, stage, h), batch_size=cfg.batch_size,
+        local_epochs=cfg.local_epochs,
+        prox_mu=h['fedprox_mu'] if prox else None)
     weights = contribution_weights(trainable, data, model.spec,
                                    task_seen_mask(cfg, data))
     return params, weights, metrics

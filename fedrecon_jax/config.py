@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
+
 from fedrecon_jax import methods
 
 GEN_STAGE, TASK_STAGE = 1, 2
@@ -23,6 +25,20 @@ SERVER_OPTIMIZERS = ('sgdm', 'adam', 'yogi', 'adagrad', 'optax_adam',
                      'optax_yogi', 'optax_adagrad')
 TASK_ENCODER_WEIGHTS = ('seen', 'present')
 JOINT_POSTERIORS = ('poe', 'moe', 'mopoe')
+
+# Numeric settings that enter the round programs as traced values, not
+# constants: runs that differ only in these (and the seed, missing_rate,
+# alpha) share one compiled program, and a group of them runs as one
+# (rounds.make_round's runs axis). FedProx's term is compiled in only when
+# fedprox_mu > 0, so that sign is part of the program (`program_key`).
+HPARAMS = ('client_lr', 'gen_lr', 'momentum', 'weight_decay', 'clip_norm',
+           'fedprox_mu', 'server_lr', 'gen_server_lr', 'server_eps',
+           'server_b1', 'server_b2', 'beta', 'match_weight')
+
+# What runs that share one program may differ in: HPARAMS, and settings
+# that change only the data a run's clients hold (its partition, padded to
+# the group's largest client) or its keys.
+PER_RUN_FIELDS = HPARAMS + ('seed', 'missing_rate', 'alpha', 'workdir')
 
 # Fields whose change on resume is harmless (they do not define the experiment).
 RESUMABLE_OVERRIDES = ('rounds', 'workdir', 'data_dir', 'manual_dir',
@@ -223,6 +239,18 @@ class Config:
            '>= 1 in total with --gen_rounds')
     _check(bool(self.workdir), 'workdir', self.workdir, 'a non-empty path')
     return self
+
+  def hparams(self) -> dict[str, np.ndarray]:
+    """The HPARAMS as float32 scalars: the round programs' traced inputs."""
+    return {k: np.float32(getattr(self, k)) for k in HPARAMS}
+
+  def program_key(self) -> tuple:
+    """Equal for configs whose runs can share a round program and a loop
+    (and so run as one group): every field but PER_RUN_FIELDS (and where the
+    compilation cache lives), plus whether FedProx's term is compiled in."""
+    skip = PER_RUN_FIELDS + ('compilation_cache',)
+    fields = {k: v for k, v in self.to_dict().items() if k not in skip}
+    return tuple(sorted(fields.items())) + (('fedprox', self.fedprox_mu > 0),)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -6,7 +6,8 @@ a few hundred and a few thousand clients, depending on the model and device.
 With `--clients_per_device=auto` the round program is compiled all at once
 first (the program the run needs anyway when it fits, so small cohorts pay
 nothing extra); if XLA's memory analysis of the compiled program exceeds the
-budget, a chunked program (`distributed.make_chunked_round`) is compiled at the
+budget, a chunked program (`rounds.make_round(clients_per_chunk=...)`) is
+compiled at the
 power of two below the proportional guess, halving until one fits.
 
 The budget is `--memory_fraction` of one device's memory: the bytes_limit of
@@ -23,16 +24,14 @@ from typing import Any, Callable
 from absl import logging
 import jax
 
-from fedrecon_jax import distributed, rounds
+from fedrecon_jax import rounds
 from fedrecon_jax.config import Config
-from fedrecon_jax.models import Model
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """The chosen round program and what it was measured to need."""
-  round_fn: Any                 # called like rounds.make_round's round_fn
-  tx: Any                       # its server optimizer
+  round: Any                    # the rounds.Round program
   clients_per_device: int       # 0 = the whole cohort at once
   program_bytes: int            # per device, from XLA's memory analysis
   budget_bytes: int
@@ -59,62 +58,60 @@ def program_bytes(compiled) -> int:
   return int(max(total, getattr(ma, 'peak_memory_in_bytes', 0) or 0))
 
 
-def plan_round(build: Callable[[int], tuple[Any, Any]],
-               lower: Callable[[Any, Any], Any], *, max_per_device: int,
+def plan_round(build: Callable[[int], Any], lower: Callable[[Any], Any], *,
+               max_per_device: int,
                setting, budget_bytes: int) -> Plan:
   """Picks the round program for a `--clients_per_device` setting.
 
   Args:
-    build: clients_per_device -> (round_fn, tx); 0 builds the all-at-once
+    build: clients_per_device -> rounds.Round; 0 builds the all-at-once
       round, k > 0 the chunked one.
-    lower: (round_fn, tx) -> its jax `Lowered` for this run's arguments.
+    lower: Round -> its jax `Lowered` for this run's arguments.
     max_per_device: ceil(cohort / devices), where chunking stops mattering.
     setting: an int >= 0 (used as given, nothing compiled here) or 'auto'.
     budget_bytes: what one device may hold.
   """
   if setting != 'auto':
-    round_fn, tx = build(int(setting))
-    return Plan(round_fn, tx, int(setting), 0, budget_bytes)
+    return Plan(build(int(setting)), int(setting), 0, budget_bytes)
   per_device, size = 0, max_per_device
   while True:
-    round_fn, tx = build(per_device)
-    need = program_bytes(lower(round_fn, tx).compile())
+    round_ = build(per_device)
+    need = program_bytes(lower(round_).compile())
     logging.info('clients_per_device=%s needs %.3g GB (budget %.3g GB)',
                  per_device or 'all', need / 1e9, budget_bytes / 1e9)
     if need <= budget_bytes or size <= 1:
       if need > budget_bytes:
         logging.warning('Even one client per device needs %.3g GB, over the '
                         'budget of %.3g GB.', need / 1e9, budget_bytes / 1e9)
-      return Plan(round_fn, tx, per_device, need, budget_bytes)
+      return Plan(round_, per_device, need, budget_bytes)
     # Memory grows about linearly with the chunk: jump to the power of two
     # below the proportional guess (one or two compiles), then halve.
     guess = max(int(size * budget_bytes / need), 1)
     per_device = size = min(2 ** (guess.bit_length() - 1), size // 2)
 
 
-def make_round(cfg: Config, model: Model, stage: int, mesh, num_clients: int,
-               params, population) -> Plan:
+def make_round(stage_plan, mesh, params, population, h, *, runs: int = 0,
+               cfg: Config) -> Plan:
   """The round program of a stage, chunked as cfg.clients_per_device says.
 
-  Config fields: clients_per_device, memory_fraction, device_memory_gb,
-  clients_per_round. `params` (every group) and `population` (as placed on
-  the mesh) are this run's arguments, used to lower the candidates.
+  Config fields: clients_per_device, memory_fraction, device_memory_gb.
+  `params` (every group), `population` (as placed on the mesh) and h are
+  this run's arguments (with a leading runs axis if runs), used to lower
+  the candidates.
   """
+  clients = mesh.shape[rounds.CLIENTS]
+
   def build(per_device):
-    if per_device:
-      chunked = distributed.make_chunked_round(
-          cfg, model, stage, mesh, num_clients, clients_per_device=per_device)
-      return chunked, chunked.tx
-    return rounds.make_round(cfg, model, stage, mesh, num_clients)
+    return rounds.make_round(stage_plan, mesh, runs=runs,
+                             clients_per_chunk=per_device * clients)
 
-  def lower(round_fn, tx):
-    p, opt, key = distributed.replicate(
-        (params, rounds.init_server_opt(tx, params, cfg, stage),
-         jax.random.key(0)), mesh)
-    return round_fn.lower(p, opt, population, key)
+  def lower(round_):
+    key = jax.random.key(0)
+    if runs:
+      key = jax.random.split(key, runs)
+    return round_.lower(round_.init(params, h), population, key, h)
 
-  cohort = min(cfg.clients_per_round, num_clients)
   budget = cfg.memory_fraction * device_memory_bytes(cfg.device_memory_gb)
   return plan_round(build, lower, setting=cfg.chunk_setting,
-                    max_per_device=-(-cohort // mesh.devices.size),
+                    max_per_device=-(-stage_plan.cohort // clients),
                     budget_bytes=int(budget))

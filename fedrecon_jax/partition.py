@@ -218,6 +218,19 @@ class ClientData:
   num_samples: Any
 
 
+def pad_clients(population: ClientData, max_n: int) -> ClientData:
+  """The same clients padded to max_n (>= theirs) samples each: padding rows
+  are masked out, so they change no result."""
+  extra = max_n - population.y.shape[1]
+  if extra < 0:
+    raise ValueError(f'pad_clients: max_n={max_n} < {population.y.shape[1]}.')
+  pad = lambda x: np.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+  return population.replace(
+      xs=tuple(pad(x) for x in population.xs), y=pad(population.y),
+      sample_mask=pad(population.sample_mask),
+      modality_mask=pad(population.modality_mask))
+
+
 def stack_clients(xs: Sequence[np.ndarray], y: np.ndarray,
                   client_indices: Sequence[np.ndarray],
                   modality_mask: np.ndarray, max_n: int | None = None,

@@ -1,52 +1,64 @@
 """Where a round happens: cohort sampling, all local updates, aggregation.
 
-One round of one stage is one jitted program:
+One round of one stage, for R runs at once, is one jitted program:
 
-  population [K, max_n, ...] (replicated)  --gather cohort ids-->  cohort [C, ...]
-  cohort sharded over the `clients` mesh axis; jax.vmap(client_update) runs on
-  every device over its slice of clients; the weighted mean in `aggregate`
-  reduces over the clients axis (an all-reduce), and the server step runs
-  replicated. The cohort is padded with zero-weight clients to a multiple of the
-  device count.
+  mesh (runs, clients)       R runs       each run: its own key, h, partition
+  state [R, ...]  --vmap over runs (spmd axis `runs`)-->  one run's round:
+    ids = permutation(fold_in(round key, 0))[:C] (padded with zero-weight
+    clients to a multiple of the chunk); for each chunk of the cohort (a loop
+    inside the program; one chunk = the whole cohort at once):
+      gather the chunk's rows of the population  [chunk, max_n, ...]
+      jax.vmap(client_update) over the chunk (spmd axis `clients`)
+      server.client_sums: weighted sums over the chunk's clients, added up
+    server.apply_sums: the server step on the total
+  -> state [R, ...]
+
+Runs shard over devices when R fills them, clients otherwise (`make_mesh`).
+Without a runs axis (runs=0) the arrays have no leading R: the solo run.
+Everything a stage needs comes from its `plan.StagePlan`; the numbers that
+may differ between runs (learning rates, ...) are the traced `h` argument.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fedrecon_jax import client, server
-from fedrecon_jax.config import Config
-from fedrecon_jax.models import Model
+from fedrecon_jax import distributed, server
+from fedrecon_jax.plan import StagePlan
+from fedrecon_jax.server import ServerState
 
-CLIENTS = 'clients'
+RUNS, CLIENTS = 'runs', 'clients'
 
 
-def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
-  """A 1-D mesh over the first `num_devices` devices (0 = all, all hosts)."""
+def make_mesh(num_devices: int = 0, runs: int = 0) -> jax.sharding.Mesh:
+  """A (runs, clients) mesh over the first `num_devices` devices (0 = all,
+  all hosts): runs spread over the devices when there are at least as many
+  runs as devices (and they divide evenly), otherwise each run's clients."""
   devices = jax.devices()
   if num_devices > len(devices):
     raise ValueError(f'--num_devices={num_devices} exceeds the '
                      f'{len(devices)} available devices.')
   devices = devices[:num_devices or None]
-  return jax.make_mesh((len(devices),), (CLIENTS,), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  n = len(devices)
+  shape = (n, 1) if runs >= n and runs % n == 0 else (1, n)
+  return jax.make_mesh(shape, (RUNS, CLIENTS), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def padded_cohort_size(cfg: Config, mesh) -> int:
-  n = mesh.devices.size
-  return -(-cfg.clients_per_round // n) * n
-
-
-def sample_cohort(key, num_clients: int, cohort: int, padded: int):
-  """Cohort ids [padded] (distinct, then repeats of the first) and valid [padded]."""
-  ids = jax.random.choice(key, num_clients, (cohort,), replace=False)
-  ids = jnp.concatenate([ids, jnp.full((padded - cohort,), ids[0])])
-  return ids, jnp.arange(padded) < cohort
+def place(tree, mesh: jax.sharding.Mesh, runs: bool):
+  """Values -> arrays placed as a round's outputs are (replicated, or split
+  over the runs axis), so every round reuses one program."""
+  if not runs:
+    return distributed.replicate(tree, mesh)
+  sharding = NamedSharding(mesh, P(RUNS))
+  return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 
 def client_keys(key, ids):
@@ -54,79 +66,173 @@ def client_keys(key, ids):
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids + 1)
 
 
+def cohort_ids(round_key, num_clients: int, positions, cohort_size):
+  """Client ids at cohort positions [c] and valid [c] (positions past the
+  cohort are zero-weight pads repeating the first id). The cohort is a
+  prefix of one permutation, so it is the same for every chunking."""
+  perm = jax.random.permutation(jax.random.fold_in(round_key, 0), num_clients)
+  valid = positions < cohort_size
+  return jnp.where(valid, perm[jnp.minimum(positions, num_clients - 1)],
+                   perm[0]), valid
+
+
 def split_params(params: dict, groups):
   return ({g: params[g] for g in groups},
           {g: v for g, v in params.items() if g not in groups})
 
 
-def run_cohort(client_update, trainable, frozen, cohort, keys, mesh=None):
-  """vmap of one client's update over the cohort axis (sharded if mesh)."""
-  if mesh is not None:
-    cohort = jax.lax.with_sharding_constraint(
-        cohort, NamedSharding(mesh, P(CLIENTS)))
-  return jax.vmap(client_update, in_axes=(None, None, 0, 0),
-                  spmd_axis_name=CLIENTS if mesh is not None else None)(
-                      trainable, frozen, cohort, keys)
+def round_key(key, state: ServerState):
+  """Round r (counted from 1) of a run uses fold_in(run key, r)."""
+  return jax.random.fold_in(key, state.round + 1)
 
 
-def make_round(cfg: Config, model: Model, stage: int, mesh, num_clients: int):
-  """Returns (jitted round_fn, server tx).
+def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
+              clients_spmd: str | None, state: ServerState, population, key,
+              h, cohort_size):
+  """One run's round (unjitted): see the module docstring.
 
-  round_fn(params, opt_state, population, key) -> (params, opt_state, metrics)
-  where `population` is the stacked partition.ClientData of all K clients and
-  `params` holds every group; groups not trained in `stage` pass through.
+  Args:
+    plan: the stage.
+    chunk: clients per chunk.
+    num_chunks: chunks run (static), or None: as many as cohort_size needs
+      (a loop whose length is a runtime value).
+    clients_spmd: mesh axis the clients' vmap is sharded over, or None.
+    state: the run's ServerState.
+    population: partition.ClientData, leaves [K, max_n, ...].
+    key: the run's key; h: its Config.hparams(); cohort_size: int32 scalar.
   """
-  groups = client.trainable_groups(cfg, stage)
-  client_update = client.make_client_update(cfg, model, stage)
-  tx = server.server_optimizer(cfg, stage)
-  padded = padded_cohort_size(cfg, mesh)
-  replicated = NamedSharding(mesh, P())
+  trainable, frozen = split_params(state.params, plan.groups)
+  rkey = round_key(key, state)
+  update = functools.partial(plan.client_update, h)
+  # A sharding constraint needs a mesh axis; vmap's spmd_axis_name does the rest.
+  run_chunk = jax.vmap(update, in_axes=(None, None, 0, 0),
+                       spmd_axis_name=clients_spmd)
 
-  def round_fn(params, opt_state, population, key):
-    ids, valid = sample_cohort(jax.random.fold_in(key, 0), num_clients,
-                               cfg.clients_per_round, padded)
-    cohort = jax.tree.map(lambda x: x[ids], population)
-    trainable, frozen = split_params(params, groups)
-    local, weights, metrics = run_cohort(
-        client_update, trainable, frozen, cohort, client_keys(key, ids), mesh)
-    trained, opt_state, metrics = server.aggregate(
-        trainable, opt_state, local, weights, tx, metrics, valid)
-    return {**params, **trained}, opt_state, metrics
+  def chunk_sums(c):
+    ids, valid = cohort_ids(rkey, plan.num_clients, c * chunk
+                            + jnp.arange(chunk), cohort_size)
+    data = jax.tree.map(lambda x: x[ids], population)
+    local, weights, metrics = run_chunk(trainable, frozen, data,
+                                        client_keys(rkey, ids))
+    return server.client_sums(local, weights, metrics, valid)
 
-  return jax.jit(round_fn, out_shardings=replicated), tx
+  if num_chunks == 1:
+    sums = chunk_sums(0)
+  else:
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(chunk_sums, 0))
+    n = -(-cohort_size // chunk) if num_chunks is None else num_chunks
+    sums = jax.lax.fori_loop(
+        0, n, lambda c, acc: jax.tree.map(jnp.add, acc, chunk_sums(c)), zeros)
+  trained, opt_state, metrics = server.apply_sums(
+      trainable, state.opt_state, sums, plan.server_tx(h))
+  return ServerState({**state.params, **trained}, opt_state,
+                     state.round + 1), metrics
 
 
-def init_server_opt(tx, params: dict, cfg: Config, stage: int):
-  return tx.init(split_params(params, client.trainable_groups(cfg, stage))[0])
+@dataclasses.dataclass(frozen=True)
+class Round:
+  """A stage's round as one jitted program (see `make_round`).
+
+  Call: round(state, population, key, h, cohort_size=None) -> (state,
+  metrics). With runs > 0 every argument has a leading [R] axis (population
+  too: each run its own partition, padded to one [K, max_n]).
+  """
+  plan: StagePlan
+  mesh: jax.sharding.Mesh
+  runs: int                # 0 = no runs axis
+  chunk: int               # clients per chunk (a multiple of the clients axis)
+  chunked: bool            # False: one chunk, the whole (padded) cohort
+  jitted: Any
+
+  @property
+  def padded_cohort(self) -> int:
+    """Clients computed per round at the default cohort, pads included."""
+    return -(-self.plan.cohort // self.chunk) * self.chunk
+
+  def place(self, tree):
+    return place(tree, self.mesh, bool(self.runs))
+
+  def init(self, params, h, round_: int = 0) -> ServerState:
+    """The stage's first server state after `round_` rounds (the server
+    optimizer's state starts anew each stage)."""
+    init = functools.partial(server.init_state, self.plan, round_=round_)
+    if self.runs:
+      init = jax.vmap(init)
+    return self.place(jax.jit(init)(params, h))
+
+  def args(self, state, population, key, h, cohort_size=None) -> tuple:
+    n = cohort_size or self.plan.cohort
+    if not self.chunked and n > self.chunk:
+      raise ValueError(f'cohort_size={n} exceeds the {self.padded_cohort} '
+                       'clients of this all-at-once round.')
+    state, key, h = self.place((state, key, h))
+    return state, population, key, h, np.int32(n)
+
+  def lower(self, *args, **kwargs):
+    return self.jitted.lower(*self.args(*args, **kwargs))
+
+  def __call__(self, *args, **kwargs):
+    return self.jitted(*self.args(*args, **kwargs))
 
 
-def sequential_round(cfg: Config, model: Model, stage: int, params, opt_state,
-                     population, key, num_clients: int):
+def make_round(plan: StagePlan, mesh: jax.sharding.Mesh, *, runs: int = 0,
+               clients_per_chunk: int = 0, donate: bool = False) -> Round:
+  """The round program of a stage.
+
+  Args:
+    plan: the stage (plan.make_plan).
+    mesh: a (runs, clients) mesh (make_mesh).
+    runs: R > 0 adds a leading runs axis to every argument; 0 = one run.
+    clients_per_chunk: 0 = the whole cohort at once (its size fixed at
+      plan.cohort); k > 0 = chunks of k clients (rounded up to a multiple
+      of the clients axis) run one after another in a loop inside the
+      program, so memory is O(chunk) and one program serves every cohort
+      size.
+    donate: donate the state's buffers to the outputs.
+  """
+  devices = mesh.shape[CLIENTS]
+  if clients_per_chunk:
+    chunk, num_chunks = -(-clients_per_chunk // devices) * devices, None
+  else:
+    chunk, num_chunks = -(-plan.cohort // devices) * devices, 1
+  spmd = CLIENTS if mesh.devices.size > 1 else None
+  fn = functools.partial(one_round, plan, chunk, num_chunks, spmd)
+  if runs:
+    fn = jax.vmap(fn, in_axes=(0, 0, 0, 0, None),
+                  spmd_axis_name=RUNS if mesh.devices.size > 1 else None)
+  out = NamedSharding(mesh, P(RUNS) if runs else P())
+  # The state stays where it was placed; the population is read-only.
+  jitted = jax.jit(fn, out_shardings=(out, out),
+                   donate_argnums=(0,) if donate else ())
+  return Round(plan, mesh, runs, chunk, bool(clients_per_chunk), jitted)
+
+
+def sequential_round(plan: StagePlan, state: ServerState, population, key, h):
   """Reference/baseline: the same round with clients run one after another.
 
   Calls one jitted single-client update per client in a Python loop (how
   FedJAX runs clients), then the same aggregation. Used by tests and the
   benchmark; not by training.
   """
-  groups = client.trainable_groups(cfg, stage)
-  update, aggregate = _sequential_parts(cfg, model, stage)
-  ids, _ = sample_cohort(jax.random.fold_in(key, 0), num_clients,
-                         cfg.clients_per_round, cfg.clients_per_round)
-  keys = client_keys(key, ids)
-  trainable, frozen = split_params(params, groups)
-  outs = []
-  for i, k in zip(np.asarray(ids), keys):
-    data = jax.tree.map(lambda x: x[i], population)
-    outs.append(update(trainable, frozen, data, k))
+  update, aggregate = _sequential_parts(plan)
+  rkey = round_key(key, state)
+  ids, _ = cohort_ids(rkey, plan.num_clients, jnp.arange(plan.cohort),
+                      plan.cohort)
+  trainable, frozen = split_params(state.params, plan.groups)
+  outs = [update(h, trainable, frozen, jax.tree.map(lambda x: x[i], population),
+                 k) for i, k in zip(np.asarray(ids), client_keys(rkey, ids))]
   stack = lambda *xs: jnp.stack(xs)
-  local = jax.tree.map(stack, *[o[0] for o in outs])
-  weights = jax.tree.map(stack, *[o[1] for o in outs])
-  trained, opt_state, metrics = aggregate(trainable, opt_state, local, weights)
-  return {**params, **trained}, opt_state, metrics
+  local, weights = (jax.tree.map(stack, *[o[j] for o in outs]) for j in (0, 1))
+  return aggregate(state, local, weights, h)
 
 
 @functools.cache
-def _sequential_parts(cfg: Config, model: Model, stage: int):
-  tx = server.server_optimizer(cfg, stage)
-  return (jax.jit(client.make_client_update(cfg, model, stage)),
-          jax.jit(functools.partial(server.aggregate, tx=tx)))
+def _sequential_parts(plan: StagePlan):
+  def aggregate(state, local, weights, h):
+    trainable = split_params(state.params, plan.groups)[0]
+    trained, opt_state, metrics = server.aggregate(
+        trainable, state.opt_state, local, weights, plan.server_tx(h))
+    return ServerState({**state.params, **trained}, opt_state,
+                       state.round + 1), metrics
+  return jax.jit(plan.client_update), jax.jit(aggregate)

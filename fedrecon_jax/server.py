@@ -17,7 +17,7 @@ they stay available as `optax_adam` / `optax_yogi` / `optax_adagrad`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -25,6 +25,21 @@ import jax.numpy as jnp
 import optax
 
 from fedrecon_jax.config import Config, GEN_STAGE
+
+
+class ServerState(NamedTuple):
+  """What the server carries from round to round."""
+  params: dict            # every group; those not trained this stage pass
+  opt_state: Any          # the server optimizer's state over the trained groups
+  round: jax.Array        # int32 scalar: rounds done (the last one's number)
+
+
+def init_state(plan, params: dict, h: dict, round_=0) -> ServerState:
+  """A stage's first state: `plan` (plan.StagePlan) names the trained groups
+  and the server transformation of h (Config.hparams())."""
+  trained = {g: params[g] for g in plan.groups}
+  return ServerState(params, plan.server_tx(h).init(trained),
+                     jnp.asarray(round_, jnp.int32))
 
 
 # ---------------------------------------------------------------- optimizers
@@ -74,12 +89,18 @@ def fedadagrad(learning_rate, *, b1=0.9, tau=1e-3):
   return _fedopt(learning_rate, lambda v, g2: v + g2, b1, tau)
 
 
-def server_optimizer(cfg: Config, stage: int) -> optax.GradientTransformation:
-  """The server's transformation of the pseudo-gradient in a stage."""
+def server_optimizer(cfg: Config, stage: int,
+                     h: dict | None = None) -> optax.GradientTransformation:
+  """The server's transformation of the pseudo-gradient in a stage.
+
+  h: Config.hparams() (default cfg's), possibly traced: the learning rate,
+  b1, b2 and tau are inputs of the round program, not constants.
+  """
+  h = cfg.hparams() if h is None else h
   if cfg.server_opt == 'fedavg':
     return optax.sgd(1.0)       # params - (params - mean) = mean
-  lr = cfg.gen_server_lr if stage == GEN_STAGE else cfg.server_lr
-  b1, b2, tau = cfg.server_b1, cfg.server_b2, cfg.server_eps
+  lr = h['gen_server_lr'] if stage == GEN_STAGE else h['server_lr']
+  b1, b2, tau = h['server_b1'], h['server_b2'], h['server_eps']
   return {
       'sgdm': lambda: optax.sgd(lr, momentum=0.9),
       'adam': lambda: fedadam(lr, b1=b1, b2=b2, tau=tau),

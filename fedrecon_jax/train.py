@@ -9,101 +9,22 @@ sampled client skipped).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import time
+from typing import Any, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedrecon_jax import checkpoint, data, distributed, evaluation
-from fedrecon_jax import memory_plan, metrics_writer, partition, preemption
-from fedrecon_jax import progress, rounds, workdir
+from fedrecon_jax import checkpoint, config, evaluation, experiment
+from fedrecon_jax import memory_plan, metrics_writer, partition, plan
+from fedrecon_jax import preemption, progress, rounds, server, workdir
 from fedrecon_jax.config import Config
-from fedrecon_jax.models import DataSpec, Model
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-  """Everything a run derives from its Config before the first round."""
-  cfg: Config
-  spec: DataSpec
-  model: Model
-  population: partition.ClientData   # numpy, [K, max_n, ...]
-  test_xs: tuple
-  test_y: np.ndarray
-  test_present: np.ndarray            # [N_test, M] bool
-  test_complete: np.ndarray           # [N_test, M] bool, nothing missing
-  unimodal_index: int | None
-
-
-def _seed(cfg: Config, purpose: int) -> int:
-  """Independent integer seeds for the numpy-side random choices."""
-  return int(np.random.SeedSequence([cfg.seed, purpose]).generate_state(1)[0])
-
-
-def build(cfg: Config) -> Experiment:
-  cfg.validate()
-  ds = data.load(cfg.dataset, data_dir=cfg.data_dir or None,
-                 manual_dir=cfg.manual_dir or None)
-  spec = DataSpec(ds.modalities, ds.kinds,
-                  tuple(x.shape[1:] for x in ds.train.xs), ds.num_classes)
-  m = spec.num_modalities
-  if cfg.cross_decoding == 'one' and len(set(zip(spec.kinds, spec.shapes))) > 1:
-    raise ValueError(f"--cross_decoding='one' needs modalities of one kind "
-                     f'and shape; {cfg.dataset} has {spec.shapes}. Use '
-                     "--cross_decoding='all'.")
-  if cfg.natural_split and ds.train.group is None:
-    raise ValueError(f'--natural_split needs a dataset with a grouping key; '
-                     f'{cfg.dataset} has none.')
-  indices, mmask = partition.make_partition(
-      ds.train.y, num_clients=cfg.num_clients, num_modalities=m,
-      alpha=cfg.alpha, missing_rate=cfg.missing_rate, seed=cfg.seed,
-      min_client_size=cfg.min_client_size,
-      per_sample_missing=cfg.per_sample_missing,
-      groups=ds.train.group if cfg.natural_split else None)
-  test_present = partition.sample_modality_mask(
-      len(ds.test.y), m, cfg.missing_rate, seed=_seed(cfg, 1))
-  test_complete = np.ones_like(test_present)
-  uni = None
-  if cfg.method_spec.task_view == 'one_modality':
-    uni = _unimodal_index(cfg, ds)
-    # The unimodal baseline sees only its modality: clients without it hold
-    # no usable sample, and the fusion attends to that modality alone.
-    keep = np.zeros(m, bool)
-    keep[uni] = True
-    mmask = mmask & keep
-    test_present = test_present & keep
-    test_complete = test_complete & keep
-  population = partition.stack_clients(ds.train.xs, ds.train.y, indices, mmask,
-                                       per_sample=cfg.per_sample_missing)
-  if uni is not None:
-    has = population.modality_mask[..., uni]
-    population = population.replace(sample_mask=population.sample_mask & has,
-                                    num_samples=has.sum(1).astype(np.int32))
-  model = Model(spec, latent_dim=cfg.latent_dim, gen_width=cfg.gen_width,
-                map_width=cfg.map_width, task_width=cfg.task_width)
-  return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
-                    test_present, test_complete, uni)
-
-
-def _unimodal_index(cfg: Config, ds) -> int:
-  if cfg.unimodal_modality != 'best':
-    if cfg.unimodal_modality not in ds.modalities:
-      raise ValueError(f'--unimodal_modality={cfg.unimodal_modality!r} is not '
-                       f"one of {ds.modalities} or 'best'.")
-    return ds.modalities.index(cfg.unimodal_modality)
-  # 'best': a ridge probe per modality on a held-out fifth of the train split.
-  n = len(ds.train.y)
-  perm = np.random.default_rng(_seed(cfg, 2)).permutation(n)
-  tr, va = perm[: 4 * n // 5], perm[4 * n // 5:]
-  y = ds.train.y
-  scores = [evaluation.ridge_probe_accuracy(x[tr], y[tr], x[va], y[va],
-                                            ds.num_classes) for x in ds.train.xs]
-  return int(np.argmax(scores))
 
 
 def use_compilation_cache(setting: str) -> str:
@@ -127,65 +48,138 @@ def run(cfg: Config) -> dict:
   saving the round a SIGTERM / SIGINT interrupted. A diverged run returns
   (and writes) a summary with 'diverged_at_round'.
   """
-  cfg.validate()
-  use_compilation_cache(cfg.compilation_cache)
+  return run_group([cfg])[0]
+
+
+def run_group(cfgs: Sequence[Config]) -> list[dict]:
+  """Trains (or resumes) runs that share one program as one: every round of
+  all of them is one compiled program (rounds.make_round's runs axis).
+
+  The runs may differ only in the fields of config.PER_RUN_FIELDS (seed,
+  missing_rate, alpha, the HPARAMS numbers, workdir); each keeps its own
+  workdir, written as a solo run writes it (a cell of a group can be resumed
+  alone, and the other way round). Returns the summaries in order; raises as
+  `run` does. A run that diverges stops being logged; the others go on.
+  """
+  for cfg in cfgs:
+    cfg.validate()
+  keys = {cfg.program_key() for cfg in cfgs}
+  if len(keys) > 1:
+    raise ValueError('run_group: the runs differ in a setting that shapes '
+                     'the program; only ' + ', '.join(config.PER_RUN_FIELDS)
+                     + ' may differ.')
+  if len({cfg.workdir for cfg in cfgs}) < len(cfgs):
+    raise ValueError('run_group: two runs share a --workdir.')
+  if len(cfgs) > 1 and jax.process_count() > 1:
+    raise ValueError('A group of runs runs in one process; multi-process '
+                     'runs train one run each.')
+  use_compilation_cache(cfgs[0].compilation_cache)
   # Every process of a multi-process run runs this same loop on the same
   # values; process 0 alone writes the workdir's files (orbax coordinates
   # the checkpoints itself), so it alone holds the lock.
   primary = jax.process_index() == 0
-  with workdir.writer_lock(cfg.workdir, enabled=primary):
-    return _run_locked(cfg, build(cfg), primary)
-
-
-def _run_locked(cfg: Config, exp: Experiment, primary: bool) -> dict:
-  mesh = rounds.make_mesh(cfg.num_devices)
-  evaluate_local = evaluation.make_evaluator(
-      cfg, exp.model, exp.test_xs, exp.test_y, exp.test_present,
-      exp.test_complete)
-  # The evaluator runs on this process's default device: replicated params
-  # are fetched to the host first when the mesh spans processes.
-  evaluate = (evaluate_local if jax.process_count() == 1 else
-              lambda params: evaluate_local(jax.device_get(params)))
-  if primary:  # before anything is written, not at the first save
-    workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp, cfg),
-                             cfg.keep_checkpoints)
-  ckpt = checkpoint.Checkpointer(cfg)
-  state = ckpt.restore_or_none(exp, cfg)
-  if state is None:
-    params = jax.jit(exp.model.init)(
-        jax.random.fold_in(jax.random.key(cfg.seed), 0))
-    state = {'params': params, 'opt_state': None, 'round': 0}
-  # Drops records of rounds after the restored one (a killed run wrote them)
-  # and refills any lost ones from the checkpoint: no duplicated rounds.
-  writer = metrics_writer.MetricsWriter(cfg.workdir, state['round'],
-                                        state.get('metrics', ()), files=primary)
-  t_start = time.time()
-  try:
-    with preemption.StopSignal() as stop:
-      state, outcome = _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer,
-                               stop, primary)
-  finally:
-    ckpt.close()
-    writer.close()
-  if outcome.preempted_by:
-    raise preemption.Preempted(state['round'], outcome.preempted_by)
-  if outcome.diverged is not None:
-    summary = _diverged_summary(cfg, outcome, time.time() - t_start)
-  else:
-    summary = _summary(cfg, exp, outcome.last_eval or evaluate(state['params']),
-                       time.time() - t_start)
-  if primary:
-    workdir.write_summary(cfg.workdir, summary)
-  return summary
+  with contextlib.ExitStack() as locks:
+    for cfg in cfgs:
+      locks.enter_context(workdir.writer_lock(cfg.workdir, enabled=primary))
+    runs = [_Run(cfg, experiment.build(cfg)) for cfg in cfgs]
+    return _run_locked(runs, primary)
 
 
 @dataclasses.dataclass
-class _Outcome:
-  """How the loop ended."""
+class _Run:
+  """One run of a group and how it ended."""
+  cfg: Config
+  exp: experiment.Experiment
+  evaluate: Any = None
+  ckpt: Any = None
+  writer: Any = None
   last_eval: dict = dataclasses.field(default_factory=dict)
   last_finite_eval: dict | None = None   # with its 'round'
   diverged: tuple[int, str] | None = None  # (round, why)
-  preempted_by: str | None = None          # signal name
+
+
+def _run_locked(runs: list[_Run], primary: bool) -> list[dict]:
+  cfg = runs[0].cfg                 # what the runs share
+  stacked = len(runs) > 1
+  mesh = rounds.make_mesh(cfg.num_devices, runs=len(runs) if stacked else 0)
+  t_start = time.time()
+  try:
+    state = _start(runs, primary)
+    with preemption.StopSignal() as stop:
+      state, preempted_by = _rounds(runs, mesh, state, stop, primary)
+  finally:
+    for run_ in runs:
+      for closing in (run_.ckpt, run_.writer):
+        if closing is not None:
+          closing.close()
+  if preempted_by:
+    raise preemption.Preempted(int(_take(state, 0, stacked).round),
+                               preempted_by)
+  summaries = []
+  for i, run_ in enumerate(runs):
+    seconds = time.time() - t_start
+    if run_.diverged is not None:
+      summary = _diverged_summary(run_, seconds)
+    else:
+      summary = _summary(run_.cfg, run_.exp, run_.last_eval or run_.evaluate(
+          _take(state, i, stacked).params), seconds)
+    if primary:
+      workdir.write_summary(run_.cfg.workdir, summary)
+    summaries.append(summary)
+  return summaries
+
+
+def _start(runs: list[_Run], primary: bool) -> server.ServerState:
+  """Opens each run's evaluator, checkpoints and metrics; returns the state
+  the group starts from (stacked over runs if several): the latest round
+  every run has a checkpoint of, or fresh params."""
+  for run_ in runs:
+    cfg, exp = run_.cfg, run_.exp
+    evaluate = evaluation.make_evaluator(
+        cfg, exp.model, exp.test_xs, exp.test_y, exp.test_present,
+        exp.test_complete)
+    # The evaluator runs on this process's default device: replicated
+    # params are fetched to the host first when the mesh spans processes.
+    run_.evaluate = (evaluate if jax.process_count() == 1 else
+                     lambda params, f=evaluate: f(jax.device_get(params)))
+    if primary:  # before anything is written, not at the first save
+      workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp, cfg),
+                               cfg.keep_checkpoints)
+    run_.ckpt = checkpoint.Checkpointer(cfg)
+  restored = [r.ckpt.restore_or_none(r.exp, r.cfg) for r in runs]
+  common = min(0 if x is None else int(x[0].round) for x in restored)
+  if any((0 if x is None else int(x[0].round)) != common for x in restored):
+    # A group killed between its runs' saves: all go back to one round.
+    restored = [r.ckpt.restore_or_none(r.exp, r.cfg, max_round=common)
+                for r in runs]
+  states = []
+  for run_, got in zip(runs, restored):
+    if got is None:
+      params = jax.jit(run_.exp.model.init)(
+          jax.random.fold_in(jax.random.key(run_.cfg.seed), 0))
+      # No server optimizer state yet: the loop starts the stage's.
+      got = server.ServerState(params, (), np.int32(0)), ()
+    states.append(got[0])
+    # Drops records of rounds after the restored one (a killed run wrote
+    # them) and refills lost ones from the checkpoint: no duplicated rounds.
+    run_.writer = metrics_writer.MetricsWriter(
+        run_.cfg.workdir, int(got[0].round), got[1], files=primary)
+    run_.last_finite_eval = _last_eval(run_.writer.records)
+  if len(runs) == 1:
+    return states[0]
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                      *states)
+
+
+def _take(tree, i: int, stacked: bool):
+  """Run i's slice of a (stacked) pytree."""
+  return jax.tree.map(lambda x: x[i], tree) if stacked else tree
+
+
+def _stack(trees: list, stacked: bool):
+  if not stacked:
+    return trees[0]
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
 
 # What JAX spends producing programs: tracing, lowering, XLA compiles and
@@ -206,77 +200,104 @@ def _on_event(event: str, duration: float, **unused) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 
-def _rounds(cfg, exp, mesh, state, evaluate, ckpt, writer, stop, primary):
-  """Runs rounds state['round'] + 1 .. total; returns (state, _Outcome)."""
-  population = distributed.replicate(exp.population, mesh)
-  num_clients = exp.population.y.shape[0]
-  key = jax.random.key(cfg.seed)
-  outcome = _Outcome(last_finite_eval=_last_eval(writer.records))
+def _rounds(runs: list[_Run], mesh, state, stop, primary):
+  """Runs rounds state.round + 1 .. total of every run; returns (state,
+  the signal that stopped it or None)."""
+  cfg, stacked = runs[0].cfg, len(runs) > 1
+  # Shapes bucketed: max_n rounded up to whole batches adds no local step,
+  # so runs (and seeds) whose clients need as many steps share a program.
+  max_n = max(r.exp.population.y.shape[1] for r in runs)
+  max_n = -(-max_n // cfg.batch_size) * cfg.batch_size
+  population = rounds.place(_stack(
+      [partition.pad_clients(r.exp.population, max_n) for r in runs],
+      stacked), mesh, stacked)
+  key = _stack([jax.random.key_data(jax.random.key(r.cfg.seed)) for r in runs],
+               stacked)
+  key = jax.random.wrap_key_data(key)
+  h = _stack([r.cfg.hparams() for r in runs], stacked)
   progress_ = progress.RunProgress(cfg)
   round_fns = {}
-  for r in range(state['round'] + 1, cfg.total_rounds + 1):
+  start = int(_take(state, 0, stacked).round)
+  for r in range(start + 1, cfg.total_rounds + 1):
     stage = cfg.stage(r)
     compiled_before = _compile_seconds[0]
     if stage not in round_fns:
-      round_fns[stage] = _make_round(cfg, exp, stage, mesh, num_clients,
-                                     state['params'], population)
-    round_fn, tx = round_fns[stage]
-    if state['opt_state'] is None or cfg.stage(r - 1) != stage:
-      state['opt_state'] = rounds.init_server_opt(tx, state['params'], cfg,
-                                                  stage)
-    # Same placement as the round's outputs (a no-op after the first round),
-    # so every round of a stage reuses one compiled program.
-    params, opt_state, round_key = distributed.replicate(
-        (state['params'], state['opt_state'], jax.random.fold_in(key, r)),
-        mesh)
+      round_fns[stage] = _make_round(runs, stage, mesh, state.params,
+                                     population, h)
+    round_fn = round_fns[stage]
+    # A fresh run (no optimizer state; re-starting an empty one, as fedavg's,
+    # changes nothing), or a stage's first round.
+    if (r == start + 1 and not jax.tree.leaves(state.opt_state)
+        or cfg.stage(r - 1) != stage):
+      state = round_fn.init(state.params, h, r - 1)
     t0 = time.time()
-    params, opt_state, metrics = round_fn(params, opt_state, population,
-                                          round_key)
-    state = {'params': params, 'opt_state': opt_state, 'round': r}
-    record = {'round': r, 'stage': stage,
-              **{k: float(v) for k, v in metrics.items()}}
-    record['skipped_clients'] = int(metrics['skipped_clients'])
-    record['participants'] = int(metrics['participants'])
-    why = _divergence(params, record['skipped_clients'],
-                      record['participants'])
-    end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
-    if why is None and (r % cfg.eval_every == 0 or end_of_stage):
-      outcome.last_eval = evaluate(params)
-      record.update(outcome.last_eval)
-      if all(math.isfinite(v) for v in outcome.last_eval.values()):
-        outcome.last_finite_eval = {'round': r, **outcome.last_eval}
-    record['seconds'] = time.time() - t0
-    if _compile_seconds[0] > compiled_before:   # a stage's first round
-      record['compile_seconds'] = _compile_seconds[0] - compiled_before
-    writer.write(record)
-    if primary:
-      print(f'round {r}/{cfg.total_rounds} stage {stage} '
-            f'{progress_.round_done(r)} ' + ' '.join(
-                f'{k}={v:.4g}' for k, v in record.items()
-                if k not in ('round', 'stage')), flush=True)
-    if why is not None:  # no checkpoint of non-finite params
-      outcome.diverged = (r, why)
+    state, metrics = round_fn(state, population, key, h)
+    metrics = jax.device_get(metrics)
+    compile_s = _compile_seconds[0] - compiled_before
+    for i, run_ in enumerate(runs):
+      if run_.diverged is None:
+        _log_round(run_, r, stage, _take(metrics, i, stacked),
+                   _take(state, i, stacked).params, t0, compile_s,
+                   progress_.round_done(r) if i == 0 else None,
+                   primary, stacked)
+    if all(run_.diverged for run_ in runs):
       break
     # Asked every round on every process: the multi-process sync point
     # counts the calls.
     stop_now = stop.requested(r) and r < cfg.total_rounds
-    ckpt.maybe_save(state, r, writer.records, force=stop_now)
+    for i, run_ in enumerate(runs):
+      if run_.diverged is None:   # no checkpoint of non-finite params
+        run_.ckpt.maybe_save(_take(state, i, stacked), r,
+                             run_.writer.records, force=stop_now)
     if stop_now:
-      outcome.preempted_by = stop.signame
-      break
-  return state, outcome
+      return state, stop.signame
+  return state, None
 
 
-def _make_round(cfg, exp, stage, mesh, num_clients, params, population):
-  """(round_fn, server tx) of a stage, chunked as --clients_per_device says."""
-  plan = memory_plan.make_round(cfg, exp.model, stage, mesh, num_clients,
-                                params, population)
+def _log_round(run_: _Run, r: int, stage: int, metrics, params, t0: float,
+               compile_s: float, progress_text: str | None, primary: bool,
+               stacked: bool) -> None:
+  """Evaluates if due, writes and prints round r's record of one run."""
+  cfg = run_.cfg
+  record = {'round': r, 'stage': stage,
+            **{k: float(v) for k, v in metrics.items()}}
+  record['skipped_clients'] = int(metrics['skipped_clients'])
+  record['participants'] = int(metrics['participants'])
+  why = _divergence(params, record['skipped_clients'], record['participants'])
+  end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
+  if why is None and (r % cfg.eval_every == 0 or end_of_stage):
+    run_.last_eval = run_.evaluate(params)
+    record.update(run_.last_eval)
+    if all(math.isfinite(v) for v in run_.last_eval.values()):
+      run_.last_finite_eval = {'round': r, **run_.last_eval}
+  record['seconds'] = time.time() - t0
+  if compile_s > 0:   # a stage's first round
+    record['compile_seconds'] = compile_s
+  run_.writer.write(record)
+  if primary:
+    who = f'{os.path.basename(cfg.workdir.rstrip("/"))}: ' if stacked else ''
+    print(f'{who}round {r}/{cfg.total_rounds} stage {stage} '
+          f'{progress_text or ""} ' + ' '.join(
+              f'{k}={v:.4g}' for k, v in record.items()
+              if k not in ('round', 'stage')), flush=True)
+  if why is not None:
+    run_.diverged = (r, why)
+
+
+def _make_round(runs, stage, mesh, params, population, h) -> rounds.Round:
+  """A stage's round program, chunked as --clients_per_device says."""
+  cfg, exp = runs[0].cfg, runs[0].exp
+  stage_plan = plan.make_plan(cfg, exp.model, stage,
+                              exp.population.y.shape[0])
+  chosen = memory_plan.make_round(stage_plan, mesh, params, population, h,
+                                  runs=len(runs) if len(runs) > 1 else 0,
+                                  cfg=cfg)
   if cfg.chunk_setting == 'auto' and jax.process_index() == 0:
     print(f'stage {stage}: clients_per_device='
-          f'{plan.clients_per_device or "all"} '
-          f'({plan.program_bytes / 1e9:.3g} GB of '
-          f'{plan.budget_bytes / 1e9:.3g} GB per device)', flush=True)
-  return plan.round_fn, plan.tx
+          f'{chosen.clients_per_device or "all"} '
+          f'({chosen.program_bytes / 1e9:.3g} GB of '
+          f'{chosen.budget_bytes / 1e9:.3g} GB per device)', flush=True)
+  return chosen.round
 
 
 @jax.jit
@@ -309,7 +330,7 @@ def _last_eval(records) -> dict | None:
   return None
 
 
-def _summary(cfg: Config, exp: Experiment, last_eval: dict,
+def _summary(cfg: Config, exp: experiment.Experiment, last_eval: dict,
              seconds: float) -> dict:
   summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
              'wall_seconds': seconds, 'devices': _devices(), **last_eval}
@@ -319,21 +340,21 @@ def _summary(cfg: Config, exp: Experiment, last_eval: dict,
     summary['zero_fill_mse'] = float(evaluation.fill_mse(
         exp.test_xs, [0.0] * len(exp.test_xs)).mean())
     summary['mean_fill_mse'] = float(evaluation.fill_mse(
-        exp.test_xs, _train_means(exp)).mean())
+        exp.test_xs, experiment.train_means(exp)).mean())
   return summary
 
 
-def _diverged_summary(cfg: Config, outcome: _Outcome, seconds: float) -> dict:
+def _diverged_summary(run_: _Run, seconds: float) -> dict:
   """No top-level metrics, so nothing averages a diverged run by mistake."""
-  round_, why = outcome.diverged
+  cfg, (round_, why) = run_.cfg, run_.diverged
   logging.warning('Run %s diverged at round %d: %s.', cfg.workdir, round_, why)
   return {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
           'diverged_at_round': round_, 'diverged_because': why,
-          'last_finite_eval': outcome.last_finite_eval,
+          'last_finite_eval': run_.last_finite_eval,
           'wall_seconds': seconds, 'devices': _devices()}
 
 
-def _checkpoint_bytes(exp: Experiment, cfg: Config) -> int:
+def _checkpoint_bytes(exp: experiment.Experiment, cfg: Config) -> int:
   """Size of one checkpoint: params plus the largest server state."""
   params = jax.eval_shape(exp.model.init, jax.random.key(0))
   n = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
@@ -346,13 +367,3 @@ def _devices() -> str:
   kind = jax.devices()[0].device_kind
   cores = f' ({os.cpu_count()} cores)' if jax.default_backend() == 'cpu' else ''
   return f'{jax.device_count()} x {kind}{cores}'
-
-
-def _train_means(exp: Experiment):
-  """Per-modality mean over the real, present training samples."""
-  out = []
-  for i, x in enumerate(exp.population.xs):
-    w = (exp.population.sample_mask & exp.population.modality_mask[..., i])
-    w = w.reshape(*w.shape, *[1] * (x.ndim - 2)).astype(np.float64)
-    out.append((x * w).sum((0, 1)) / max(w.sum(), 1.0))
-  return out

@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from fedrecon_jax import distributed, memory_plan, rounds
+from fedrecon_jax import memory_plan, plan as plan_lib, rounds
 from fedrecon_jax.config import TASK_STAGE
 
-import test_engine as t
+import toy as t
 
 K = 1024
 
@@ -24,18 +24,19 @@ def big():
   population = t.make_population(sizes=tuple(rng.integers(2, 7, K)),
                                  missing=present)
   mesh = rounds.make_mesh(1)
-  return model, params, distributed.replicate(population, mesh), mesh
+  return model, params, population, mesh
 
 
 def plan(big, **kw):
   model, params, population, mesh = big
   cfg = t.cfg_for(num_clients=K, server_opt='fedavg', **kw)
-  return memory_plan.make_round(cfg, model, TASK_STAGE, mesh, K, params,
-                                population)
+  stage_plan = plan_lib.make_plan(cfg, model, TASK_STAGE, K)
+  return memory_plan.make_round(stage_plan, mesh, params, population,
+                                cfg.hparams(), cfg=cfg)
 
 
 def test_auto_chunks_a_1024_client_round_that_does_not_fit(big):
-  _, params, population, mesh = big
+  _, params, population, _ = big
   whole = plan(big, clients_per_round=K, device_memory_gb=1e3)
   assert whole.clients_per_device == 0            # fits a 1 TB device
   # A device that holds a third of what the all-at-once round needs.
@@ -44,9 +45,8 @@ def test_auto_chunks_a_1024_client_round_that_does_not_fit(big):
                  device_memory_gb=limit_gb)
   assert 0 < chunked.clients_per_device < K
   assert chunked.program_bytes <= limit_gb * 2**30 < whole.program_bytes
-  args = distributed.replicate(
-      (params, whole.tx.init(params['task']), jax.random.key(4)), mesh)
-  got = chunked.round_fn(args[0], args[1], population, args[2])
-  want = whole.round_fn(args[0], args[1], population, args[2])
-  chex.assert_trees_all_close(got[0], want[0], atol=2e-5, rtol=1e-5)
+  h, key = t.cfg_for().hparams(), jax.random.key(4)
+  got, want = (p.round(p.round.init(params, h), p.round.place(population),
+                       key, h)[0] for p in (chunked, whole))
+  chex.assert_trees_all_close(got, want, atol=2e-5, rtol=1e-5)
 

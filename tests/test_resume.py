@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.handlers import standard_checkpoint_handler as sch
 import pytest
 
-from fedrecon_jax import checkpoint, metrics_writer, workdir
+from fedrecon_jax import checkpoint, metrics_writer, server, workdir
 from fedrecon_jax.config import Config
 
 import tiny
@@ -187,7 +187,8 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch,
   stays readable."""
   cfg = Config(workdir=str(tmp_path), checkpoint_every=1, keep_checkpoints=1,
                rounds=5)
-  state = {'params': {'w': jnp.ones(3)}, 'opt_state': {'m': jnp.zeros(3)}}
+  state = server.ServerState({'w': jnp.ones(3)}, {'m': jnp.zeros(3)},
+                             jnp.int32(0))
   ckpt = checkpoint.Checkpointer(cfg)
   assert ckpt.maybe_save(state, 1, metrics=[])
   ckpt.mngr.wait_until_finished()

@@ -1,24 +1,21 @@
-"""Scale: no recompiles, cohort gathering, chunked rounds, 2 processes."""
+"""Scale: no recompiles, chunked rounds, 2 processes."""
 
 import collections
-import functools
 import json
 import os
 import socket
 import subprocess
 import sys
 
-import chex
 import jax
 import numpy as np
 import pytest
 
-from fedrecon_jax import distributed, rounds
+from fedrecon_jax import rounds
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 
-sys.path.insert(0, os.path.dirname(__file__))
-import test_engine as te  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tiny
+import toy
 
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 _compiles = collections.Counter()
@@ -39,74 +36,36 @@ def _compile_count() -> int:
 
 
 # Every client takes part, so the NaN client below is always in the cohort.
-CFG = te.cfg_for(clients_per_round=te.K)
-# Chunked engines under test: (clients per device, host population) by stage;
-# both leave zero-weight pads in the last chunk (6 clients in chunks of 4, 5).
-CHUNKED = {GEN_STAGE: (4, False), TASK_STAGE: (5, True)}
+CFG = toy.cfg_for(clients_per_round=toy.K)
+# Chunk sizes under test by stage: both leave zero-weight pads in the last
+# chunk (6 clients in chunks of 4, 5).
+CHUNK = {GEN_STAGE: 4, TASK_STAGE: 5}
 
 
-@functools.cache
-def _model():
-  return te.small_model()
-
-
-# Compiles dominate this file: each engine is built (and compiled) once and
-# shared by the tests below.
-@functools.cache
-def _make_round(stage):
-  return rounds.make_round(CFG, _model(), stage, rounds.make_mesh(1), te.K)
-
-
-@functools.cache
-def _chunked(stage):
-  per_device, host = CHUNKED[stage]
-  return distributed.make_chunked_round(
-      CFG, _model(), stage, rounds.make_mesh(1), te.K,
-      clients_per_device=per_device, host_population=host)
+def _round(engine, stage):
+  """The all-at-once ('make_round') or chunked round of a stage, built once
+  (compiles dominate this file) and shared by the tests below."""
+  return toy.make_round(CFG, stage, clients_per_chunk=(
+      CHUNK[stage] if engine == 'chunked' else 0))
 
 
 @pytest.fixture(scope='module')
 def setup():
-  return _model(), te.init_params(_model()), te.make_population()
-
-
-def _with_nan_client():
-  population = te.make_population()
-  xs = list(population.xs)
-  xs[1] = xs[1].copy()
-  xs[1][3, 0, 0] = np.nan                        # one sample of client 3
-  return population.replace(xs=tuple(xs))
-
-
-def _placed(engine, stage, params, opt_state, population, key):
-  """A round's arguments placed as train.run places them: replicated, the
-  population kept on the host for a host-gathering chunked round. One
-  placement, so the tests share each round program (test_engine.placed)."""
-  mesh = rounds.make_mesh(1)
-  if engine == 'chunked' and CHUNKED[stage][1]:
-    return (*te.placed(mesh, params, opt_state), population,
-            *te.placed(mesh, key))
-  return te.placed(mesh, params, opt_state, population, key)
+  return toy.init_params(toy.small_model()), toy.make_population()
 
 
 def _train_like(engine, params, population, schedule):
-  """Runs rounds the way train.run does (per-round key, replicated state, a
+  """Runs rounds the way train.run does (one run key, placed state, a
   fresh server state when the stage changes); compile count after each."""
-  state, after = None, []
+  state, after, h = None, [], CFG.hparams()
+  key = jax.random.key(0)
   for r, stage in enumerate(schedule, 1):
-    if engine == 'make_round':
-      fn, tx = _make_round(stage)
-    else:
-      fn = _chunked(stage)
-      tx = fn.tx
+    round_ = _round(engine, stage)
     if state is None or schedule[r - 2] != stage:
-      state = (params if state is None else state[0],
-               rounds.init_server_opt(tx, params, CFG, stage))
-    key = jax.random.fold_in(jax.random.key(0), r)
-    p, o, m = fn(*_placed(engine, stage, *state, population, key))
-    jax.block_until_ready((p, o, m))
+      state = round_.init(params if state is None else state.params, h, r - 1)
+    state, m = round_(state, round_.place(population), key, h)
+    jax.block_until_ready((state, m))
     float(m['skipped_clients'])        # as train.run logs it
-    state = (p, o)
     after.append(_compile_count())
   return after
 
@@ -115,7 +74,7 @@ def _train_like(engine, params, population, schedule):
 def test_no_compiles_after_warmup(setup, engine):
   """3 rounds of stage 1, then 3 of stage 2: nothing compiles after the first
   round of each stage (round program, server-state init, keys, transfers)."""
-  _, params, population = setup
+  params, population = setup
   start = _compile_count()
   jax.jit(lambda x: x * 3)(np.arange(start + 2.0))   # the counter is live
   assert _compile_count() == start + 1
@@ -126,15 +85,14 @@ def test_no_compiles_after_warmup(setup, engine):
 
 
 def test_chunked_round_one_program_for_every_cohort_size(setup):
-  _, params, population = setup
-  cr = _chunked(GEN_STAGE)
-  opt = rounds.init_server_opt(cr.tx, params, CFG, GEN_STAGE)
-  args = lambda key: _placed('chunked', GEN_STAGE, params, opt, population,
-                             key)
-  jax.block_until_ready(cr(*args(jax.random.key(0))))
+  params, population = setup
+  round_, h = _round('chunked', GEN_STAGE), CFG.hparams()
+  state, pop = round_.init(params, h), round_.place(population)
+  jax.block_until_ready(round_(state, pop, jax.random.key(0), h))
   start = _compile_count()
   for n in (1, 3, 5):
-    jax.block_until_ready(cr(*args(jax.random.key(n)), cohort_size=n))
+    jax.block_until_ready(round_(state, pop, jax.random.key(n), h,
+                                 cohort_size=n))
   # (jit's _cache_size() would also count the same executable once per
   # argument placement, so compiles are what is counted.)
   assert _compile_count() == start, dict(_compiles)
@@ -143,42 +101,28 @@ def test_chunked_round_one_program_for_every_cohort_size(setup):
 @pytest.mark.parametrize('stage', [GEN_STAGE, TASK_STAGE])
 def test_chunked_round_equals_make_round(setup, stage):
   """Every client (one with a NaN sample); the last chunk holds pads."""
-  _, params, _ = setup
-  population = _with_nan_client()
-  key = jax.random.key(3)
-  fn, tx = _make_round(stage)
-  opt = rounds.init_server_opt(tx, params, CFG, stage)
-  want = fn(*_placed('make_round', stage, params, opt, population, key))
-  cr = _chunked(stage)
-  assert cr.padded() > te.K
-  got = cr(*_placed('chunked', stage, params, opt, population, key))
-  assert int(got[2]['skipped_clients']) == int(want[2]['skipped_clients']) == 1
-  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+  params, _ = setup
+  population = toy.with_nan_client()
+  key, h = jax.random.key(3), CFG.hparams()
+  outs = []
+  for engine in ('make_round', 'chunked'):
+    round_ = _round(engine, stage)
+    outs.append(round_(round_.init(params, h), round_.place(population), key,
+                       h))
+  (want, want_m), (got, got_m) = outs
+  assert -(-toy.K // CHUNK[stage]) * CHUNK[stage] > toy.K   # pads computed
+  assert int(got_m['skipped_clients']) == int(want_m['skipped_clients']) == 1
+  toy.leaves_close((got, got_m), (want, want_m))
 
 
-def test_gather_cohort_gives_exactly_those_clients():
-  population = te.make_population(seed=1)
-  mesh = rounds.make_mesh(1)
-  ids = np.array([4, 0, 4, 2, 5, 1])             # repeats, any order
-  stacked = jax.tree.map(lambda x: x[ids], population)   # numpy indexing
-  # On the host, flat and in the chunked layout ...
-  flat = distributed.gather_cohort(population, ids, mesh)
-  chex.assert_trees_all_equal(jax.device_get(flat), stacked)
-  chunked = distributed.gather_cohort(population, ids, mesh, chunk=2)
-  chex.assert_trees_all_equal(
-      jax.device_get(chunked),
-      jax.tree.map(lambda x: x.reshape(3, 2, *x.shape[1:]), stacked))
-  # ... and inside a jitted program from the device-resident store, as
-  # rounds.make_round does.
-  store = distributed.replicate(population, mesh)
-  on_device = jax.jit(lambda pop, i: jax.tree.map(lambda x: x[i], pop))(
-      store, ids)
-  chex.assert_trees_all_equal(jax.device_get(on_device), stacked)
-  # And the host-gathering round draws rounds.sample_cohort's ids.
+def test_cohort_is_a_prefix_of_one_permutation():
+  """Every chunking draws the same cohort: the first C of one permutation,
+  distinct ids, pads repeating the first."""
   key = jax.random.key(11)
-  cr = _chunked(TASK_STAGE)                       # chunks of 5
-  want, _ = rounds.sample_cohort(jax.random.fold_in(key, 0), te.K, 4, 5)
-  np.testing.assert_array_equal(cr.sample_ids(key, 4), want)
+  perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, 0), toy.K))
+  ids, valid = rounds.cohort_ids(key, toy.K, np.arange(8), 4)
+  np.testing.assert_array_equal(ids, list(perm[:4]) + [perm[0]] * 4)
+  np.testing.assert_array_equal(valid, [True] * 4 + [False] * 4)
 
 
 _TWO_PROCESS_SCRIPT = r'''
@@ -187,35 +131,22 @@ from fedrecon_jax import distributed
 distributed.initialize({address!r}, 2, {pid}, local_device_count={local})
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
-import test_engine as t
-from fedrecon_jax import rounds
+import toy
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 assert jax.process_count() == 2 and len(jax.devices()) == {total}
-mesh = rounds.make_mesh()                      # every process's devices
-model = t.small_model()
+model = toy.small_model()
 # The parent's initial params (an eager init would take longer than the
 # rounds, and must be bitwise the same anyway).
 shapes = jax.eval_shape(model.init, jax.random.key(0))
 with np.load({params!r}) as f:
   leaves = [f[k] for k in sorted(f.files, key=lambda s: int(s[4:]))]
 params = jax.tree.unflatten(jax.tree.structure(shapes), leaves)
-pop = t.make_population()
-cfg = t.cfg_for(clients_per_round=t.K)
-rep = lambda x: distributed.replicate(x, mesh)
-out = []
-for stage, seed in ((GEN_STAGE, 7), (TASK_STAGE, 8)):
-  fn, tx = rounds.make_round(cfg, model, stage, mesh, t.K)
-  opt = rounds.init_server_opt(tx, params, cfg, stage)
-  p, _, _ = fn(rep(params), rep(opt), rep(pop), rep(jax.random.key(seed)))
-  out.append(p)
-# The chunked round with the store on the host: each process gathers only
-# the cohort rows of its own devices.
-cr = distributed.make_chunked_round(cfg, model, TASK_STAGE, mesh, t.K,
-                                    clients_per_device=1,
-                                    host_population=True)
-opt = rounds.init_server_opt(cr.tx, params, cfg, TASK_STAGE)
-p, _, _ = cr(rep(params), rep(opt), pop, rep(jax.random.key(8)))
-out.append(p)
+pop = toy.make_population()
+cfg = toy.cfg_for(clients_per_round=toy.K)
+out = [toy.one_round(cfg, stage, params, pop, jax.random.key(seed),
+                     num_devices=0, **kw)[0]     # every process's devices
+       for stage, seed, kw in ((GEN_STAGE, 7, {{}}), (TASK_STAGE, 8, {{}}),
+                               (TASK_STAGE, 8, {{'clients_per_chunk': 2}}))]
 np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(out)])
 '''
 
@@ -228,16 +159,13 @@ def _free_port() -> int:
 
 def test_two_processes_equal_one(setup, tmp_path):
   """2 CPU processes (gloo), one device each, one 2-device mesh: a round of
-  each stage (and a host-gathered chunked round) equals the single-process,
-  single-device run."""
-  _, params, population = setup
+  each stage (and a chunked round) equals the single-process, single-device
+  run."""
+  params, population = setup
   local = 1
-  want = []
-  for stage, seed in ((GEN_STAGE, 7), (TASK_STAGE, 8)):
-    fn, tx = _make_round(stage)
-    opt = rounds.init_server_opt(tx, params, CFG, stage)
-    want.append(fn(*_placed('make_round', stage, params, opt, population,
-                            jax.random.key(seed)))[0])
+  want = [toy.one_round(CFG, stage, params, population,
+                        jax.random.key(seed))[0]
+          for stage, seed in ((GEN_STAGE, 7), (TASK_STAGE, 8))]
   want.append(want[-1])
   want = [np.asarray(x) for x in jax.tree.leaves(want)]
   params_file = str(tmp_path / 'params.npz')

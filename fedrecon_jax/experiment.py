@@ -1,0 +1,103 @@
+"""A run's experiment: everything derived from its Config before the first
+round (data, partition, model, test set)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from fedrecon_jax import data, evaluation, partition
+from fedrecon_jax.config import Config
+from fedrecon_jax.models import DataSpec, Model
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything a run derives from its Config before the first round."""
+  cfg: Config
+  spec: DataSpec
+  model: Model
+  population: partition.ClientData   # numpy, [K, max_n, ...]
+  test_xs: tuple
+  test_y: np.ndarray
+  test_present: np.ndarray            # [N_test, M] bool
+  test_complete: np.ndarray           # [N_test, M] bool, nothing missing
+  unimodal_index: int | None
+
+
+def _seed(cfg: Config, purpose: int) -> int:
+  """Independent integer seeds for the numpy-side random choices."""
+  return int(np.random.SeedSequence([cfg.seed, purpose]).generate_state(1)[0])
+
+
+def build(cfg: Config) -> Experiment:
+  cfg.validate()
+  ds = data.load(cfg.dataset, data_dir=cfg.data_dir or None,
+                 manual_dir=cfg.manual_dir or None)
+  spec = DataSpec(ds.modalities, ds.kinds,
+                  tuple(x.shape[1:] for x in ds.train.xs), ds.num_classes)
+  m = spec.num_modalities
+  if cfg.cross_decoding == 'one' and len(set(zip(spec.kinds, spec.shapes))) > 1:
+    raise ValueError(f"--cross_decoding='one' needs modalities of one kind "
+                     f'and shape; {cfg.dataset} has {spec.shapes}. Use '
+                     "--cross_decoding='all'.")
+  if cfg.natural_split and ds.train.group is None:
+    raise ValueError(f'--natural_split needs a dataset with a grouping key; '
+                     f'{cfg.dataset} has none.')
+  indices, mmask = partition.make_partition(
+      ds.train.y, num_clients=cfg.num_clients, num_modalities=m,
+      alpha=cfg.alpha, missing_rate=cfg.missing_rate, seed=cfg.seed,
+      min_client_size=cfg.min_client_size,
+      per_sample_missing=cfg.per_sample_missing,
+      groups=ds.train.group if cfg.natural_split else None)
+  test_present = partition.sample_modality_mask(
+      len(ds.test.y), m, cfg.missing_rate, seed=_seed(cfg, 1))
+  test_complete = np.ones_like(test_present)
+  uni = None
+  if cfg.method_spec.task_view == 'one_modality':
+    uni = _unimodal_index(cfg, ds)
+    # The unimodal baseline sees only its modality: clients without it hold
+    # no usable sample, and the fusion attends to that modality alone.
+    keep = np.zeros(m, bool)
+    keep[uni] = True
+    mmask = mmask & keep
+    test_present = test_present & keep
+    test_complete = test_complete & keep
+  population = partition.stack_clients(ds.train.xs, ds.train.y, indices, mmask,
+                                       per_sample=cfg.per_sample_missing)
+  if uni is not None:
+    has = population.modality_mask[..., uni]
+    population = population.replace(sample_mask=population.sample_mask & has,
+                                    num_samples=has.sum(1).astype(np.int32))
+  model = Model(spec, latent_dim=cfg.latent_dim, gen_width=cfg.gen_width,
+                map_width=cfg.map_width, task_width=cfg.task_width)
+  return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
+                    test_present, test_complete, uni)
+
+
+def _unimodal_index(cfg: Config, ds) -> int:
+  if cfg.unimodal_modality != 'best':
+    if cfg.unimodal_modality not in ds.modalities:
+      raise ValueError(f'--unimodal_modality={cfg.unimodal_modality!r} is not '
+                       f"one of {ds.modalities} or 'best'.")
+    return ds.modalities.index(cfg.unimodal_modality)
+  # 'best': a ridge probe per modality on a held-out fifth of the train split.
+  n = len(ds.train.y)
+  perm = np.random.default_rng(_seed(cfg, 2)).permutation(n)
+  tr, va = perm[: 4 * n // 5], perm[4 * n // 5:]
+  y = ds.train.y
+  scores = [evaluation.ridge_probe_accuracy(x[tr], y[tr], x[va], y[va],
+                                            ds.num_classes) for x in ds.train.xs]
+  return int(np.argmax(scores))
+
+
+
+def train_means(exp: Experiment):
+  """Per-modality mean over the real, present training samples."""
+  out = []
+  for i, x in enumerate(exp.population.xs):
+    w = (exp.population.sample_mask & exp.population.modality_mask[..., i])
+    w = w.reshape(*w.shape, *[1] * (x.ndim - 2)).astype(np.float64)
+    out.append((x * w).sum((0, 1)) / max(w.sum(), 1.0))
+  return out

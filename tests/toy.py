@@ -1,0 +1,100 @@
+"""The round tests' toy federation: 6 synthetic clients, 3 small vector
+modalities, a small model, and helpers that build and run its rounds.
+
+Rounds are built through the same `plan` -> `rounds.make_round` path as
+train.run and their arguments placed as it places them (`Round.place`), so a
+test's round compiles the program other tests (and later runs, through the
+persistent compilation cache) reuse.
+"""
+
+import functools
+
+import jax
+import numpy as np
+
+from fedrecon_jax import partition, plan, rounds
+from fedrecon_jax.config import Config
+from fedrecon_jax.models import DataSpec, Model
+
+SHAPES = ((5,), (7,), (4,))
+SPEC = DataSpec(('a', 'b', 'c'), ('vector',) * 3, SHAPES, 3)
+K = 6
+
+
+def make_population(seed=0, sizes=(12, 30, 7, 20, 16, 25), missing=None):
+  """Synthetic clients whose labels are learnable from every modality."""
+  rng = np.random.default_rng(seed)
+  n = sum(sizes)
+  y = rng.integers(0, 3, n)
+  xs = [(rng.normal(size=(n, *s)) + y[:, None]).astype(np.float32)
+        for s in SHAPES]
+  bounds = np.cumsum((0,) + tuple(sizes))
+  idx = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
+  if missing is None:
+    missing = np.ones((len(sizes), 3), bool)
+    missing[1, 0] = missing[3, 2] = missing[4, 1] = False
+  return partition.stack_clients(xs, y.astype(np.int32), idx, missing)
+
+
+def with_nan_client():
+  """The population with one NaN input sample on client 3."""
+  population = make_population()
+  xs = list(population.xs)
+  xs[1] = xs[1].copy()
+  xs[1][3, 0, 0] = np.nan
+  return population.replace(xs=tuple(xs))
+
+
+@functools.cache
+def small_model():
+  return Model(SPEC, latent_dim=4, gen_width=16, map_width=16, task_width=8)
+
+
+def cfg_for(**kw):
+  base = dict(workdir='/tmp/unused', num_clients=K, clients_per_round=4,
+              batch_size=8, gen_lr=0.01, client_lr=0.05)
+  return Config(**{**base, **kw})
+
+
+def init_params(model):
+  # Jitted: one program (shared through the compilation cache) instead of
+  # an eager init's hundreds of small ones.
+  return jax.jit(model.init)(jax.random.key(0))
+
+
+@functools.cache
+def stage_plan(cfg, stage):
+  return plan.make_plan(cfg, small_model(), stage, K)
+
+
+@functools.cache
+def make_round(cfg, stage, num_devices=1, runs=0, clients_per_chunk=0):
+  mesh = rounds.make_mesh(num_devices, runs=runs)
+  return rounds.make_round(stage_plan(cfg, stage), mesh, runs=runs,
+                           clients_per_chunk=clients_per_chunk)
+
+
+def one_round(cfg, stage, params, population, key, num_devices=1, **kw):
+  """(params, metrics) after one round from a fresh server state."""
+  round_ = make_round(cfg, stage, num_devices, **kw)
+  h = cfg.hparams()
+  state, metrics = round_(round_.init(params, h), round_.place(population),
+                          key, h)
+  return state.params, metrics
+
+
+def sequential_round(cfg, stage, params, population, key):
+  """The same round, clients one after another (rounds.sequential_round)."""
+  h = cfg.hparams()
+  sp = stage_plan(cfg, stage)
+  state = make_round(cfg, stage).init(params, h)
+  state, metrics = rounds.sequential_round(sp, state, population, key, h)
+  return state.params, metrics
+
+
+def leaves_close(got, want, tol=1e-5):
+  got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol,
+                               rtol=tol)
