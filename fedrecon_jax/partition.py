@@ -223,7 +223,8 @@ def pad_clients(population: ClientData, max_n: int) -> ClientData:
   are masked out, so they change no result."""
   extra = max_n - population.y.shape[1]
   if extra < 0:
-    raise ValueError(f'pad_clients: max_n={max_n} < {population.y.shape[1]}.')
+    raise ValueError(f'max_n must be an integer >= the largest client '
+                     f'({population.y.shape[1]}), got {max_n!r}.')
   pad = lambda x: np.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
   return population.replace(
       xs=tuple(pad(x) for x in population.xs), y=pad(population.y),
@@ -231,9 +232,29 @@ def pad_clients(population: ClientData, max_n: int) -> ClientData:
       modality_mask=pad(population.modality_mask))
 
 
+def _check_modality_mask(modality_mask, per_sample, n: int, num_clients: int,
+                         num_modalities: int) -> tuple[np.ndarray, bool]:
+  """stack_clients' modality_mask as a bool array, and whether per sample."""
+  modality_mask = np.asarray(modality_mask)
+  if modality_mask.dtype != bool:
+    raise ValueError(f'modality_mask must be bool, got {modality_mask.dtype}.')
+  if per_sample is None:
+    if num_clients == n and modality_mask.shape[:1] == (n,):
+      raise ValueError('modality_mask is ambiguous when K == N; pass '
+                       'per_sample=True or False.')
+    per_sample = modality_mask.shape[:1] == (n,)
+  rows = n if per_sample else num_clients
+  if modality_mask.shape != (rows, num_modalities):
+    raise ValueError(
+        f'modality_mask has shape {modality_mask.shape}; expected '
+        f'[K={num_clients}, M={num_modalities}] (per client) or '
+        f'[N={n}, M={num_modalities}] (per sample).')
+  return modality_mask, per_sample
+
+
 def stack_clients(xs: Sequence[np.ndarray], y: np.ndarray,
                   client_indices: Sequence[np.ndarray],
-                  modality_mask: np.ndarray, max_n: int | None = None,
+                  modality_mask: np.ndarray,
                   per_sample: bool | None = None) -> ClientData:
   """Gathers and pads every client's samples into one ClientData.
 
@@ -246,12 +267,12 @@ def stack_clients(xs: Sequence[np.ndarray], y: np.ndarray,
     client_indices: K index arrays into range(N) (client order is kept).
     modality_mask: bool [K, M] (per client) or [N, M] (per sample, indexed by
       global sample index).
-    max_n: padded length; default the largest client.
     per_sample: whether modality_mask is per sample; by default inferred from
       its first dimension (must be given when K == N).
 
   Returns:
-    ClientData of numpy arrays (the caller moves it to device).
+    ClientData of numpy arrays padded to the largest client (`pad_clients`
+    pads further); the caller moves it to device.
   """
   xs = tuple(np.asarray(x) for x in xs)
   y = _as_1d(y, 'y')
@@ -272,27 +293,9 @@ def stack_clients(xs: Sequence[np.ndarray], y: np.ndarray,
                        f'[0, N={n}).')
   sizes = np.array([len(ix) for ix in indices], np.int64)
 
-  modality_mask = np.asarray(modality_mask)
-  if modality_mask.dtype != bool:
-    raise ValueError(f'modality_mask must be bool, got {modality_mask.dtype}.')
-  if per_sample is None:
-    if num_clients == n and modality_mask.shape[:1] == (n,):
-      raise ValueError('modality_mask is ambiguous when K == N; pass '
-                       'per_sample=True or False.')
-    per_sample = modality_mask.shape[:1] == (n,)
-  rows = n if per_sample else num_clients
-  if modality_mask.shape != (rows, num_modalities):
-    raise ValueError(
-        f'modality_mask has shape {modality_mask.shape}; expected '
-        f'[K={num_clients}, M={num_modalities}] (per client) or '
-        f'[N={n}, M={num_modalities}] (per sample).')
-
-  largest = int(sizes.max())
-  if max_n is None:
-    max_n = largest
-  elif not isinstance(max_n, (int, np.integer)) or max_n < largest:
-    raise ValueError(f'max_n must be an integer >= the largest client '
-                     f'({largest}), got {max_n!r}.')
+  modality_mask, per_sample = _check_modality_mask(
+      modality_mask, per_sample, n, num_clients, num_modalities)
+  max_n = int(sizes.max())
 
   # One gather index per padded slot; padding slots point at sample 0 and
   # are zeroed below.

@@ -306,16 +306,25 @@ def table2_metrics(kind: str, model: Model, params: Any,
         coh_single[n, off_diagonal[n]].mean() for n in range(num)])
 
   if kind == 'mapping':
-    mu, mapped = latents(model, params, test_xs, chunk=chunk)
-    res = {'mapping': {}, 'raw': {}}
-    for p, (n, m) in enumerate(spec.pairs):
-      key = f'{names[n]}<-{names[m]}'
-      res['mapping'][key] = retrieval(mapped[p], mu[n])
-      res['raw'][key] = retrieval(mu[m], mu[n])
-    for stats in res.values():
-      stats['mean'] = _mean_stats(list(stats.values()))
-    out['retrieval'] = res
+    out['retrieval'] = mapping_retrieval(model, params, test_xs, chunk=chunk)
   return out
+
+
+def mapping_retrieval(model: Model, params: Any,
+                      test_xs: Sequence[np.ndarray], *,
+                      chunk: int = DEFAULT_CHUNK) -> dict[str, dict]:
+  """{'mapping': ..., 'raw': ...}: per ordered pair 'n<-m' (and 'mean'), the
+  `retrieval` stats of T(n<-m)(mu_m), and of mu_m itself, among the mu_n."""
+  names = model.spec.modalities
+  mu, mapped = latents(model, params, test_xs, chunk=chunk)
+  res = {'mapping': {}, 'raw': {}}
+  for p, (n, m) in enumerate(model.spec.pairs):
+    key = f'{names[n]}<-{names[m]}'
+    res['mapping'][key] = retrieval(mapped[p], mu[n])
+    res['raw'][key] = retrieval(mu[m], mu[n])
+  for stats in res.values():
+    stats['mean'] = _mean_stats(list(stats.values()))
+  return res
 
 
 # ------------------------------------------------------------------- figure

@@ -235,7 +235,7 @@ def test_stack_clients_per_sample_mask_and_max_n():
   xs, y, idx = _toy()
   n = len(y)
   smask = partition.sample_modality_mask(n, 2, 0.5, seed=3)
-  d = partition.stack_clients(xs, y, idx, smask, max_n=25)
+  d = partition.pad_clients(partition.stack_clients(xs, y, idx, smask), 25)
   assert d.y.shape == (3, 25)
   for c, ix in enumerate(idx):
     n_c = len(ix)
@@ -286,8 +286,8 @@ def _bad_calls(labels):
           xs, y, idx, np.ones((4, 2), bool)), 'modality_mask has shape'),
       'mask M': (lambda: partition.stack_clients(
           xs, y, idx, np.ones((3, 3), bool)), 'modality_mask has shape'),
-      'max_n small': (lambda: partition.stack_clients(
-          xs, y, idx, np.ones((3, 2), bool), max_n=5), 'max_n must be'),
+      'max_n small': (lambda: partition.pad_clients(partition.stack_clients(
+          xs, y, idx, np.ones((3, 2), bool)), 5), 'max_n must be'),
       'sample p': (lambda: partition.sample_modality_mask(10, 2, 1.5, 0),
                    'missing_rate must be'),
   }
