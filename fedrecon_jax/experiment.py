@@ -4,6 +4,7 @@ round (data, partition, model, test set)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -31,10 +32,15 @@ def _seed(cfg: Config, purpose: int) -> int:
   return int(np.random.SeedSequence([cfg.seed, purpose]).generate_state(1)[0])
 
 
+# The runs of a group (and a sweep's cells) read one dataset once; build
+# only reads the arrays it returns.
+_load = functools.lru_cache(maxsize=2)(data.load)
+
+
 def build(cfg: Config) -> Experiment:
   cfg.validate()
-  ds = data.load(cfg.dataset, data_dir=cfg.data_dir or None,
-                 manual_dir=cfg.manual_dir or None)
+  ds = _load(cfg.dataset, data_dir=cfg.data_dir or None,
+             manual_dir=cfg.manual_dir or None)
   spec = DataSpec(ds.modalities, ds.kinds,
                   tuple(x.shape[1:] for x in ds.train.xs), ds.num_classes)
   m = spec.num_modalities

@@ -1,0 +1,98 @@
+r"""What grouping a sweep's cells into one program buys: the same grid run
+one cell at a time and --runs_per_program at a time, in one session.
+
+  python -m experiments.group_timing --config=table1_reduced \
+      --runs_per_program=6 --gen_rounds=2 --rounds=3
+
+Each setting runs in a fresh subprocess with its own empty compilation cache
+and sweep root, one after the other; the child counts XLA compiles and sums
+the seconds JAX spends producing programs (trace, lower, compile) with
+jax.monitoring. Writes a JSON and a markdown table (--out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+_CONFIG = flags.DEFINE_string('config', 'table1_reduced', 'Sweep config.')
+_RPP = flags.DEFINE_integer('runs_per_program', 6, 'The grouped setting.')
+_GEN_ROUNDS = flags.DEFINE_integer('gen_rounds', 2, 'Stage-1 rounds per cell.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Stage-2 rounds per cell.')
+_OUT = flags.DEFINE_string('out', 'experiments/results/group_timing_cpu.json',
+                           'Where the JSON goes (a .md beside it).')
+
+_CHILD = r'''
+import json, sys, time
+import jax
+counts = {"compiles": 0, "compile_s": 0.0, "program_s": 0.0}
+PROGRAM = ("/jax/core/compile/jaxpr_trace_duration",
+           "/jax/core/compile/jaxpr_to_mlir_module_duration",
+           "/jax/core/compile/backend_compile_duration")
+def on_event(event, duration, **kw):
+  if event == "/jax/core/compile/backend_compile_duration":
+    counts["compiles"] += 1
+    counts["compile_s"] += duration
+  if event in PROGRAM:
+    counts["program_s"] += duration
+jax.monitoring.register_event_duration_secs_listener(on_event)
+from experiments import sweep
+root, config, rpp, gen_rounds, rounds = sys.argv[1:6]
+grid = sweep.make_grid({}, {"gen_rounds": int(gen_rounds),
+                            "rounds": int(rounds), "eval_every": 5,
+                            "compilation_cache": sys.argv[6]}, config)
+t = time.time()
+failed = sweep.run_sweep(grid, root, report=False,
+                         runs_per_program=int(rpp))
+counts.update(wall_s=time.time() - t, failed=failed,
+              cells=len(grid.cells()))
+print("RESULT " + json.dumps(counts))
+'''
+
+
+def measure(runs_per_program: int) -> dict:
+  tmp = tempfile.mkdtemp(prefix='group_timing_')
+  root, cache = os.path.join(tmp, 'sweep'), os.path.join(tmp, 'xla')
+  load = os.getloadavg()[0]
+  proc = subprocess.run(
+      [sys.executable, '-c', _CHILD, root, _CONFIG.value,
+       str(runs_per_program), str(_GEN_ROUNDS.value), str(_ROUNDS.value),
+       cache], capture_output=True, text=True, check=True,
+      env={**os.environ, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'})
+  line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')][-1]
+  return {'runs_per_program': runs_per_program, 'load_start': load,
+          'load_end': os.getloadavg()[0], **json.loads(line[7:])}
+
+
+def main(argv):
+  del argv
+  t = time.strftime('%Y-%m-%d %H:%M')
+  rows = [measure(1), measure(_RPP.value)]
+  table = ['| runs per program | cells | wall s | XLA compiles | XLA compile s '
+           '| trace+lower+compile s | load start -> end |',
+           '|---|---|---|---|---|---|---|']
+  for r in rows:
+    table.append(f'| {r["runs_per_program"]} | {r["cells"]} '
+                 f'| {r["wall_s"]:.0f} | {r["compiles"]} '
+                 f'| {r["compile_s"]:.0f} | {r["program_s"]:.0f} '
+                 f'| {r["load_start"]:.1f} -> {r["load_end"]:.1f} |')
+  table = '\n'.join(table)
+  print(table)
+  out = {'when': t, 'config': _CONFIG.value, 'gen_rounds': _GEN_ROUNDS.value,
+         'rounds': _ROUNDS.value, 'rows': rows,
+         'wall_ratio': rows[0]['wall_s'] / rows[1]['wall_s'],
+         'table_markdown': table}
+  with open(_OUT.value, 'w') as f:
+    json.dump(out, f, indent=1)
+  print(f'wrote {_OUT.value}; grouped wall time x{out["wall_ratio"]:.2f}')
+
+
+if __name__ == '__main__':
+  app.run(main)
