@@ -78,7 +78,8 @@ def test_grouped_sweep_cells_equal_solo_runs(env, tmp_path):
     got, want = _records(cfg.workdir), _records(solo)
     assert [r['round'] for r in got] == [1, 2, 3, 4]
     for g, w in zip(got, want):
-      assert g.keys() == w.keys()
+      # (Round 3 ended the first, shorter schedule, so it was evaluated.)
+      assert w.keys() <= g.keys()
       for k in w:
         np.testing.assert_allclose(g[k], w[k], rtol=1e-5, atol=1e-5,
                                    err_msg=f'{cell.name} {k}')
