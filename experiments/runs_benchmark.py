@@ -11,9 +11,14 @@ program; R = 1 is the solo program (no runs axis), what one process per
 sweep cell runs. Per (stage, R): compile seconds, seconds per round (median
 of --rounds after one warm-up), run-rounds/s (R / s per round: experiments
 advanced one round per second) and client-steps/s, and the speedup of
-run-rounds/s over R = 1 measured in the same process. Stage 1 runs its
-cohort in chunks of --stage1_chunk clients per run (memory: each client
-holds a copy of the 23.6 MB generator and its update).
+run-rounds/s over R = 1 measured in the same process. Stage 1 runs each
+run's cohort in chunks of --stage1_chunk clients (memory: each client holds
+a copy of the 23.6 MB generator and its update; on CPU one at a time is also
+fastest). Stage 2 runs R = 1 all at once and R > 1 in chunks of
+--stage2_chunk clients per run: on this 2-core CPU a stage-2 round slows
+down once more than ~10 clients are in flight (R = 8 all at once: 22 s per
+round, in chunks of 1: 8.4 s, R = 1: 1.06 s), so the in-flight count is kept
+near the solo run's.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ _STAGES = flags.DEFINE_list('stages', ['1', '2'], 'Stages to time.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (median).')
 _STAGE1_CHUNK = flags.DEFINE_integer(
     'stage1_chunk', 1, 'Clients per chunk in stage 1 (0 = all at once).')
+_STAGE2_CHUNK = flags.DEFINE_integer(
+    'stage2_chunk', 1, 'Clients per chunk and run in stage 2 when R > 1.')
 _BUDGET_S = flags.DEFINE_float(
     'budget_s', 900.0, 'Skip a (stage, R) projected to end past this budget.')
 _OUT = flags.DEFINE_string('out', 'experiments/results/runs_benchmark_cpu.json',
@@ -59,9 +66,10 @@ def main(argv):
   rows, load_start = [], os.getloadavg()
   for stage in (int(s) for s in _STAGES.value):
     stage_plan = plan.make_plan(cfgs[0], model, stage, cfgs[0].num_clients)
-    chunk = _STAGE1_CHUNK.value if stage == 1 else 0
     base = None
     for r in runs_list:
+      chunk = (_STAGE1_CHUNK.value if stage == 1 else
+               _STAGE2_CHUNK.value if r > 1 else 0)
       row = {'stage': stage, 'runs': r, 'clients_per_chunk': chunk}
       rows.append(row)
       if base and time.time() + base['round_s'] * r * (

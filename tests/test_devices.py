@@ -22,16 +22,19 @@ pop = toy.make_population()
 out = [toy.one_round(toy.cfg_for(), stage, params, pop, jax.random.key(seed),
                      num_devices=8)[0]
        for stage, seed in ((GEN_STAGE, 7), (TASK_STAGE, 8))]
+out.append(toy.runs_round(8, TASK_STAGE, params, num_devices=8))
 np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(out)])
 '''
 
 
 def test_8_devices_match_1_device(tmp_path):
-  """4 clients on 8 CPU devices (4 zero-weight pads) == 4 clients on 1."""
+  """4 clients on 8 CPU devices (4 zero-weight pads) == 4 clients on 1, and
+  8 runs split over 8 devices (a (runs 8, clients 1) mesh) == on 1."""
   params, population = toy.init_params(toy.small_model()), toy.make_population()
   want = [toy.one_round(toy.cfg_for(), stage, params, population,
                         jax.random.key(seed))[0]
           for stage, seed in ((GEN_STAGE, 7), (TASK_STAGE, 8))]
+  want.append(toy.runs_round(8, TASK_STAGE, params))
   out = str(tmp_path / '8.npz')
   # Keeps conftest's XLA flags (-O0; a shared compilation cache key).
   flags = os.environ.get('XLA_FLAGS', '')

@@ -35,11 +35,10 @@ def test_runs_axis_equals_each_run_alone(stage):
     want.append((state, metrics))
 
   group = toy.make_round(cfgs[0], stage, runs=R)
-  stack = lambda *xs: np.stack([np.asarray(x) for x in xs])
-  h = jax.tree.map(stack, *[c.hparams() for c in cfgs])
-  key = jax.random.wrap_key_data(stack(*map(jax.random.key_data, keys)))
-  pop = group.place(jax.tree.map(stack, *pops))
-  state = group.init(jax.tree.map(lambda x: stack(*[x] * R), params), h)
+  h = toy.stacked(*[c.hparams() for c in cfgs])
+  key = jax.random.wrap_key_data(toy.stacked(*map(jax.random.key_data, keys)))
+  pop = group.place(toy.stacked(*pops))
+  state = group.init(toy.stacked(*[params] * R), h)
   for _ in range(2):
     state, metrics = group(state, pop, key, h)
   assert group.jitted._cache_size() == 1

@@ -83,6 +83,25 @@ def one_round(cfg, stage, params, population, key, num_devices=1, **kw):
   return state.params, metrics
 
 
+def stacked(*trees):
+  """Trees -> one tree with a leading runs axis."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                      *trees)
+
+
+def runs_round(r, stage, params, num_devices=1):
+  """Params [r, ...] after one round of r runs in one program: run i has
+  seed i (key and partition) and client_lr 0.05 (i + 1)."""
+  cfgs = [cfg_for(seed=i, client_lr=0.05 * (i + 1)) for i in range(r)]
+  round_ = make_round(cfgs[0], stage, num_devices, runs=r)
+  h = stacked(*[c.hparams() for c in cfgs])
+  key = jax.random.wrap_key_data(
+      stacked(*[jax.random.key_data(jax.random.key(i)) for i in range(r)]))
+  pop = round_.place(stacked(*[make_population(seed=i) for i in range(r)]))
+  state = round_.init(stacked(*[params] * r), h)
+  return round_(state, pop, key, h)[0].params
+
+
 def sequential_round(cfg, stage, params, population, key):
   """The same round, clients one after another (rounds.sequential_round)."""
   h = cfg.hparams()
