@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 
 _CONFIG = flags.DEFINE_string('config', 'table1_reduced', 'Sweep config.')
+_METHODS = flags.DEFINE_list('methods', None, 'Override the grid\'s methods.')
 _RPP = flags.DEFINE_integer('runs_per_program', 6, 'The grouped setting.')
 _GEN_ROUNDS = flags.DEFINE_integer('gen_rounds', 2, 'Stage-1 rounds per cell.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Stage-2 rounds per cell.')
@@ -45,7 +46,8 @@ def on_event(event, duration, **kw):
 jax.monitoring.register_event_duration_secs_listener(on_event)
 from experiments import sweep
 root, config, rpp, gen_rounds, rounds = sys.argv[1:6]
-grid = sweep.make_grid({}, {"gen_rounds": int(gen_rounds),
+methods = [m for m in sys.argv[7].split(",") if m]
+grid = sweep.make_grid({"method": methods} if methods else {}, {"gen_rounds": int(gen_rounds),
                             "rounds": int(rounds), "eval_every": 5,
                             "compilation_cache": sys.argv[6]}, config)
 t = time.time()
@@ -64,7 +66,8 @@ def measure(runs_per_program: int) -> dict:
   proc = subprocess.run(
       [sys.executable, '-c', _CHILD, root, _CONFIG.value,
        str(runs_per_program), str(_GEN_ROUNDS.value), str(_ROUNDS.value),
-       cache], capture_output=True, text=True, check=True,
+       cache, ','.join(_METHODS.value or [])], capture_output=True,
+      text=True, check=True,
       env={**os.environ, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'})
   line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')][-1]
   return {'runs_per_program': runs_per_program, 'load_start': load,
@@ -85,7 +88,8 @@ def main(argv):
                  f'| {r["load_start"]:.1f} -> {r["load_end"]:.1f} |')
   table = '\n'.join(table)
   print(table)
-  out = {'when': t, 'config': _CONFIG.value, 'gen_rounds': _GEN_ROUNDS.value,
+  out = {'when': t, 'config': _CONFIG.value, 'methods': _METHODS.value,
+         'gen_rounds': _GEN_ROUNDS.value,
          'rounds': _ROUNDS.value, 'rows': rows,
          'wall_ratio': rows[0]['wall_s'] / rows[1]['wall_s'],
          'table_markdown': table}

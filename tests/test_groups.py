@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -57,8 +58,9 @@ def _records(workdir):
 
 def test_grouped_sweep_cells_equal_solo_runs(env, tmp_path):
   """A 2 seeds x 2 client learning rates grid with --runs_per_program=4
-  trains as one group, stopped after round 3 and resumed from the group's
-  checkpoints; each cell's metrics.jsonl equals an uninterrupted solo run's."""
+  trains as one group, stopped after round 3 with one cell's last checkpoint
+  lost, and resumed from the round all cells hold; each cell's metrics.jsonl
+  equals an uninterrupted solo run's."""
   schedule = dict(tiny.MODEL, gen_rounds=2, rounds=1, eval_every=2,
                   checkpoint_every=2, data_dir=env['TFDS_DATA_DIR'])
   axes = {'seed': [0, 1], 'client_lr': [0.05, 0.2]}
@@ -67,7 +69,12 @@ def test_grouped_sweep_cells_equal_solo_runs(env, tmp_path):
   assert len(sweep.groups([grid.config(c, root) for c in grid.cells()],
                           4)) == 1
   assert sweep.run_sweep(grid, root, report=False, runs_per_program=4) == []
-  # More rounds: every cell resumes from its round-3 checkpoint, as a group.
+  # As if killed between the runs' saves: one cell lacks its round-3
+  # checkpoint, so the group goes back to round 2 for every run.
+  first = grid.config(grid.cells()[0], root).workdir
+  assert tiny.steps(first) == [2, 3]
+  shutil.rmtree(os.path.join(first, 'checkpoints', '3'))
+  # More rounds: the cells resume together, from round 2.
   grid = sweep.Grid(axes, {**schedule, 'rounds': 2})
   assert sweep.run_sweep(grid, root, report=False, runs_per_program=4) == []
   for cell in grid.cells()[::3]:     # (seed 0, lr 0.05) and (seed 1, lr 0.2)
