@@ -58,8 +58,8 @@ class Config:
   """A FedRecon run. Each field is also the absl flag `--<field>`."""
   # Data and partition.
   dataset: str = _f('uci_multifeature', 'TFDS builder to train on.',
-                    choices=('uci_multifeature', 'polymnist_5k', 'polymnist',
-                             'uci_har'))
+                    choices=('uci_multifeature', 'uci_multifeature_small',
+                             'polymnist_5k', 'polymnist', 'uci_har'))
   data_dir: str = _f('', 'TFDS data_dir (default: $TFDS_DATA_DIR or '
                      '~/tensorflow_datasets).')
   manual_dir: str = _f('', 'Folder with user-provided files for polymnist / '

@@ -125,6 +125,19 @@ def test_uci_multifeature_without_any_source_says_what_to_install(
     data.load('uci_multifeature', data_dir=str(tmp_path))
 
 
+def test_uci_multifeature_small_is_three_views_of_the_same_samples(
+    data_dir, uci):
+  small = data.load('uci_multifeature_small', data_dir=data_dir)
+  assert small.modalities == ('fou', 'kar', 'mor')
+  assert small.kinds == ('vector',) * 3 and small.num_classes == 10
+  for got, full in ((small.train, uci.train), (small.test, uci.test)):
+    np.testing.assert_array_equal(got.y, full.y)
+    for m, x in zip(small.modalities, got.xs):
+      np.testing.assert_array_equal(x, full.xs[uci.modalities.index(m)])
+  raw = raw_splits('uci_multifeature_small', data_dir)['train']
+  assert set(raw) == {'fou', 'kar', 'mor', 'label', 'index'}
+
+
 # ----------------------------------------------------------------------------
 # polymnist_5k
 

@@ -15,9 +15,12 @@ from fedrecon_jax.models import DataSpec, Model
 
 import tiny
 
-# The tests' tiny run; alpha is the page test's grid axis.
+# The tests' tiny run; alpha is the page test's grid axis, the dataset
+# table2's argument.
 TINY = dict(tiny.MODEL, gen_rounds=2, rounds=3, checkpoint_every=2)
 del TINY['alpha']
+DATASET = TINY.pop('dataset')
+M = 3  # its modalities
 
 
 @pytest.fixture(scope='module')
@@ -52,21 +55,21 @@ def test_raw_kind_decodes_the_source_latent_itself():
 def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
   t2 = os.path.join(root, 'table2')
   for v in ('fedrecon', 'moe'):
-    table2.run_variant('uci_multifeature', v, t2, probe_steps=30, **tiny)
-  rows, refs = table2.load_results(t2, 'uci_multifeature')
+    table2.run_variant(DATASET, v, t2, probe_steps=30, **tiny)
+  rows, refs = table2.load_results(t2, DATASET)
   assert set(rows) == {'fedrecon', table2.NO_MAPPING, 'moe'}
   assert refs['zero_fill_mse'] > 0.9                  # standardised features
   for r in rows.values():
-    assert np.shape(r['mse']) == (6, 6) and np.all(np.isfinite(r['mse']))
-    assert np.shape(r['coherence_loo']) == (6,)
+    assert np.shape(r['mse']) == (M, M) and np.all(np.isfinite(r['mse']))
+    assert np.shape(r['coherence_loo']) == (M,)
   # One probe set shared by the variants; T matters for the mapping rows.
   assert rows['fedrecon']['probe_accuracy'] == rows['moe']['probe_accuracy']
   assert rows['fedrecon']['mse'] != rows[table2.NO_MAPPING]['mse']
   assert 'retrieval' in rows['fedrecon'] and 'retrieval' not in rows['moe']
-  moe = os.path.join(t2, 'uci_multifeature', 'moe')
+  moe = os.path.join(t2, DATASET, 'moe')
   before = os.stat(os.path.join(moe, 'metrics.jsonl')).st_mtime_ns
   os.remove(os.path.join(moe, table2.RESULTS_JSON))   # trained, not scored
-  again = table2.run_variant('uci_multifeature', 'moe', t2, probe_steps=30,
+  again = table2.run_variant(DATASET, 'moe', t2, probe_steps=30,
                              **tiny)
   assert os.stat(os.path.join(moe, 'metrics.jsonl')).st_mtime_ns == before
   assert again['moe']['mse'] == rows['moe']['mse']    # rescored, same numbers
@@ -78,10 +81,10 @@ def test_page_reports_the_runs_margins_and_freezing(root, tiny):
   t1 = paper.table1_root(root, 'reduced')
   grid = sweep.make_grid(
       {'method': ['fedrecon', 'fedrecon_no_freeze', 'unimodal'],
-       'alpha': ['0.1'], 'seed': ['0', '1']},
+       'alpha': ['0.1'], 'seed': ['0', '1'], 'dataset': [DATASET]},
       {**tiny, 'eval_every': 1, 'checkpoint_every': 0})
   assert sweep.run_sweep(grid, t1, report=False) == []
-  path = paper.write_page(root, 'reduced', ['uci_multifeature'],
+  path = paper.write_page(root, 'reduced', [DATASET],
                           os.path.join(root, 'out'))
   text = open(path).read()
   _, runs = report.load_runs(t1)

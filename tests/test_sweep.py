@@ -13,11 +13,14 @@ from fedrecon_jax import train, workdir
 
 import tiny
 
-# The tests' tiny run (its alpha as the grid's one alpha): both seeds' cells
-# reuse the programs of the other end-to-end tests.
-TINY = (*tiny.flags(alpha=None, gen_rounds=2, rounds=2), '--checkpoint_every=2')
+# The tests' tiny run (its alpha and dataset as the grid's one alpha and
+# dataset): both seeds' cells reuse the programs of the other end-to-end
+# tests.
+TINY = (*tiny.flags(alpha=None, dataset=None, gen_rounds=2, rounds=2),
+        '--checkpoint_every=2')
 ALPHA = float(tiny.MODEL['alpha'])
-GRID = ('--methods=fedrecon,zero_fill', f'--alphas={ALPHA}', '--seeds=0,1')
+GRID = ('--methods=fedrecon,zero_fill', f'--alphas={ALPHA}', '--seeds=0,1',
+        f'--datasets={tiny.DATASET}')
 
 
 def run_sweep_cli(env, root, *args, check=True):
@@ -42,7 +45,7 @@ def test_sweep_writes_one_row_per_cell_and_plots(swept):
   names = sorted(n for n in os.listdir(swept) if '=' in n)
   assert names == [
       f'method={m},alpha={ALPHA},missing_rate=0.3,seed={s},'
-      'dataset=uci_multifeature'
+      f'dataset={tiny.DATASET}'
       for m in ('fedrecon', 'zero_fill') for s in (0, 1)]
   with open(os.path.join(swept, 'results.md')) as f:
     text = f.read()

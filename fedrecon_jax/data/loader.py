@@ -29,7 +29,8 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-DATASETS = ('uci_multifeature', 'polymnist_5k', 'polymnist', 'uci_har')
+DATASETS = ('uci_multifeature', 'uci_multifeature_small', 'polymnist_5k',
+            'polymnist', 'uci_har')
 KINDS = ('vector', 'image', 'sequence')
 STD_FLOOR = 1e-6
 
@@ -88,6 +89,7 @@ def _builders() -> dict[str, type[Builder]]:
   # pylint: enable=g-import-not-at-top
   return {
       'uci_multifeature': uci_multifeature.UciMultifeature,
+      'uci_multifeature_small': uci_multifeature.UciMultifeatureSmall,
       'polymnist_5k': polymnist.Polymnist5k,
       'polymnist': polymnist.Polymnist,
       'uci_har': uci_har.UciHar,
@@ -115,7 +117,7 @@ def load(name: str, *, data_dir: str | None = None,
     data_dir: where TFDS keeps prepared datasets; default $TFDS_DATA_DIR or
       ~/tensorflow_datasets.
     manual_dir: folder with the user's source files (for 'polymnist',
-      'uci_har', optionally 'uci_multifeature'); default
+      'uci_har', optionally 'uci_multifeature(_small)'); default
       <data_dir>/downloads/manual. Read only when the dataset is not yet
       prepared in `data_dir`.
 
