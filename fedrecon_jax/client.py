@@ -2,10 +2,9 @@
 
 A client's data is one slice of `partition.ClientData` (no leading client
 axis): every array is padded to the population's largest client. Local
-training runs a fixed number of steps, ceil(max_n / batch) per epoch, over a
-per-epoch shuffle that puts the real samples first; steps whose batch holds no
-real sample leave parameters and optimizer state untouched (`jnp.where`), and
-padding rows are masked out of every loss, so padding never changes a result.
+training runs the client's own ceil(n / batch) steps per epoch over a
+per-epoch shuffle that puts the real samples first, and padding rows are
+masked out of every loss, so padding never changes a result.
 """
 
 from __future__ import annotations
@@ -156,6 +155,13 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
                  prox_mu=None) -> tuple[dict, dict]:
   """Runs local epochs on one client.
 
+  Each epoch runs the client's own ceil(n / batch) steps (a loop with a traced
+  trip count) over a shuffle that puts its n real samples first: the steps of
+  the fixed ceil(max_n / batch) grid past those would see no real sample, so
+  skipping them gives the same result as running them masked. Vmapped over a
+  cohort the loop runs the cohort's largest count, the finished clients'
+  state held by the batched loop's select.
+
   Args:
     trainable: the server's params for the groups trained this stage.
     frozen: the other groups (inputs only, never updated).
@@ -165,8 +171,9 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
     (trained params, metrics dict of scalars).
   """
   max_n = data.y.shape[0]
-  steps = -(-max_n // batch_size)
+  steps = -(-max_n // batch_size)           # per epoch, for the largest client
   chex.assert_rank(data.sample_mask, 1)
+  chex.assert_shape(data.modality_mask, (max_n, None))
 
   def objective(params, batch, step_key):
     per_sample, terms = loss_fn({**frozen, **params}, batch, step_key)
@@ -188,32 +195,36 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
     return jnp.pad(order, (0, steps * batch_size - max_n),
                    constant_values=-1).reshape(steps, batch_size)
 
-  def step(carry, inp):
+  epoch_keys = jax.random.split(key, local_epochs)
+  orders = jax.vmap(epoch_order)(epoch_keys)                # [E, steps, B]
+  # fold_in(epoch key, step): a step's key does not depend on the trip count.
+  step_keys = jax.vmap(lambda e: jax.vmap(
+      lambda s: jax.random.fold_in(e, s))(jnp.arange(steps)))(
+          jax.random.split(jax.random.fold_in(key, 1), local_epochs))
+  n = data.sample_mask.sum()
+  own_steps = (n + batch_size - 1) // batch_size            # <= steps
+  # Never 0 as a divisor: under vmap a finished (or empty) client still
+  # evaluates the body, whose result the batched loop discards.
+  per_epoch = jnp.maximum(own_steps, 1)
+
+  def step(t, carry):
     params, opt_state, totals = carry
-    idx, step_key = inp
+    epoch, s = t // per_epoch, t % per_epoch
+    idx = orders[epoch, s]
     valid = idx >= 0
     safe = jnp.where(valid, idx, 0)
     mask = (data.sample_mask[safe] & valid).astype(jnp.float32)
     batch = {'xs': tuple(x[safe] for x in data.xs), 'y': data.y[safe],
              'mask': mask,
              'present': data.modality_mask[safe] & (mask[:, None] > 0)}
-    grads, terms = grad_fn(params, batch, step_key)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    real = mask.sum() > 0
-    keep = lambda new, old: jax.tree.map(
-        lambda a, b: jnp.where(real, a, b), new, old)
-    n = mask.sum()
-    totals = {k: totals[k] + (terms[k] if k != 'count' else 1.0) * n
+    grads, terms = grad_fn(params, batch, step_keys[epoch, s])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    real = mask.sum()                  # >= 1: every step run holds a sample
+    totals = {k: totals[k] + (terms[k] if k != 'count' else 1.0) * real
               for k in totals}
-    return (keep(new_params, params), keep(new_opt, opt_state), totals), None
+    return params, opt_state, totals
 
-  epoch_keys = jax.random.split(key, local_epochs)
-  orders = jax.vmap(epoch_order)(epoch_keys).reshape(-1, batch_size)
-  step_keys = jax.vmap(lambda e: jax.vmap(
-      lambda s: jax.random.fold_in(e, s))(jnp.arange(steps)))(
-          jax.random.split(jax.random.fold_in(key, 1), local_epochs)
-      ).reshape(-1, *key.shape)
   # Term names come from one abstract evaluation of the loss.
   probe = {'xs': tuple(x[:batch_size] for x in data.xs),
            'y': data.y[:batch_size],
@@ -221,8 +232,11 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
            'present': data.modality_mask[:batch_size]}
   term_names = jax.eval_shape(lambda: objective(trainable, probe, key)[1])
   totals = {k: jnp.zeros(()) for k in term_names} | {'count': jnp.zeros(())}
-  (params, _, totals), _ = jax.lax.scan(
-      step, (trainable, tx.init(trainable), totals), (orders, step_keys))
+  # A traced bound makes fori_loop a while loop (no reverse-mode through it
+  # is needed: each step takes its own gradient).
+  params, _, totals = jax.lax.fori_loop(
+      0, local_epochs * own_steps, step,
+      (trainable, tx.init(trainable), totals))
   count = jnp.maximum(totals.pop('count'), 1.0)
   return params, {k: v / count for k, v in totals.items()}
 

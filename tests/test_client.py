@@ -5,6 +5,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from fedrecon_jax import client, rounds, server
@@ -96,3 +97,23 @@ def test_padding_changes_nothing(setup):
     a = update(h, trainable, frozen, data, jax.random.key(5))
     b = update(h, trainable, frozen, padded, jax.random.key(5))
     chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_local_update_runs_only_the_clients_own_steps(setup):
+  """Steps past a client's own data are skipped, not run masked: 7 real
+  samples of 30 slots in batches of 4 take 2 steps per epoch, not 8."""
+  _, _, population = setup
+  data = jax.tree.map(lambda x: x[2], population)
+  assert data.y.shape[0] == 30 and int(data.sample_mask.sum()) == 7
+  batches = []
+
+  def loss_fn(params, batch, key):
+    del key
+    jax.debug.callback(lambda m: batches.append(int(m.sum())), batch['mask'])
+    return jnp.sum(params['w'] ** 2) * batch['mask'], {}
+
+  update = jax.jit(lambda p, d, k: client.local_update(
+      p, {}, d, k, loss_fn=loss_fn, tx=optax.sgd(0.1), batch_size=4,
+      local_epochs=2))
+  jax.block_until_ready(update({'w': jnp.ones(3)}, data, jax.random.key(0)))
+  assert batches == [4, 3, 4, 3]                 # real samples per step run
