@@ -36,17 +36,19 @@ def tiny(tmp_path_factory):
 def test_raw_kind_decodes_the_source_latent_itself():
   spec = DataSpec(('a', 'b', 'c'), ('vector',) * 3, ((5,), (4,), (3,)), 2)
   model = Model(spec, latent_dim=4, gen_width=8, map_width=8, task_width=4)
-  params = model.init(jax.random.key(0))
+  # Jitted: a few programs instead of an eager run's hundreds of small ones.
+  params = jax.jit(model.init)(jax.random.key(0))
   xs = [jax.random.normal(jax.random.key(i), (6, *s))
         for i, s in enumerate(spec.shapes)]
   present = jnp.array([[True, False, False]] * 3 + [[False, True, True]] * 3)
-  mu, _ = model.encode(params['gen'], xs)
-  z = generator.infer_latents(generator.RAW, model, params, xs, present)
+  mu, _ = jax.jit(model.encode)(params['gen'], xs)
+  infer = jax.jit(generator.infer_latents, static_argnums=(0, 1))
+  z = infer(generator.RAW, model, params, xs, present)
   np.testing.assert_allclose(z[0, :3], mu[0, :3])     # present: its own mu
   np.testing.assert_allclose(z[1, :3], mu[0, :3])     # b <- a (T = identity)
   np.testing.assert_allclose(z[2, :3], mu[0, :3])
   np.testing.assert_allclose(z[0, 3:], (mu[1, 3:] + mu[2, 3:]) / 2, rtol=1e-6)
-  mapped = generator.infer_latents('mapping', model, params, xs, present)
+  mapped = infer('mapping', model, params, xs, present)
   assert not np.allclose(mapped[1, :3], mu[0, :3])    # T is not identity
 
 
