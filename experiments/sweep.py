@@ -333,10 +333,12 @@ def run_sweep(grid: Grid, sweep_root: str, shard_index: int = 0,
           f'({done} done, {left} left, ETA '
           f'{progress.duration(rate.eta(left))})', flush=True)
     try:
-      summaries = train.run_group(group)
+      summaries = ([train.run(group[0])] if len(group) == 1 else
+                   train.run_group(group))
     except workdir.WorkdirBusyError as e:
       print(f'skipping {names}: {e}', flush=True)
       busy.extend(_name(c) for c in group)
+      done += len(group)
       continue
     except preemption.Preempted:
       raise
