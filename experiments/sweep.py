@@ -288,21 +288,36 @@ def shard(cells: list, shard_index: int, num_shards: int) -> list:
   return cells[shard_index::num_shards]
 
 
-def groups(cfgs: list[Config], runs_per_program: int) -> list[list[Config]]:
+def groups(cfgs: list[Config], runs_per_program) -> list[list[Config]]:
   """Cells that share one program (Config.program_key), in grid order, in
-  groups of at most runs_per_program: each group trains as one."""
-  if runs_per_program < 1:
-    raise GridError(f'--runs_per_program={runs_per_program} must be >= 1.')
+  groups of at most runs_per_program (an int >= 1, or 'auto':
+  memory_plan.runs_per_program per program): each group trains as one."""
+  from fedrecon_jax import memory_plan  # pylint: disable=g-import-not-at-top
   by_key = {}
   for cfg in cfgs:
     by_key.setdefault(cfg.program_key(), []).append(cfg)
-  return [same[i:i + runs_per_program] for same in by_key.values()
-          for i in range(0, len(same), runs_per_program)]
+  out = []
+  for same in by_key.values():
+    size = (memory_plan.runs_per_program(same[0], len(same))
+            if runs_per_program == 'auto' else runs_per_program)
+    out += [same[i:i + size] for i in range(0, len(same), size)]
+  return out
+
+
+def parse_runs_per_program(value) -> int | str:
+  """--runs_per_program: an int >= 1 or 'auto'."""
+  value = str(value).strip()
+  if value == 'auto':
+    return value
+  if not value.isdigit() or int(value) < 1:
+    raise GridError(f"--runs_per_program={value!r} must be an integer >= 1 "
+                    "or 'auto'.")
+  return int(value)
 
 
 def run_sweep(grid: Grid, sweep_root: str, shard_index: int = 0,
               num_shards: int = 1, report: bool = True,
-              runs_per_program: int = 1) -> list[str]:
+              runs_per_program: int | str = 1) -> list[str]:
   """Runs this shard's unfinished cells; returns the names that failed.
 
   Cells that share a program run runs_per_program at a time as one program
@@ -323,7 +338,7 @@ def run_sweep(grid: Grid, sweep_root: str, shard_index: int = 0,
     if is_finished(c):
       print(f'skipping {_name(c)}: finished', flush=True)
   failed, busy, rate, done = [], [], progress.Rate(), 0
-  for group in groups(todo, runs_per_program):
+  for group in groups(todo, parse_runs_per_program(runs_per_program)):
     names = ', '.join(_name(c) for c in group)
     verb = 'resuming' if any(os.path.isdir(c.workdir) for c in group) else (
         'running')
@@ -379,11 +394,13 @@ def define_flags() -> None:
   flags.DEFINE_integer('num_shards', 1, 'Cells are dealt round-robin to this '
                        'many shards.')
   flags.DEFINE_boolean('report', True, 'Write results.md and plots at the end.')
-  flags.DEFINE_integer(
-      'runs_per_program', 1, 'Cells that differ only in seed, missing_rate, '
+  flags.DEFINE_string(
+      'runs_per_program', '1', 'Cells that differ only in seed, missing_rate, '
       'alpha or numeric settings (learning rates, ...) train this many at a '
       'time as one compiled program (a runs axis), each in its own workdir. '
-      '1 = one cell after another.')
+      "1 = one cell after another; 'auto' = 1 on CPU, else as many as "
+      "--memory_fraction of the devices' memory holds (a solo run's compiled "
+      'round, XLA memory analysis).')
   for key, name in AXIS_FLAGS.items():
     flags.DEFINE_list(name, None, f'Grid axis: comma-separated values of '
                       f'--{key} (default: {_FIELDS[key].default!r}'

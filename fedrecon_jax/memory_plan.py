@@ -18,14 +18,16 @@ host's physical memory shared by its local devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
 from absl import logging
 import jax
+import numpy as np
 
-from fedrecon_jax import rounds
-from fedrecon_jax.config import Config
+from fedrecon_jax import rounds, server
+from fedrecon_jax.config import Config, GEN_STAGE, TASK_STAGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,3 +117,54 @@ def make_round(stage_plan, mesh, params, population, h, *, runs: int = 0,
   return plan_round(build, lower, setting=cfg.chunk_setting,
                     max_per_device=-(-stage_plan.cohort // clients),
                     budget_bytes=int(budget))
+
+
+def solo_round_bytes(cfg: Config) -> int:
+  """Bytes one run of cfg's program needs on one device: the larger of its
+  stages' all-at-once round programs (XLA's memory analysis, compiled here)."""
+  from fedrecon_jax import experiment, plan  # pylint: disable=g-import-not-at-top
+  exp = experiment.build(cfg)
+  params = jax.eval_shape(exp.model.init, jax.random.key(0))
+  h, mesh = cfg.hparams(), rounds.make_mesh(1)
+  stages = [s for s in (GEN_STAGE, TASK_STAGE)
+            if s != GEN_STAGE or cfg.stage1_rounds]
+  need = 0
+  for stage in stages:
+    stage_plan = plan.make_plan(cfg, exp.model, stage,
+                                exp.population.y.shape[0])
+    round_ = rounds.make_round(stage_plan, mesh)
+    state = jax.eval_shape(functools.partial(
+        server.init_state, stage_plan, round_=0), params, h)
+    lowered = round_.jitted.lower(state, exp.population, jax.random.key(0),
+                                  h, np.int32(stage_plan.cohort))
+    need = max(need, program_bytes(lowered.compile()))
+  return need
+
+
+def fit_runs(cells: int, per_run_bytes: int, budget_bytes: int,
+             platform: str) -> int:
+  """--runs_per_program=auto for `cells` runs that share a program.
+
+  CPU: 1. A CPU round of R runs costs about R solo rounds or more
+  (experiments/results/runs_benchmark_cpu.md): grouping saves only the
+  compiles, which a schedule of tens of rounds gives back. Accelerators: as
+  many as the budget holds at per_run_bytes each (a solo program, whose
+  launches leave the device idle: runs_benchmark_gpu_h200.md); the group's
+  own --clients_per_device=auto still chunks clients if R runs need more.
+  """
+  if platform == 'cpu':
+    return 1
+  return max(1, min(cells, budget_bytes // max(per_run_bytes, 1)))
+
+
+def runs_per_program(cfg: Config, cells: int) -> int:
+  """fit_runs for cfg's program on this process's devices."""
+  platform = jax.default_backend()
+  if platform == 'cpu' or cells <= 1:
+    return 1
+  budget = (cfg.memory_fraction * jax.local_device_count()
+            * device_memory_bytes(cfg.device_memory_gb))
+  runs = fit_runs(cells, solo_round_bytes(cfg), int(budget), platform)
+  logging.info('runs_per_program=auto: %d of %d cells per program', runs,
+               cells)
+  return runs

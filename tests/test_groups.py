@@ -56,6 +56,7 @@ def _records(workdir):
              if not k.endswith('seconds')} for line in f]
 
 
+@pytest.mark.slow   # ~90-110 s: a whole end-to-end check
 def test_grouped_sweep_cells_equal_solo_runs(env, tmp_path):
   """A 2 seeds x 2 client learning rates grid with --runs_per_program=4
   trains as one group, stopped after round 3 with one cell's last checkpoint
@@ -95,3 +96,18 @@ def test_grouped_sweep_cells_equal_solo_runs(env, tmp_path):
   first, last = (_records(grid.config(c, root).workdir)[-1]
                  for c in (grid.cells()[0], grid.cells()[-1]))
   assert first['ce'] != last['ce']
+
+
+def test_runs_per_program_flag():
+  """--runs_per_program: an int >= 1 or 'auto' (one cell per program on
+  CPU, where a round of R runs costs about R solo rounds); anything else
+  names the flag."""
+  assert sweep.parse_runs_per_program(' 4') == 4
+  assert sweep.parse_runs_per_program('auto') == 'auto'
+  for bad in ('0', '-2', 'all', '2.5'):
+    with pytest.raises(sweep.GridError, match='--runs_per_program'):
+      sweep.parse_runs_per_program(bad)
+  from fedrecon_jax.config import Config  # pylint: disable=g-import-not-at-top
+  cfgs = [Config(workdir=f'/tmp/unused/{s}', seed=s) for s in range(3)]
+  assert [len(g) for g in sweep.groups(cfgs, 2)] == [2, 1]
+  assert [len(g) for g in sweep.groups(cfgs, 'auto')] == [1, 1, 1]

@@ -50,3 +50,33 @@ def test_auto_chunks_a_1024_client_round_that_does_not_fit(big):
                        key, h)[0] for p in (chunked, whole))
   chex.assert_trees_all_close(got, want, atol=2e-5, rtol=1e-5)
 
+
+
+def test_auto_runs_per_program_fits_the_budget(env):
+  """--runs_per_program=auto off CPU: R = budget // a solo run's program
+  bytes, and the group program of that R really fits the budget; on CPU 1."""
+  import tiny  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import experiment, partition  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax.config import Config  # pylint: disable=g-import-not-at-top
+  cfgs = [Config(workdir='/tmp/unused', method='zero_fill', seed=s,
+                 data_dir=env['TFDS_DATA_DIR'], **tiny.MODEL)
+          for s in range(5)]
+  per_run = memory_plan.solo_round_bytes(cfgs[0])
+  budget = int(3.5 * per_run)
+  assert memory_plan.fit_runs(5, per_run, budget, 'gpu') == 3
+  assert memory_plan.fit_runs(2, per_run, budget, 'gpu') == 2
+  assert memory_plan.fit_runs(5, per_run, per_run // 2, 'gpu') == 1
+  assert memory_plan.fit_runs(5, per_run, budget, 'cpu') == 1
+  assert memory_plan.runs_per_program(cfgs[0], 5) == 1      # this CPU
+  # Three runs' group program, as train.run_group builds it.
+  exps = [experiment.build(c) for c in cfgs[:3]]
+  n = max(e.population.y.shape[1] for e in exps)
+  pop = t.stacked(*[partition.pad_clients(e.population, n) for e in exps])
+  stage_plan = plan_lib.make_plan(cfgs[0], exps[0].model, TASK_STAGE,
+                                  cfgs[0].num_clients)
+  group = rounds.make_round(stage_plan, rounds.make_mesh(1), runs=3)
+  params = jax.jit(exps[0].model.init)(jax.random.key(0))
+  h = t.stacked(*[c.hparams() for c in cfgs[:3]])
+  compiled = group.lower(group.init(t.stacked(*[params] * 3), h), pop,
+                         jax.random.split(jax.random.key(0), 3), h).compile()
+  assert 2.5 * per_run < memory_plan.program_bytes(compiled) <= budget

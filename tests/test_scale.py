@@ -157,6 +157,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow   # ~90-110 s: a whole end-to-end check
 def test_two_processes_equal_one(setup, tmp_path):
   """2 CPU processes (gloo), one device each, one 2-device mesh: a round of
   each stage (and a chunked round) equals the single-process, single-device
