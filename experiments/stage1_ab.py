@@ -5,7 +5,9 @@ r"""Stage-1 round speed of two source trees, measured in one session.
 
 Each tree runs in its own subprocess (its own `fedrecon_jax` on PYTHONPATH),
 alternating, on the default config's stage-1 round (uci_multifeature, 10
-clients per round, batch 16): compile time and the median of 5 rounds, in
+clients per round, batch 16) as a run builds it (trees with
+`memory_plan.speed_cap`: the program `--clients_per_device=auto` picks,
+timed with its planning; older ones: all clients at once): compile time and the median of 5 rounds, in
 wall and process CPU seconds. CPU seconds are the fairer comparison on a
 shared machine. Prints a table and writes JSON (--out).
 """
@@ -42,17 +44,28 @@ if hasattr(rounds, 'init_server_opt'):    # before the one round builder
       mesh)
   args = lambda key: (p, o, pop, key)
 else:
-  from fedrecon_jax import experiment, plan
+  from fedrecon_jax import experiment, memory_plan, plan
   exp = experiment.build(cfg)
   params = jax.jit(exp.model.init)(jax.random.key(0))
   h = cfg.hparams()
-  rnd = rounds.make_round(plan.make_plan(cfg, exp.model, 1, cfg.num_clients),
-                          mesh)
-  fn, state, pop = rnd.jitted, rnd.init(params, h), rnd.place(exp.population)
+  stage_plan = plan.make_plan(cfg, exp.model, 1, cfg.num_clients)
+  pop = rounds.place(exp.population, mesh, False)
+  if hasattr(memory_plan, 'speed_cap'):
+    # The program a run picks (--clients_per_device=auto), compiled by it.
+    compile_ = lambda: memory_plan.make_round(stage_plan, mesh, params, pop,
+                                              h, cfg=cfg).round
+  else:
+    compile_ = lambda: rounds.make_round(stage_plan, mesh)
   args = lambda key: rnd.args(state, pop, key, h)
 k = jax.random.key(1)
 t, c = time.perf_counter(), cpu()
-fn.lower(*args(k)).compile()
+if 'compile_' in globals():
+  rnd = compile_()
+  fn, state = rnd.jitted, rnd.init(params, h)
+  if not hasattr(memory_plan, 'speed_cap'):
+    fn.lower(*args(k)).compile()
+else:
+  fn.lower(*args(k)).compile()
 out = {'compile_s': time.perf_counter() - t, 'compile_cpu_s': cpu() - c}
 jax.block_until_ready(fn(*args(k)))
 wall, cpus = [], []

@@ -13,6 +13,11 @@ power of two below the proportional guess, halving until one fits.
 The budget is `--memory_fraction` of one device's memory: the bytes_limit of
 `device.memory_stats()` on GPU/TPU, else `--device_memory_gb`, else (CPU) the
 host's physical memory shared by its local devices.
+
+On CPU, memory is rarely the limit but speed is: more clients in flight than
+the caches hold run slower than a loop over chunks (CPU_IN_FLIGHT), so
+`auto` starts there, counting every run of a group, and halves further only
+for memory.
 """
 
 from __future__ import annotations
@@ -28,6 +33,21 @@ import numpy as np
 
 from fedrecon_jax import rounds, server
 from fedrecon_jax.config import Config, GEN_STAGE, TASK_STAGE
+
+
+# Clients in flight per CPU device that run a round fastest, measured on a
+# 2-core VM (experiments/results/benchmark_cpu.md, runs_benchmark_cpu.md):
+# stage 1 (a 23.6 MB generator and its Adam state per client) one at a time
+# runs 1.7-2.2x faster than a vmapped cohort of 16-64; stage 2 slows down
+# past ~10 (8 runs x 10 clients at once 22 s/round, in chunks of 8: 8.4 s).
+CPU_IN_FLIGHT = {GEN_STAGE: 1, TASK_STAGE: 10}
+
+
+def speed_cap(stage: int, runs: int, platform: str) -> int | None:
+  """Clients per device and run that `auto` starts from (None: all)."""
+  if platform != 'cpu':
+    return None
+  return max(1, CPU_IN_FLIGHT[stage] // max(runs, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +82,7 @@ def program_bytes(compiled) -> int:
 
 def plan_round(build: Callable[[int], Any], lower: Callable[[Any], Any], *,
                max_per_device: int,
-               setting, budget_bytes: int) -> Plan:
+               setting, budget_bytes: int, cap: int | None = None) -> Plan:
   """Picks the round program for a `--clients_per_device` setting.
 
   Args:
@@ -72,10 +92,15 @@ def plan_round(build: Callable[[int], Any], lower: Callable[[Any], Any], *,
     max_per_device: ceil(cohort / devices), where chunking stops mattering.
     setting: an int >= 0 (used as given, nothing compiled here) or 'auto'.
     budget_bytes: what one device may hold.
+    cap: with 'auto', chunks of at most this many clients per device even
+      when more fit (speed_cap); None = all at once if it fits.
   """
   if setting != 'auto':
     return Plan(build(int(setting)), int(setting), 0, budget_bytes)
   per_device, size = 0, max_per_device
+  if cap is not None and cap < max_per_device:
+    # Even chunks: a cohort of 10 with a cap of 8 runs 2 x 5, not 2 x 8.
+    per_device = size = -(-max_per_device // -(-max_per_device // cap))
   while True:
     round_ = build(per_device)
     need = program_bytes(lower(round_).compile())
@@ -116,7 +141,9 @@ def make_round(stage_plan, mesh, params, population, h, *, runs: int = 0,
   budget = cfg.memory_fraction * device_memory_bytes(cfg.device_memory_gb)
   return plan_round(build, lower, setting=cfg.chunk_setting,
                     max_per_device=-(-stage_plan.cohort // clients),
-                    budget_bytes=int(budget))
+                    budget_bytes=int(budget),
+                    cap=speed_cap(stage_plan.stage, runs,
+                                  jax.default_backend()))
 
 
 def solo_round_bytes(cfg: Config) -> int:

@@ -1,6 +1,8 @@
 """--clients_per_device=auto: a cohort that does not fit all at once is
 chunked until it fits, and the chunked round equals the all-at-once one."""
 
+import types
+
 import chex
 import jax
 import numpy as np
@@ -35,7 +37,9 @@ def plan(big, **kw):
                                 cfg.hparams(), cfg=cfg)
 
 
-def test_auto_chunks_a_1024_client_round_that_does_not_fit(big):
+def test_auto_chunks_a_1024_client_round_that_does_not_fit(big, monkeypatch):
+  # The memory rule alone (on CPU `auto` also caps clients in flight).
+  monkeypatch.setattr(memory_plan, 'CPU_IN_FLIGHT', {1: K, 2: K})
   _, params, population, _ = big
   whole = plan(big, clients_per_round=K, device_memory_gb=1e3)
   assert whole.clients_per_device == 0            # fits a 1 TB device
@@ -80,3 +84,32 @@ def test_auto_runs_per_program_fits_the_budget(env):
   compiled = group.lower(group.init(t.stacked(*[params] * 3), h), pop,
                          jax.random.split(jax.random.key(0), 3), h).compile()
   assert 2.5 * per_run < memory_plan.program_bytes(compiled) <= budget
+
+
+def _fake_plan(max_per_device, cap, bytes_per_client=1, budget=10**9):
+  """plan_round over stand-in programs whose bytes grow with the chunk."""
+  compiled = lambda k: types.SimpleNamespace(memory_analysis=lambda: (
+      types.SimpleNamespace(argument_size_in_bytes=0, output_size_in_bytes=0,
+                            alias_size_in_bytes=0, temp_size_in_bytes=(
+                                k or max_per_device) * bytes_per_client)))
+  lowered = lambda k: types.SimpleNamespace(compile=lambda: compiled(k))
+  return memory_plan.plan_round(lambda k: k, lowered, setting='auto',
+                                max_per_device=max_per_device,
+                                budget_bytes=budget, cap=cap)
+
+
+def test_auto_on_cpu_caps_clients_in_flight():
+  """CPU: stage 1 one client at a time, stage 2 up to 10 in flight over all
+  runs of a group, in even chunks; memory can only lower that; other
+  platforms start from all at once."""
+  cap = memory_plan.speed_cap
+  assert cap(1, 0, 'cpu') == 1 and cap(1, 8, 'cpu') == 1
+  assert cap(2, 0, 'cpu') == 10 and cap(2, 4, 'cpu') == 2
+  assert cap(2, 64, 'cpu') == 1 and cap(1, 0, 'gpu') is None
+  assert _fake_plan(10, cap(1, 0, 'cpu')).clients_per_device == 1
+  assert _fake_plan(10, cap(2, 0, 'cpu')).clients_per_device == 0   # all
+  assert _fake_plan(12, cap(2, 0, 'cpu')).clients_per_device == 6   # 2 x 6
+  assert _fake_plan(10, cap(2, 4, 'cpu')).clients_per_device == 2
+  assert _fake_plan(10, None).clients_per_device == 0
+  # Memory below the cap: halves from the cap, never back up past it.
+  assert _fake_plan(1024, 10, budget=4).clients_per_device == 4
