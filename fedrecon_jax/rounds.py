@@ -107,6 +107,14 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
   # A sharding constraint needs a mesh axis; vmap's spmd_axis_name does the rest.
   run_chunk = jax.vmap(update, in_axes=(None, None, 0, 0),
                        spmd_axis_name=clients_spmd)
+  if chunk == 1:
+    # One client at a time (the CPU default in stage 1) without a vmap: a
+    # vmapped loop over each client's own step count selects between old and
+    # new values of every carried param and optimizer state at every step.
+    def run_chunk(trainable, frozen, data, keys):
+      out = update(trainable, frozen, jax.tree.map(lambda x: x[0], data),
+                   keys[0])
+      return jax.tree.map(lambda x: x[None], out)
 
   def chunk_sums(c):
     ids, valid = cohort_ids(rkey, plan.num_clients, c * chunk

@@ -115,6 +115,22 @@ def test_chunked_round_equals_make_round(setup, stage):
   toy.leaves_close((got, got_m), (want, want_m))
 
 
+def test_one_client_per_chunk_equals_make_round(setup):
+  """Chunks of one client (the CPU default in stage 1) run the client update
+  without a vmap; same round as all at once, NaN client skipped."""
+  params, _ = setup
+  population = toy.with_nan_client()
+  key, h = jax.random.key(5), CFG.hparams()
+  outs = []
+  for chunk in (0, 1):
+    round_ = toy.make_round(CFG, GEN_STAGE, clients_per_chunk=chunk)
+    outs.append(round_(round_.init(params, h), round_.place(population), key,
+                       h))
+  (want, want_m), (got, got_m) = outs
+  assert int(got_m['skipped_clients']) == int(want_m['skipped_clients']) == 1
+  toy.leaves_close((got, got_m), (want, want_m))
+
+
 def test_cohort_is_a_prefix_of_one_permutation():
   """Every chunking draws the same cohort: the first C of one permutation,
   distinct ids, pads repeating the first."""
