@@ -91,21 +91,16 @@ def make_loss(cfg: Config, model: Model, stage: int):
 
 def client_optimizer(cfg: Config, stage: int,
                      h: dict) -> optax.GradientTransformation:
-  """The client's optimizer; its numbers come from h (possibly traced).
-
-  It runs on the params raveled into one vector (optax.flatten): the same
-  elementwise arithmetic as over the ~90 leaves of a generator, in a few
-  large operations instead of ~15 per leaf (stage 1 compiles ~20% faster and
-  a CPU round runs ~13% faster; the global norm sums in another order).
-  """
+  """The client's optimizer; its numbers come from h (possibly traced)."""
   lr = h['gen_lr'] if stage == GEN_STAGE else h['client_lr']
   if stage == GEN_STAGE and cfg.gen_optimizer == 'adam':
     step = optax.adam(lr)
   else:
     step = optax.sgd(lr, momentum=h['momentum'])
-  return optax.flatten(optax.chain(
-      optax.clip_by_global_norm(h['clip_norm']),
-      optax.add_decayed_weights(h['weight_decay']), step))
+  # Not optax.flatten: raveling params and grads every step costs more than
+  # the per-leaf updates it fuses (CPU stage-1 round 3.9 -> 4.5 s).
+  return optax.chain(optax.clip_by_global_norm(h['clip_norm']),
+                     optax.add_decayed_weights(h['weight_decay']), step)
 
 
 def contribution_weights(trainable: dict, data, spec, task_seen) -> dict:
