@@ -234,11 +234,19 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
            'present': data.modality_mask[:batch_size]}
   term_names = jax.eval_shape(lambda: objective(trainable, probe, key)[1])
   totals = {k: jnp.zeros(()) for k in term_names} | {'count': jnp.zeros(())}
-  # A traced bound makes fori_loop a while loop (no reverse-mode through it
-  # is needed: each step takes its own gradient).
-  params, _, totals = jax.lax.fori_loop(
-      0, local_epochs * own_steps, step,
-      (trainable, tx.init(trainable), totals))
+  carry = (trainable, tx.init(trainable), totals)
+  if local_epochs * steps == 1:
+    # Every client fits one batch: one step or none (an empty client), no
+    # loop. Vmapped, a loop would hold a carry per client: twice the memory
+    # of a cohort of such clients (stage 1, 200 clients: 19.1 -> 9.6 GB).
+    done = step(0, carry)
+    params, _, totals = jax.tree.map(
+        lambda new, old: jnp.where(own_steps > 0, new, old), done, carry)
+  else:
+    # A traced bound makes fori_loop a while loop (no reverse-mode through
+    # it is needed: each step takes its own gradient).
+    params, _, totals = jax.lax.fori_loop(0, local_epochs * own_steps, step,
+                                          carry)
   count = jnp.maximum(totals.pop('count'), 1.0)
   return params, {k: v / count for k, v in totals.items()}
 

@@ -117,3 +117,25 @@ def test_local_update_runs_only_the_clients_own_steps(setup):
       local_epochs=2))
   jax.block_until_ready(update({'w': jnp.ones(3)}, data, jax.random.key(0)))
   assert batches == [4, 3, 4, 3]                 # real samples per step run
+
+
+def test_one_step_clients_take_one_step_and_empty_ones_none(setup):
+  """All slots fit one batch (the loop-free path): a client with samples
+  takes one step of (decay 0.5 + SGD 0.1) on sum(w^2), w -> w - 0.1 (2w +
+  0.5w) = 0.75 w; an empty client keeps w (decay alone would move it)."""
+  _, _, population = setup
+  data = jax.tree.map(lambda x: x[2], population)
+  assert data.y.shape[0] <= 32 and int(data.sample_mask.sum()) == 7
+
+  def loss_fn(params, batch, key):
+    del key
+    return jnp.sum(params['w'] ** 2) * batch['mask'], {}
+
+  tx = optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.1))
+  update = jax.jit(lambda p, d: client.local_update(
+      p, {}, d, jax.random.key(0), loss_fn=loss_fn, tx=tx, batch_size=32,
+      local_epochs=1)[0])
+  w = jnp.array([1.0, -2.0, 0.5])
+  np.testing.assert_allclose(update({'w': w}, data)['w'], 0.75 * w, rtol=1e-6)
+  empty = data.replace(sample_mask=np.zeros_like(data.sample_mask))
+  np.testing.assert_array_equal(update({'w': w}, empty)['w'], w)
