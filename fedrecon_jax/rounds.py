@@ -104,9 +104,6 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
   trainable, frozen = split_params(state.params, plan.groups)
   rkey = round_key(key, state)
   update = functools.partial(plan.client_update, h)
-  # A sharding constraint needs a mesh axis; vmap's spmd_axis_name does the rest.
-  run_chunk = jax.vmap(update, in_axes=(None, None, 0, 0),
-                       spmd_axis_name=clients_spmd)
   if chunk == 1:
     # One client at a time (the CPU default in stage 1) without a vmap: a
     # vmapped loop over each client's own step count selects between old and
@@ -115,6 +112,11 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
       out = update(trainable, frozen, jax.tree.map(lambda x: x[0], data),
                    keys[0])
       return jax.tree.map(lambda x: x[None], out)
+  else:
+    # A sharding constraint needs a mesh axis; vmap's spmd_axis_name does
+    # the rest.
+    run_chunk = jax.vmap(update, in_axes=(None, None, 0, 0),
+                         spmd_axis_name=clients_spmd)
 
   def chunk_sums(c):
     ids, valid = cohort_ids(rkey, plan.num_clients, c * chunk
