@@ -267,6 +267,10 @@ class Runner:
     from fedrecon_jax import memory_plan, rounds, server  # pylint: disable=g-import-not-at-top
     key = self.place(jax.random.key(0))
     self.params = self.place(self.params)
+    # The stage's population (filled once per stage by a frozen generator);
+    # not timed: train.py does it once per stage, not per round.
+    self.pop = rounds.fill_population(self.plan, self.mesh, 0, self.params,
+                                      self.pop)
     if self.kind == 'auto':
       # What train.py runs: the plan compiles its candidates; the chosen
       # program's jit call below reuses that compile.
@@ -338,7 +342,10 @@ def client_flops(cfg, model, stage, host_pop, params) -> tuple[float, int]:
   stage_plan = plan.make_plan(cfg, model, stage, host_pop.y.shape[0])
   update, _ = rounds._sequential_parts(stage_plan)  # pylint: disable=protected-access
   trainable, frozen = rounds.split_params(params, stage_plan.groups)
-  one = jax.tree.map(lambda x: x[0], host_pop)
+  pop = host_pop
+  if stage_plan.fill is not None:   # what the round's clients read
+    pop = jax.eval_shape(stage_plan.fill, params, host_pop)
+  one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), pop)
   compiled = update.lower(cfg.hparams(), trainable, frozen, one,
                           jax.random.key(0)).compile()
   steps = -(-host_pop.y.shape[1] // cfg.batch_size) * cfg.local_epochs

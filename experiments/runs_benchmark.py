@@ -138,7 +138,9 @@ def _time_one(row, stage_plan, cfgs, pops, params, steps):
     p = jax.tree.map(lambda x: stack(*[x] * r), params)
   else:
     h, key, pop, p = cfgs[0].hparams(), jax.random.key(0), pops[0], params
-  pop = round_.place(pop)
+  t = time.perf_counter()
+  pop = jax.block_until_ready(round_.fill(p, round_.place(pop)))
+  row['fill_s'] = time.perf_counter() - t   # once per stage, not per round
   state = round_.init(p, h)
   t = time.perf_counter()
   compiled = round_.lower(state, pop, key, h).compile()

@@ -162,7 +162,9 @@ def solo_round_bytes(cfg: Config) -> int:
     round_ = rounds.make_round(stage_plan, mesh)
     state = jax.eval_shape(functools.partial(
         server.init_state, stage_plan, round_=0), params, h)
-    lowered = round_.jitted.lower(state, exp.population, jax.random.key(0),
+    population = (exp.population if stage_plan.fill is None else
+                  jax.eval_shape(stage_plan.fill, params, exp.population))
+    lowered = round_.jitted.lower(state, population, jax.random.key(0),
                                   h, np.int32(stage_plan.cohort))
     need = max(need, program_bytes(lowered.compile()))
   return need

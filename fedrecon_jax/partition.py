@@ -218,6 +218,14 @@ class ClientData:
   num_samples: Any
 
 
+@chex.dataclass(frozen=True)
+class FilledClientData(ClientData):
+  """ClientData whose absent modalities hold the frozen generator's
+  reconstructions (`rounds.fill_population`): what a task stage trains on
+  when its generator is frozen, computed once per stage instead of every
+  local step. Its own type, so a round is never fed the wrong one."""
+
+
 def pad_clients(population: ClientData, max_n: int) -> ClientData:
   """The same clients padded to max_n (>= theirs) samples each: padding rows
   are masked out, so they change no result."""

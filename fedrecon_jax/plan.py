@@ -28,6 +28,9 @@ class StagePlan:
   server_tx: Callable[[dict], optax.GradientTransformation]   # h -> tx
   num_clients: int            # K, the population the cohort is drawn from
   cohort: int                 # clients sampled per round
+  # (params, population) -> the population the stage's rounds read, filled
+  # once per stage by the frozen generator (client.make_fill); None: as is.
+  fill: Callable | None = None
 
 
 def make_plan(cfg: Config, model: Model, stage: int,
@@ -37,4 +40,6 @@ def make_plan(cfg: Config, model: Model, stage: int,
       client_update=client.make_client_update(cfg, model, stage),
       server_tx=lambda h: server.server_optimizer(cfg, stage, h),
       num_clients=num_clients,
-      cohort=min(cfg.clients_per_round, num_clients))
+      cohort=min(cfg.clients_per_round, num_clients),
+      fill=(client.make_fill(cfg, model) if client.fills_once(cfg, stage)
+            else None))

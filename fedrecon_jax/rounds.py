@@ -76,6 +76,24 @@ def cohort_ids(round_key, num_clients: int, positions, cohort_size):
                    perm[0]), valid
 
 
+def fill_population(plan: StagePlan, mesh, runs: int, params, population):
+  """The population a stage's rounds read (placed on the mesh as `place`
+  places it): `population` itself, or, when the stage's generator is frozen
+  (plan.fill), a partition.FilledClientData computed here once per stage.
+
+  params: every group, with a leading [R] if runs; population likewise.
+  """
+  if plan.fill is None:
+    return population
+  return place(_fill_program(plan.fill, bool(runs))(params, population), mesh,
+               bool(runs))
+
+
+@functools.cache
+def _fill_program(fill, runs: bool):
+  return jax.jit(jax.vmap(fill) if runs else fill)
+
+
 def split_params(params: dict, groups):
   return ({g: params[g] for g in groups},
           {g: v for g, v in params.items() if g not in groups})
@@ -145,7 +163,7 @@ class Round:
   """A stage's round as one jitted program (see `make_round`).
 
   Call: round(state, population, key, h, cohort_size=None) -> (state,
-  metrics). With runs > 0 every argument has a leading [R] axis (population
+  metrics), `population` as `fill` returns it for this stage. With runs > 0 every argument has a leading [R] axis (population
   too: each run its own partition, padded to one [K, max_n]).
   """
   plan: StagePlan
@@ -162,6 +180,11 @@ class Round:
 
   def place(self, tree):
     return place(tree, self.mesh, bool(self.runs))
+
+  def fill(self, params, population):
+    """fill_population for this round's stage."""
+    return fill_population(self.plan, self.mesh, self.runs, params,
+                           population)
 
   def init(self, params, h, round_: int = 0) -> ServerState:
     """The stage's first server state after `round_` rounds (the server

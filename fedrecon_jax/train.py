@@ -216,7 +216,7 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
   key = jax.random.wrap_key_data(key)
   h = _stack([r.cfg.hparams() for r in runs], stacked)
   progress_ = progress.RunProgress(cfg)
-  round_fns = {}
+  round_fns = {}   # stage -> (its round program, the population it reads)
   start = int(_take(state, 0, stacked).round)
   for r in range(start + 1, cfg.total_rounds + 1):
     stage = cfg.stage(r)
@@ -224,14 +224,14 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
     if stage not in round_fns:
       round_fns[stage] = _make_round(runs, stage, mesh, state.params,
                                      population, h)
-    round_fn = round_fns[stage]
+    round_fn, stage_population = round_fns[stage]
     # A fresh run (no optimizer state; re-starting an empty one, as fedavg's,
     # changes nothing), or a stage's first round.
     if (r == start + 1 and not jax.tree.leaves(state.opt_state)
         or cfg.stage(r - 1) != stage):
       state = round_fn.init(state.params, h, r - 1)
     t0 = time.time()
-    state, metrics = round_fn(state, population, key, h)
+    state, metrics = round_fn(state, stage_population, key, h)
     metrics = jax.device_get(metrics)
     compile_s = _compile_seconds[0] - compiled_before
     for i, run_ in enumerate(runs):
@@ -284,11 +284,15 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, params, t0: float,
     run_.diverged = (r, why)
 
 
-def _make_round(runs, stage, mesh, params, population, h) -> rounds.Round:
-  """A stage's round program, chunked as --clients_per_device says."""
+def _make_round(runs, stage, mesh, params, population, h):
+  """A stage's round program, chunked as --clients_per_device says, and
+  the population it reads (filled by the frozen generator if it needs)."""
   cfg, exp = runs[0].cfg, runs[0].exp
   stage_plan = plan.make_plan(cfg, exp.model, stage,
                               exp.population.y.shape[0])
+  population = rounds.fill_population(stage_plan, mesh,
+                                      len(runs) if len(runs) > 1 else 0,
+                                      params, population)
   chosen = memory_plan.make_round(stage_plan, mesh, params, population, h,
                                   runs=len(runs) if len(runs) > 1 else 0,
                                   cfg=cfg)
@@ -297,7 +301,7 @@ def _make_round(runs, stage, mesh, params, population, h) -> rounds.Round:
           f'{chosen.clients_per_device or "all"} '
           f'({chosen.program_bytes / 1e9:.3g} GB of '
           f'{chosen.budget_bytes / 1e9:.3g} GB per device)', flush=True)
-  return chosen.round
+  return chosen.round, population
 
 
 @jax.jit

@@ -12,6 +12,7 @@ from fedrecon_jax import client, rounds, server
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 
 from toy import cfg_for, init_params, make_population, small_model
+import toy
 
 # The jitted server step (the tests' hand-stacked updates): one program per
 # cohort size instead of an eager op-by-op step.
@@ -62,6 +63,7 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
   cfg = cfg_for(method=method, task_encoder_weights=weights)
   update = jax.jit(client.make_client_update(cfg, model, TASK_STAGE))
   trainable, frozen = rounds.split_params(params, ('task',))
+  population = toy.filled(cfg, TASK_STAGE, params, population)
   take = lambda i: jax.tree.map(lambda x: x[i], population)
   # Client 1 (30 samples) lacks modality 'a'; client 0 (12) holds it.
   h = cfg.hparams()
@@ -85,12 +87,13 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
 def test_padding_changes_nothing(setup):
   model, params, population = setup
   cfg = cfg_for(local_epochs=2)
-  take = lambda i: jax.tree.map(lambda x: x[i], population)
-  data = take(2)                                  # 7 real samples of 30 slots
   pad = lambda x: x if x.ndim == 0 else np.concatenate(
       [x, np.zeros((37, *x.shape[1:]), x.dtype)])
-  padded = jax.tree.map(pad, data)
   for stage, groups in ((GEN_STAGE, ('gen', 'map')), (TASK_STAGE, ('task',))):
+    # Client 2: 7 real samples of 30 slots.
+    data = jax.tree.map(lambda x: x[2], toy.filled(cfg, stage, params,
+                                                   population))
+    padded = jax.tree.map(pad, data)
     update = jax.jit(client.make_client_update(cfg, model, stage))
     trainable, frozen = rounds.split_params(params, groups)
     h = cfg.hparams()
@@ -139,3 +142,35 @@ def test_one_step_clients_take_one_step_and_empty_ones_none(setup):
   np.testing.assert_allclose(update({'w': w}, data)['w'], 0.75 * w, rtol=1e-6)
   empty = data.replace(sample_mask=np.zeros_like(data.sample_mask))
   np.testing.assert_array_equal(update({'w': w}, empty)['w'], w)
+
+
+def test_filling_once_per_stage_equals_completing_every_step(setup,
+                                                            monkeypatch):
+  """A frozen generator's reconstructions computed once for the population
+  (client.make_fill) train the task model as completing each batch at each
+  step did; a round refuses the population it does not expect."""
+  model, params, population = setup
+  cfg = cfg_for(local_epochs=2)
+  trainable, frozen = rounds.split_params(params, ('task',))
+  h, key = cfg.hparams(), jax.random.key(2)
+  data = jax.tree.map(lambda x: x[1], population)   # 'a' absent: filled
+  filled = jax.tree.map(lambda x: x[1], toy.filled(cfg, TASK_STAGE, params,
+                                                   population))
+  assert not np.array_equal(filled.xs[0], data.xs[0])
+  update = lambda: jax.jit(client.make_client_update(cfg, model, TASK_STAGE))
+  got = update()(h, trainable, frozen, filled, key)
+  with pytest.raises(ValueError, match='filled by rounds.fill_population'):
+    update()(h, trainable, frozen, data, key)
+  monkeypatch.setattr(client, 'fills_once', lambda *a: False)
+  want = update()(h, trainable, frozen, data, key)
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('method,train_map,fills', [
+    ('fedrecon', False, True), ('fedrecon_no_map', False, True),
+    ('fedrecon', True, False),              # T trains on: no frozen fill
+    ('fedrecon_no_freeze', False, False), ('zero_fill', False, False)])
+def test_only_a_frozen_generator_fills_once(method, train_map, fills):
+  cfg = cfg_for(method=method, train_mapping_in_stage2=train_map)
+  assert client.fills_once(cfg, TASK_STAGE) is fills
+  assert not client.fills_once(cfg, GEN_STAGE)

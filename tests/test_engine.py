@@ -38,7 +38,8 @@ def test_generator_frozen_in_stage2(setup):
   for method, frozen in (('fedrecon', True), ('fedrecon_no_freeze', False)):
     cfg = toy.cfg_for(method=method)
     round_, h = toy.make_round(cfg, TASK_STAGE), cfg.hparams()
-    state, pop = round_.init(params, h), round_.place(population)
+    state = round_.init(params, h)
+    pop = round_.fill(params, round_.place(population))
     for r in range(3):
       state, _ = round_(state, pop, jax.random.key(r), h)
       same = jax.tree.leaves(jax.tree.map(

@@ -32,14 +32,16 @@ def test_runs_axis_equals_each_run_alone(stage):
     solo, h = toy.make_round(cfgs[0], stage), cfg.hparams()
     state = solo.init(params, h)
     for _ in range(2):
-      state, metrics = solo(state, solo.place(pop), key, h)
+      state, metrics = solo(state, solo.fill(params, solo.place(pop)), key,
+                            h)
     want.append((state, metrics))
 
   group = toy.make_round(cfgs[0], stage, runs=R)
   h = toy.stacked(*[c.hparams() for c in cfgs])
   key = jax.random.wrap_key_data(toy.stacked(*map(jax.random.key_data, keys)))
-  pop = group.place(toy.stacked(*pops))
-  state = group.init(toy.stacked(*[params] * R), h)
+  stacked_params = toy.stacked(*[params] * R)
+  pop = group.fill(stacked_params, group.place(toy.stacked(*pops)))
+  state = group.init(stacked_params, h)
   for _ in range(2):
     state, metrics = group(state, pop, key, h)
   assert group.jitted._cache_size() == 1

@@ -33,8 +33,10 @@ def plan(big, **kw):
   model, params, population, mesh = big
   cfg = t.cfg_for(num_clients=K, server_opt='fedavg', **kw)
   stage_plan = plan_lib.make_plan(cfg, model, TASK_STAGE, K)
-  return memory_plan.make_round(stage_plan, mesh, params, population,
-                                cfg.hparams(), cfg=cfg)
+  return memory_plan.make_round(
+      stage_plan, mesh, params,
+      rounds.fill_population(stage_plan, mesh, 0, params, population),
+      cfg.hparams(), cfg=cfg)
 
 
 def test_auto_chunks_a_1024_client_round_that_does_not_fit(big, monkeypatch):
@@ -50,8 +52,9 @@ def test_auto_chunks_a_1024_client_round_that_does_not_fit(big, monkeypatch):
   assert 0 < chunked.clients_per_device < K
   assert chunked.program_bytes <= limit_gb * 2**30 < whole.program_bytes
   h, key = t.cfg_for().hparams(), jax.random.key(4)
-  got, want = (p.round(p.round.init(params, h), p.round.place(population),
-                       key, h)[0] for p in (chunked, whole))
+  got, want = (p.round(p.round.init(params, h),
+                       p.round.fill(params, p.round.place(population)), key,
+                       h)[0] for p in (chunked, whole))
   chex.assert_trees_all_close(got, want, atol=2e-5, rtol=1e-5)
 
 
@@ -81,7 +84,9 @@ def test_auto_runs_per_program_fits_the_budget(env):
   group = rounds.make_round(stage_plan, rounds.make_mesh(1), runs=3)
   params = jax.jit(exps[0].model.init)(jax.random.key(0))
   h = t.stacked(*[c.hparams() for c in cfgs[:3]])
-  compiled = group.lower(group.init(t.stacked(*[params] * 3), h), pop,
+  params = t.stacked(*[params] * 3)
+  pop = group.fill(params, group.place(pop))
+  compiled = group.lower(group.init(params, h), pop,
                          jax.random.split(jax.random.key(0), 3), h).compile()
   assert 2.5 * per_run < memory_plan.program_bytes(compiled) <= budget
 

@@ -63,7 +63,8 @@ def _train_like(engine, params, population, schedule):
     round_ = _round(engine, stage)
     if state is None or schedule[r - 2] != stage:
       state = round_.init(params if state is None else state.params, h, r - 1)
-    state, m = round_(state, round_.place(population), key, h)
+    state, m = round_(state, round_.fill(
+        state.params, round_.place(population)), key, h)
     jax.block_until_ready((state, m))
     float(m['skipped_clients'])        # as train.run logs it
     after.append(_compile_count())
@@ -107,8 +108,8 @@ def test_chunked_round_equals_make_round(setup, stage):
   outs = []
   for engine in ('make_round', 'chunked'):
     round_ = _round(engine, stage)
-    outs.append(round_(round_.init(params, h), round_.place(population), key,
-                       h))
+    outs.append(round_(round_.init(params, h),
+                       round_.fill(params, round_.place(population)), key, h))
   (want, want_m), (got, got_m) = outs
   assert -(-toy.K // CHUNK[stage]) * CHUNK[stage] > toy.K   # pads computed
   assert int(got_m['skipped_clients']) == int(want_m['skipped_clients']) == 1

@@ -78,8 +78,8 @@ def one_round(cfg, stage, params, population, key, num_devices=1, **kw):
   """(params, metrics) after one round from a fresh server state."""
   round_ = make_round(cfg, stage, num_devices, **kw)
   h = cfg.hparams()
-  state, metrics = round_(round_.init(params, h), round_.place(population),
-                          key, h)
+  state, metrics = round_(round_.init(params, h),
+                          round_.fill(params, round_.place(population)), key, h)
   return state.params, metrics
 
 
@@ -97,8 +97,10 @@ def runs_round(r, stage, params, num_devices=1):
   h = stacked(*[c.hparams() for c in cfgs])
   key = jax.random.wrap_key_data(
       stacked(*[jax.random.key_data(jax.random.key(i)) for i in range(r)]))
-  pop = round_.place(stacked(*[make_population(seed=i) for i in range(r)]))
-  state = round_.init(stacked(*[params] * r), h)
+  params = stacked(*[params] * r)
+  pop = round_.fill(params, round_.place(
+      stacked(*[make_population(seed=i) for i in range(r)])))
+  state = round_.init(params, h)
   return round_(state, pop, key, h)[0].params
 
 
@@ -107,8 +109,16 @@ def sequential_round(cfg, stage, params, population, key):
   h = cfg.hparams()
   sp = stage_plan(cfg, stage)
   state = make_round(cfg, stage).init(params, h)
+  population = rounds.fill_population(sp, rounds.make_mesh(1), 0, params,
+                                      population)
   state, metrics = rounds.sequential_round(sp, state, population, key, h)
   return state.params, metrics
+
+
+def filled(cfg, stage, params, population):
+  """The population a stage's clients train on (rounds.fill_population)."""
+  return rounds.fill_population(stage_plan(cfg, stage), rounds.make_mesh(1),
+                                0, params, population)
 
 
 def leaves_close(got, want, tol=1e-5):
