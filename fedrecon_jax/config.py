@@ -8,6 +8,7 @@ Library code receives the frozen `Config` and reads what it needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -254,6 +255,23 @@ class Config:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def per_program(build):
+  """Caches build(cfg, *args) on (cfg.program_key(), *args): runs that share
+  a program (the cells of a sweep, in one process) share what it builds, and
+  with it JAX's traces and compiled programs, instead of re-tracing each
+  run's. `build` may read only the fields program_key covers."""
+  cache = {}
+
+  @functools.wraps(build)
+  def cached(cfg, *args):
+    key = (cfg.program_key(), *args)
+    if key not in cache:
+      cache[key] = build(cfg, *args)
+    return cache[key]
+
+  return cached
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

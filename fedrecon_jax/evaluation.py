@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrecon_jax import client, recon_metrics
-from fedrecon_jax.config import Config
+from fedrecon_jax.config import Config, per_program
 from fedrecon_jax.models import Model
 
 
@@ -55,6 +55,16 @@ def ridge_probe_accuracy(x_train, y_train, x_val, y_val, num_classes: int,
   return accuracy(y_val, (v @ w).argmax(1))
 
 
+@per_program
+def _predictor(cfg: Config, model: Model):
+  """(params, xs, present) -> predicted classes, jitted once per program."""
+  @jax.jit
+  def predict(params, xs, pres):
+    xs, attend = client.task_inputs(cfg, model, params, xs, pres)
+    return jnp.argmax(model.logits(params['task'], xs, attend), -1)
+  return predict
+
+
 def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
                    present_complete=None, chunk: int = 500):
   """Returns evaluate(params) -> dict of floats.
@@ -84,11 +94,7 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
   chunks = lambda arrs: [tuple(a[i:i + chunk] for a in arrs)
                          for i in range(0, n + pad, chunk)]
 
-  @jax.jit
-  def predict(params, xs, pres):
-    xs, attend = client.task_inputs(cfg, model, params, xs, pres)
-    return jnp.argmax(model.logits(params['task'], xs, attend), -1)
-
+  predict = _predictor(cfg, model)
   kind = client.generator_kind(cfg)
 
   def classify(params, xs, pres):

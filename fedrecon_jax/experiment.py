@@ -37,6 +37,14 @@ def _seed(cfg: Config, purpose: int) -> int:
 _load = functools.lru_cache(maxsize=2)(data.load)
 
 
+@functools.cache
+def _model(spec: DataSpec, latent_dim, gen_width, map_width, task_width):
+  # One Model per architecture: the programs built from it (plan.make_plan,
+  # the evaluator) are then shared by every run of it in a process.
+  return Model(spec, latent_dim=latent_dim, gen_width=gen_width,
+               map_width=map_width, task_width=task_width)
+
+
 def build(cfg: Config) -> Experiment:
   cfg.validate()
   ds = _load(cfg.dataset, data_dir=cfg.data_dir or None,
@@ -76,8 +84,8 @@ def build(cfg: Config) -> Experiment:
     has = population.modality_mask[..., uni]
     population = population.replace(sample_mask=population.sample_mask & has,
                                     num_samples=has.sum(1).astype(np.int32))
-  model = Model(spec, latent_dim=cfg.latent_dim, gen_width=cfg.gen_width,
-                map_width=cfg.map_width, task_width=cfg.task_width)
+  model = _model(spec, cfg.latent_dim, cfg.gen_width, cfg.map_width,
+                 cfg.task_width)
   return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
                     test_present, test_complete, uni)
 

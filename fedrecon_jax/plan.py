@@ -14,7 +14,7 @@ from typing import Callable
 import optax
 
 from fedrecon_jax import client, server
-from fedrecon_jax.config import Config
+from fedrecon_jax.config import Config, per_program
 from fedrecon_jax.models import Model
 
 
@@ -33,6 +33,7 @@ class StagePlan:
   fill: Callable | None = None
 
 
+@per_program
 def make_plan(cfg: Config, model: Model, stage: int,
               num_clients: int) -> StagePlan:
   return StagePlan(

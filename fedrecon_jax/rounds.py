@@ -209,6 +209,7 @@ class Round:
     return self.jitted(*self.args(*args, **kwargs))
 
 
+@functools.cache   # one jitted program (and its trace cache) per plan
 def make_round(plan: StagePlan, mesh: jax.sharding.Mesh, *, runs: int = 0,
                clients_per_chunk: int = 0, donate: bool = False) -> Round:
   """The round program of a stage.

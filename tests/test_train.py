@@ -2,11 +2,14 @@
 uci_multifeature_small; the default run, slow) reaches its targets."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
+
+import jax
 
 from fedrecon_jax import train
 from fedrecon_jax.config import Config
@@ -103,3 +106,22 @@ def test_cli_rejects_bad_flag_by_name(tmp_path):
   assert out.returncode != 0
   assert '--alpha' in out.stderr + out.stdout
   assert not os.path.exists(tmp_path / 'metrics.jsonl')
+
+
+def test_runs_of_one_program_in_a_process_trace_it_once(tmp_path, data_dir,
+                                                        caplog):
+  """A sweep's cells run in one process: a second seed of a program reuses
+  its round and evaluation programs (config.per_program) instead of
+  re-tracing them."""
+  def traced(seed):
+    caplog.clear()
+    cfg = Config(workdir=str(tmp_path / str(seed)), data_dir=data_dir,
+                 method='zero_fill', seed=seed, **TINY)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, 'jax'):
+      train.run(cfg)
+    return [r.getMessage().split(' for ')[0].split()[-1]
+            for r in caplog.records
+            if r.getMessage().startswith('Finished tracing')]
+  traced(0)
+  second = traced(1)
+  assert not {'one_round', 'predict'} & set(second), second
