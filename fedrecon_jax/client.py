@@ -188,6 +188,39 @@ def task_seen_mask(cfg: Config, data) -> jax.Array:
   return jnp.ones_like(data.modality_mask)
 
 
+def _schedule(sample_mask, key, batch_size: int, local_epochs: int):
+  """Each epoch's sample order, its real samples first ([E, steps, B]
+  indices, -1 past max_n), and each step's key ([E, steps])."""
+  max_n = sample_mask.shape[0]
+  steps = -(-max_n // batch_size)
+
+  def epoch_order(epoch_key):
+    # A key per sample index, so the order of the real samples does not
+    # depend on how much padding follows them.
+    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(epoch_key, i))
+                 )(jnp.arange(max_n))
+    order = jnp.argsort(jnp.where(sample_mask, u, 2.0))
+    return jnp.pad(order, (0, steps * batch_size - max_n),
+                   constant_values=-1).reshape(steps, batch_size)
+
+  orders = jax.vmap(epoch_order)(jax.random.split(key, local_epochs))
+  # fold_in(epoch key, step): a step's key does not depend on the trip count.
+  step_keys = jax.vmap(lambda e: jax.vmap(
+      lambda s: jax.random.fold_in(e, s))(jnp.arange(steps)))(
+          jax.random.split(jax.random.fold_in(key, 1), local_epochs))
+  return orders, step_keys
+
+
+def _batch(data, idx) -> dict:
+  """The batch at sample indices idx [B] (-1: no sample; masked out)."""
+  valid = idx >= 0
+  safe = jnp.where(valid, idx, 0)
+  mask = (data.sample_mask[safe] & valid).astype(jnp.float32)
+  return {'xs': tuple(x[safe] for x in data.xs), 'y': data.y[safe],
+          'mask': mask,
+          'present': data.modality_mask[safe] & (mask[:, None] > 0)}
+
+
 def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
                  loss_fn: LossFn, tx: optax.GradientTransformation,
                  batch_size: int, local_epochs: int,
@@ -225,21 +258,8 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
 
   grad_fn = jax.grad(objective, has_aux=True)
 
-  def epoch_order(epoch_key):
-    # A key per sample index, so the order of the real samples does not
-    # depend on how much padding follows them.
-    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(epoch_key, i))
-                 )(jnp.arange(max_n))
-    order = jnp.argsort(jnp.where(data.sample_mask, u, 2.0))
-    return jnp.pad(order, (0, steps * batch_size - max_n),
-                   constant_values=-1).reshape(steps, batch_size)
-
-  epoch_keys = jax.random.split(key, local_epochs)
-  orders = jax.vmap(epoch_order)(epoch_keys)                # [E, steps, B]
-  # fold_in(epoch key, step): a step's key does not depend on the trip count.
-  step_keys = jax.vmap(lambda e: jax.vmap(
-      lambda s: jax.random.fold_in(e, s))(jnp.arange(steps)))(
-          jax.random.split(jax.random.fold_in(key, 1), local_epochs))
+  orders, step_keys = _schedule(data.sample_mask, key, batch_size,
+                                local_epochs)
   n = data.sample_mask.sum()
   own_steps = (n + batch_size - 1) // batch_size            # <= steps
   # Never 0 as a divisor: under vmap a finished (or empty) client still
@@ -249,27 +269,18 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
   def step(t, carry):
     params, opt_state, totals = carry
     epoch, s = t // per_epoch, t % per_epoch
-    idx = orders[epoch, s]
-    valid = idx >= 0
-    safe = jnp.where(valid, idx, 0)
-    mask = (data.sample_mask[safe] & valid).astype(jnp.float32)
-    batch = {'xs': tuple(x[safe] for x in data.xs), 'y': data.y[safe],
-             'mask': mask,
-             'present': data.modality_mask[safe] & (mask[:, None] > 0)}
+    batch = _batch(data, orders[epoch, s])
     grads, terms = grad_fn(params, batch, step_keys[epoch, s])
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    real = mask.sum()                  # >= 1: every step run holds a sample
+    real = batch['mask'].sum()         # >= 1: every step run holds a sample
     totals = {k: totals[k] + (terms[k] if k != 'count' else 1.0) * real
               for k in totals}
     return params, opt_state, totals
 
   # Term names come from one abstract evaluation of the loss.
-  probe = {'xs': tuple(x[:batch_size] for x in data.xs),
-           'y': data.y[:batch_size],
-           'mask': jnp.zeros(min(batch_size, max_n)),
-           'present': data.modality_mask[:batch_size]}
-  term_names = jax.eval_shape(lambda: objective(trainable, probe, key)[1])
+  term_names = jax.eval_shape(lambda: objective(
+      trainable, _batch(data, orders[0, 0]), key)[1])
   totals = {k: jnp.zeros(()) for k in term_names} | {'count': jnp.zeros(())}
   carry = (trainable, tx.init(trainable), totals)
   if local_epochs * steps == 1:
