@@ -77,9 +77,10 @@ def cohort_ids(round_key, num_clients: int, positions, cohort_size):
 
 
 def fill_population(plan: StagePlan, mesh, runs: int, params, population):
-  """The population a stage's rounds read (placed on the mesh as `place`
-  places it): `population` itself, or, when the stage's generator is frozen
-  (plan.fill), a partition.FilledClientData computed here once per stage.
+  """The population a stage's rounds read: `population` itself (as the
+  caller placed it), or, when the stage's generator is frozen (plan.fill), a
+  partition.FilledClientData computed here once per stage and placed as
+  `place` places it.
 
   params: every group, with a leading [R] if runs; population likewise.
   """
@@ -163,8 +164,9 @@ class Round:
   """A stage's round as one jitted program (see `make_round`).
 
   Call: round(state, population, key, h, cohort_size=None) -> (state,
-  metrics), `population` as `fill` returns it for this stage. With runs > 0 every argument has a leading [R] axis (population
-  too: each run its own partition, padded to one [K, max_n]).
+  metrics), `population` as `fill` returns it for this stage. With runs > 0
+  every argument has a leading [R] axis (population too: each run its own
+  partition, padded to one [K, max_n]).
   """
   plan: StagePlan
   mesh: jax.sharding.Mesh

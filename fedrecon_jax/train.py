@@ -290,11 +290,11 @@ def _make_round(runs, stage, mesh, params, population, h):
   cfg, exp = runs[0].cfg, runs[0].exp
   stage_plan = plan.make_plan(cfg, exp.model, stage,
                               exp.population.y.shape[0])
-  population = rounds.fill_population(stage_plan, mesh,
-                                      len(runs) if len(runs) > 1 else 0,
-                                      params, population)
+  num_runs = len(runs) if len(runs) > 1 else 0   # 0: no runs axis
+  population = rounds.fill_population(stage_plan, mesh, num_runs, params,
+                                      population)
   chosen = memory_plan.make_round(stage_plan, mesh, params, population, h,
-                                  runs=len(runs) if len(runs) > 1 else 0,
+                                  runs=num_runs,
                                   cfg=cfg)
   if cfg.chunk_setting == 'auto' and jax.process_index() == 0:
     print(f'stage {stage}: clients_per_device='
