@@ -14,6 +14,7 @@ from typing import Callable
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedrecon_jax import generator, partition
@@ -140,19 +141,23 @@ def client_optimizer(cfg: Config, stage: int,
                      optax.add_decayed_weights(h['weight_decay']), step)
 
 
-def contribution_weights(trainable: dict, data, spec, task_seen) -> dict:
+def contribution_weights(trainable: dict, data, model: Model,
+                         task_seen) -> dict:
   """How many samples trained each parameter group, shaped like `trainable`.
 
   Each group's weight follows what it actually trained on:
-  - a generator encoder/decoder counts the samples holding its modality, a
-    mapping T(n<-m) ([P] per leaf) those holding both ends: an absent
+  - a generator encoder/decoder ([G] per leaf: the modalities of its group)
+    counts the samples holding its modality, a mapping T(n<-m) ([P] per
+    leaf) those holding both ends: an absent
     modality's generator saw nothing, and weight 0 keeps the server from
     averaging in untouched copies;
   - a task encoder counts the samples whose input it saw, `task_seen` [max_n,
     M] (real, reconstructed or zero-filled; see `task_seen_mask`);
   - fusion and head count all samples.
   """
+  spec = model.spec
   pairs, index = spec.pairs, {n: i for i, n in enumerate(spec.modalities)}
+  members = {g.name: np.asarray(g.members) for g in model.groups}
   as_float = lambda m: m.sum(0).astype(jnp.float32)
   mask = data.sample_mask[:, None] & data.modality_mask        # [max_n, M]
   per_modality = as_float(mask)                                # [M]
@@ -165,9 +170,10 @@ def contribution_weights(trainable: dict, data, spec, task_seen) -> dict:
     keys = [getattr(k, 'key', None) for k in path]
     if keys[0] == 'map':
       return per_pair
-    if keys[1] in ('enc', 'dec'):
-      counts = per_task_input if keys[0] == 'task' else per_modality
-      return counts[index[keys[2]]]
+    if keys[0] == 'gen':
+      return per_modality[members[keys[2]]]
+    if keys[1] == 'enc':
+      return per_task_input[index[keys[2]]]
     return total
 
   return jax.tree_util.tree_map_with_path(weight, trainable)
@@ -318,7 +324,7 @@ def make_client_update(cfg: Config, model: Model, stage: int):
         tx=client_optimizer(cfg, stage, h), batch_size=cfg.batch_size,
         local_epochs=cfg.local_epochs,
         prox_mu=h['fedprox_mu'] if prox else None)
-    weights = contribution_weights(trainable, data, model.spec,
+    weights = contribution_weights(trainable, data, model,
                                    task_seen_mask(cfg, data))
     return params, weights, metrics
 

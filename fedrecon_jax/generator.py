@@ -83,14 +83,19 @@ def _nll_each(model: Model, gen, index, z, xs):
   return model.nll(0, x_hat, jnp.stack(xs)[index], batch_ndim=2)
 
 
+def _nll_own(model: Model, gen, z, xs):
+  """-log p(x_n | Dec_n(z[n])) for z [M, K * B, d] (K latents per sample,
+  B samples) -> [M, K, B]."""
+  x_hat = model.decode_all(gen, z)
+  return jnp.stack([model.nll(n, xh.reshape(-1, *x.shape), x[None], 2)
+                    for n, (xh, x) in enumerate(zip(x_hat, xs))])
+
+
 def _nll_all_decoders(model: Model, gen, z, xs):
   """Decode each latent z [K, B, d] with every decoder -> NLL [M, K, B]."""
   k, b, d = z.shape
-  out = []
-  for n, x in enumerate(xs):
-    x_hat = model.decode(gen, n, z.reshape(k * b, d)).reshape(k, b, *x.shape[1:])
-    out.append(model.nll(n, x_hat, x[None], batch_ndim=2))
-  return jnp.stack(out)
+  return _nll_own(model, gen, jnp.broadcast_to(z.reshape(1, k * b, d),
+                                              (len(xs), k * b, d)), xs)
 
 
 def _subsets(m: int) -> np.ndarray:
@@ -144,8 +149,7 @@ def _poe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
   umu, ulv = product_of_experts(mu[None], logvar[None],
                                 jnp.ones_like(pres)[None])
   uz = _reparam(umu, ulv, noise['eps'][1:])               # [M, B, d]
-  unll = jnp.stack([model.nll(m, model.decode(gen, m, uz[m]), x)
-                    for m, x in enumerate(xs)])           # [M, B]
+  unll = _nll_own(model, gen, uz, xs)[:, 0]               # [M, B]
   ukl = kl_std_normal(umu, ulv)                           # [M, B]
   uni = ((unll + beta * ukl) * pres).sum(0)
   return jnll + beta * jkl + uni, {'nll': jnll + (unll * pres).sum(0),
@@ -159,8 +163,7 @@ def _moe_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
   num_m, gen = len(xs), params['gen']
   z = _reparam(mu, logvar, noise['eps'][:num_m])          # [M, B, d]
   if cross_decoding == 'one':
-    self_nll = jnp.stack([model.nll(m, model.decode(gen, m, z[m]), x)
-                          for m, x in enumerate(xs)])     # [M, B]
+    self_nll = _nll_own(model, gen, z, xs)[:, 0]          # [M, B]
     t = _one_target(noise['pick'])                        # [M]
     rec = self_nll + (num_m - 1) * _nll_each(model, gen, t, z, xs) * pres[t]
   else:
@@ -222,8 +225,7 @@ def _mapping_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
   tz, tmu = both[:, :b], both[:, b:]                      # [P, B, d], by dst
   pair_mask = pres[dst] * pres[src]                       # [P, B]
   if cross_decoding == 'one':
-    self_nll = jnp.stack([model.nll(m, model.decode(gen, m, z[m]), x)
-                          for m, x in enumerate(xs)])     # [M, B]
+    self_nll = _nll_own(model, gen, z, xs)[:, 0]          # [M, B]
     t, m = _one_target(noise['pick']), jnp.arange(num_m)  # [M]
     pair = t * (num_m - 1) + m - (m > t)                  # index of (t_m <- m)
     cross_by_src = ((num_m - 1) * _nll_each(model, gen, t, tz[pair], xs) *
@@ -232,10 +234,7 @@ def _mapping_objective(model, params, xs, pres, mu, logvar, noise, *, beta,
     # Decoder n's rows: z_n, then T(n<-m)(z_m) for the M - 1 sources m.
     rows = jnp.concatenate([z[:, None], tz.reshape(num_m, num_m - 1, b, d)],
                            1)                             # [M, M, B, d]
-    nll = jnp.stack([
-        model.nll(n, model.decode(gen, n, rows[n].reshape(-1, d)).reshape(
-            num_m, *x.shape), x[None], 2)
-        for n, x in enumerate(xs)])                       # [M(dst), M, B]
+    nll = _nll_own(model, gen, rows.reshape(num_m, -1, d), xs)  # [M(dst), M, B]
     self_nll, cross = nll[:, 0], nll[:, 1:].reshape(-1, b)  # [M, B], [P, B]
     cross_by_src = jnp.zeros_like(self_nll).at[src].add(cross * pair_mask)
   elbo = self_nll + cross_by_src + beta * kl              # [M, B]
@@ -299,7 +298,7 @@ def infer_latents(kind: str, model: Model, params: dict, xs, present):
 def reconstruct(kind: str, model: Model, params: dict, xs, present):
   """Reconstruction of every modality from the present ones: per modality [B, ...]."""
   z = infer_latents(kind, model, params, xs, present)
-  return tuple(model.decode(params['gen'], n, z[n]) for n in range(len(xs)))
+  return tuple(model.decode_all(params['gen'], z))
 
 
 def complete(kind: str, model: Model, params: dict, xs, present):
