@@ -196,24 +196,22 @@ def task_seen_mask(cfg: Config, data) -> jax.Array:
 
 def _schedule(sample_mask, key, batch_size: int, local_epochs: int):
   """Each epoch's sample order, its real samples first ([E, steps, B]
-  indices, -1 past max_n), and each step's key ([E, steps])."""
+  indices, -1 past max_n), and each step's key ([E, steps]).
+
+  Three draws in all (each is its own threefry code to compile). Neither
+  depends on how much padding follows the real samples: threefry is
+  counter-based, so sample i's uniform is the same for any max_n, and a
+  step's key is fold_in(its epoch's key, step).
+  """
   max_n = sample_mask.shape[0]
   steps = -(-max_n // batch_size)
-
-  def epoch_order(epoch_key):
-    # A key per sample index, so the order of the real samples does not
-    # depend on how much padding follows them.
-    u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(epoch_key, i))
-                 )(jnp.arange(max_n))
-    order = jnp.argsort(jnp.where(sample_mask, u, 2.0))
-    return jnp.pad(order, (0, steps * batch_size - max_n),
-                   constant_values=-1).reshape(steps, batch_size)
-
-  orders = jax.vmap(epoch_order)(jax.random.split(key, local_epochs))
-  # fold_in(epoch key, step): a step's key does not depend on the trip count.
+  order_keys, step_bases = jax.random.split(key, (2, local_epochs))
+  u = jax.vmap(lambda k: jax.random.uniform(k, (max_n,)))(order_keys)
+  orders = jnp.argsort(jnp.where(sample_mask, u, 2.0), axis=-1)  # [E, max_n]
+  orders = jnp.pad(orders, ((0, 0), (0, steps * batch_size - max_n)),
+                   constant_values=-1).reshape(local_epochs, steps, batch_size)
   step_keys = jax.vmap(lambda e: jax.vmap(
-      lambda s: jax.random.fold_in(e, s))(jnp.arange(steps)))(
-          jax.random.split(jax.random.fold_in(key, 1), local_epochs))
+      lambda s: jax.random.fold_in(e, s))(jnp.arange(steps)))(step_bases)
   return orders, step_keys
 
 

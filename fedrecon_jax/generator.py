@@ -62,12 +62,20 @@ def draw_noise(key: jax.Array, num_modalities: int, batch: int,
   reference can replay it: 'eps' [M + 1, B, d] standard normals (the
   reparameterisation noise; each kind uses the rows it needs), 'u'
   [M + 1, B] uniforms (MoPoE's subset choice) and 'pick' [M] uniforms (the
-  target of each source for cross_decoding='one')."""
-  k_eps, k_u, k_pick = jax.random.split(key, 3)
-  return {'eps': jax.random.normal(k_eps, (num_modalities + 1, batch,
-                                           latent_dim)),
-          'u': jax.random.uniform(k_u, (num_modalities + 1, batch)),
-          'pick': jax.random.uniform(k_pick, (num_modalities,))}
+  target of each source for cross_decoding='one').
+
+  One draw of uniforms v on (-1, 1) for all of it (each draw is its own
+  threefry code, ~0.3 s of XLA:CPU compile): normals sqrt(2) erfinv(v), as
+  jax.random.normal makes them, and uniforms (v + 1) / 2 on (0, 1).
+  """
+  m1 = num_modalities + 1
+  sizes = (m1 * batch * latent_dim, m1 * batch, num_modalities)
+  v = jax.random.uniform(key, (sum(sizes),), minval=np.nextafter(
+      np.float32(-1), np.float32(0)), maxval=1.0)
+  eps, u, pick = jnp.split(v, np.cumsum(sizes)[:-1])
+  return {'eps': np.sqrt(2) * jax.lax.erf_inv(eps).reshape(m1, batch,
+                                                          latent_dim),
+          'u': ((u + 1) / 2).reshape(m1, batch), 'pick': (pick + 1) / 2}
 
 
 def _one_target(pick: jax.Array) -> jax.Array:
