@@ -256,6 +256,6 @@ def _abstract_state(exp, cfg, round_: int):
   stage = cfg.stage(round_)
   groups = client.trainable_groups(cfg, stage)
   opt = jax.eval_shape(
-      lambda p: server.server_optimizer(cfg, stage).init(
-          {g: p[g] for g in groups}), params)
+      lambda p: server.init_opt_state(server.server_optimizer(cfg, stage),
+                                      {g: p[g] for g in groups}), params)
   return {'params': params, 'opt_state': opt}

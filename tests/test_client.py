@@ -39,10 +39,10 @@ def test_masked_aggregation_ignores_clients_without_the_modality(setup):
   assert float(outs[1][1]['gen']['enc']['mlp']['Dense_0']['kernel'][0]) == 0.0
   stack = lambda *xs: jnp.stack(xs)
   tx = server.server_optimizer(cfg_for(server_opt='fedavg'), GEN_STAGE)
-  both = aggregate(trainable, tx.init(trainable),
+  both = aggregate(trainable, server.init_opt_state(tx, trainable),
                           jax.tree.map(stack, *[o[0] for o in outs]),
                           jax.tree.map(stack, *[o[1] for o in outs]), tx)[0]
-  only0 = aggregate(trainable, tx.init(trainable),
+  only0 = aggregate(trainable, server.init_opt_state(tx, trainable),
                            jax.tree.map(stack, outs[0][0]),
                            jax.tree.map(stack, outs[0][1]), tx)[0]
   chex.assert_trees_all_equal(enc(both, 0), enc(only0, 0))
@@ -75,7 +75,7 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
   # FedAvg of task encoder 'a': sample-weighted mean written out by hand.
   tx = server.server_optimizer(cfg_for(server_opt='fedavg'), TASK_STAGE)
   stack = lambda *xs: jnp.stack(xs)
-  got = aggregate(trainable, tx.init(trainable),
+  got = aggregate(trainable, server.init_opt_state(tx, trainable),
                          jax.tree.map(stack, *[o[0] for o in outs]),
                          jax.tree.map(stack, *[o[1] for o in outs]), tx)[0]
   kernel = lambda p: np.asarray(p['enc']['a']['MLP_0']['Dense_0']['kernel'])

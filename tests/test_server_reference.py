@@ -64,7 +64,7 @@ def run_server(cfg, stage, x0, client_params, weights):
   unflat = lambda a: {'w': jnp.asarray(a[:6].reshape(2, 3), jnp.float32),
                       'b': jnp.asarray(a[6:], jnp.float32)}
   params = unflat(x0)
-  state = tx.init(params)
+  state = server.init_opt_state(tx, params)
   step = jax.jit(lambda p, s, ys, w: server.aggregate(
       p, s, ys, {'w': w, 'b': w}, tx)[:2])
   out = []
