@@ -146,18 +146,20 @@ def contribution_weights(trainable: dict, data, model: Model,
   """How many samples trained each parameter group, shaped like `trainable`.
 
   Each group's weight follows what it actually trained on:
-  - a generator encoder/decoder ([G] per leaf: the modalities of its group)
-    counts the samples holding its modality, a mapping T(n<-m) ([P] per
-    leaf) those holding both ends: an absent
-    modality's generator saw nothing, and weight 0 keeps the server from
-    averaging in untouched copies;
-  - a task encoder counts the samples whose input it saw, `task_seen` [max_n,
-    M] (real, reconstructed or zero-filled; see `task_seen_mask`);
+  - a generator encoder/decoder ([G] per leaf, one per modality of its
+    `Group`) counts the samples holding its modality, a mapping T(n<-m)
+    ([P] per leaf) those holding both ends: an absent modality's generator
+    saw nothing, and weight 0 keeps the server from averaging in untouched
+    copies;
+  - a task encoder ([G] per leaf) counts the samples whose input it saw,
+    `task_seen` [max_n, M] (real, reconstructed or zero-filled; see
+    `task_seen_mask`);
   - fusion and head count all samples.
   """
-  spec = model.spec
-  pairs, index = spec.pairs, {n: i for i, n in enumerate(spec.modalities)}
-  members = {g.name: np.asarray(g.members) for g in model.groups}
+  pairs = model.spec.pairs
+  members = {part: {g.name: np.asarray(g.members) for g in groups}
+             for part, groups in (('gen', model.groups),
+                                  ('task', model.task_groups))}
   as_float = lambda m: m.sum(0).astype(jnp.float32)
   mask = data.sample_mask[:, None] & data.modality_mask        # [max_n, M]
   per_modality = as_float(mask)                                # [M]
@@ -171,9 +173,9 @@ def contribution_weights(trainable: dict, data, model: Model,
     if keys[0] == 'map':
       return per_pair
     if keys[0] == 'gen':
-      return per_modality[members[keys[2]]]
+      return per_modality[members['gen'][keys[2]]]
     if keys[1] == 'enc':
-      return per_task_input[index[keys[2]]]
+      return per_task_input[members['task'][keys[2]]]
     return total
 
   return jax.tree_util.tree_map_with_path(weight, trainable)

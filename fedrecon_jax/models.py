@@ -4,10 +4,12 @@ Parameters are plain nested dicts with one entry per parameter group, because
 the server averages each group only over the clients that trained it:
 
   params = {
-    'gen':  {'enc': {group: ...}, 'dec': {group: ...}}, leaves with a
-            leading axis [G], one slice per modality of the group (`Group`),
+    'gen':  {'enc': {group: ...}, 'dec': {group: ...}},
     'map':  leaves with a leading axis [P], one slice per ordered pair (n<-m),
-    'task': {'enc': {modality: ...}, 'fuse': ..., 'head': ...},
+    'task': {'enc': {group: ...}, 'fuse': ..., 'head': ...},
+
+with a leading axis [G] on a group's leaves, one slice per modality of the
+group (`Group`, `Model.member`),
   }
 
 `Model` holds the module definitions and exposes pure functions over those
@@ -93,18 +95,23 @@ class MLP(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """Modalities whose generator networks share one architecture.
+  """Modalities whose networks (generator encoders and decoders, or task
+  encoders) share one architecture.
 
-  A group's encoders (and decoders) are one module with its params stacked
-  on a leading [G] axis, applied once, vmapped, to the members' inputs
-  padded to the group's largest size: one batched network instead of G small
-  ones, so a round traces and compiles about G times fewer ops. 'mlp' holds
-  vectors and sequences (flattened), 'conv' images (of one shape). Padding
-  is exact: member g reads its first sizes[g] inputs and writes its first
-  sizes[g] outputs; the kernel rows and columns past those start at zero,
-  get zero gradients (and zero weight decay), and so stay zero.
+  A group's networks are one module with its params stacked on a leading
+  [G] axis, applied once, vmapped, to the members' inputs: one batched
+  network instead of G small ones, so a round traces and compiles about G
+  times fewer ops. Members share a shape, except that the generator's 'mlp'
+  members are flattened and padded to the widest (task encoders are not:
+  the task stage's step is mostly their first layer, and padding
+  uci_multifeature's 649 inputs to 6 x 240 doubled it on CPU). Padding is
+  exact: member g reads its first sizes[g] inputs (and a
+  decoder writes its first sizes[g] outputs); the kernel rows and columns
+  past those start at zero, get zero gradients (and zero weight decay), and
+  so stay zero.
   """
-  name: str                    # 'mlp' | 'conv': the key in params['gen'][part]
+  name: str                    # key in params[...]['enc' | 'dec']
+  arch: str                    # 'mlp' | 'conv' | 'seq'
   members: tuple[int, ...]     # modality indices, increasing
   sizes: tuple[int, ...]       # each member's flattened size
 
@@ -113,37 +120,50 @@ class Group:
     return max(self.sizes)
 
 
-def generator_groups(spec: DataSpec) -> tuple[Group, ...]:
-  """The spec's modalities grouped by generator architecture."""
+GEN_ARCH = {'vector': 'mlp', 'sequence': 'mlp', 'image': 'conv'}
+TASK_ARCH = {'vector': 'mlp', 'sequence': 'seq', 'image': 'conv'}
+
+
+def group_modalities(spec: DataSpec, arch_of: dict,
+                     pad: bool) -> tuple[Group, ...]:
+  """The spec's modalities grouped by the architecture arch_of[kind] and
+  shape, or (pad) 'mlp' ones whatever their shape. Names: the architecture,
+  then arch_1, ... for more shapes of it."""
   groups = []
-  for name in ('mlp', 'conv'):
-    members = tuple(i for i, k in enumerate(spec.kinds)
-                    if (k == 'image') == (name == 'conv'))
-    if not members:
-      continue
-    if name == 'conv' and len({spec.shapes[i] for i in members}) > 1:
-      raise ValueError('image modalities must share one shape, got '
-                       f'{[spec.shapes[i] for i in members]}.')
-    groups.append(Group(name, members, tuple(
-        int(np.prod(spec.shapes[i])) for i in members)))
+  for arch in dict.fromkeys(arch_of[k] for k in spec.kinds):
+    parts = {}
+    for i, kind in enumerate(spec.kinds):
+      if arch_of[kind] == arch:
+        shape = () if pad and arch == 'mlp' else spec.shapes[i]
+        parts.setdefault(shape, []).append(i)
+    for j, part in enumerate(parts.values()):
+      groups.append(Group(f'{arch}_{j}' if j else arch, arch, tuple(part),
+                          tuple(int(np.prod(spec.shapes[i])) for i in part)))
   return tuple(groups)
 
 
-def _fit_members(enc: dict, dec: dict, group: Group):
-  """Stacked 'mlp' params initialised at the padded width -> each member's
-  own: the first layer's fan-in is the member's input size (lecun_normal's
-  scale, which init took from the padded width), and the rows past it, and
-  the last layer's columns past its output size, are zero."""
-  g, w = len(group.members), group.width
-  real = jnp.arange(w)[None] < jnp.asarray(group.sizes)[:, None]      # [G, W]
-  scale = jnp.sqrt(w / jnp.asarray(group.sizes, jnp.float32))[:, None]
-  first = enc['Dense_0']['kernel']                                     # [G, W, h]
-  enc = {**enc, 'Dense_0': {**enc['Dense_0'], 'kernel': first * (
-      real * scale).reshape(g, w, 1)}}
+def _own_fan_in(params: dict, path: tuple[str, ...], group: Group) -> dict:
+  """Stacked params initialised at the padded width -> each member's own:
+  the kernel at `path` (a first layer, [G, W, h]) gets the fan-in of the
+  member's input size (lecun_normal's scale; init took the padded width's)
+  and zero rows past it."""
+  def fit(tree, keys):
+    if not keys:
+      w = group.width
+      real = np.arange(w)[None] < np.asarray(group.sizes)[:, None]   # [G, W]
+      scale = np.sqrt(w / np.asarray(group.sizes, np.float32))[:, None]
+      return tree * (real * scale)[..., None]
+    return {**tree, keys[0]: fit(tree[keys[0]], keys[1:])}
+  return fit(params, path)
+
+
+def _own_outputs(dec: dict, group: Group) -> dict:
+  """A stacked 'mlp' decoder with zero columns past each member's size."""
   last = f'Dense_{len(dec) - 1}'
-  dec = {**dec, last: jax.tree.map(
-      lambda a: a * real.reshape(g, *([1] * (a.ndim - 2)), w), dec[last])}
-  return enc, dec
+  real = np.arange(group.width)[None] < np.asarray(group.sizes)[:, None]
+  return {**dec, last: jax.tree.map(
+      lambda a: a * real.reshape(len(group.members), *([1] * (a.ndim - 2)),
+                                 group.width), dec[last])}
 
 
 class ConvEncoder(nn.Module):
@@ -197,14 +217,15 @@ class SeqEncoder(nn.Module):
 
 
 class TaskEncoder(nn.Module):
-  kind: str
+  """A task encoder by architecture (TASK_ARCH): [B, ...] -> [B, out]."""
+  arch: str
   out: int
 
   @nn.compact
   def __call__(self, x):
-    if self.kind == 'sequence':
+    if self.arch == 'seq':
       return SeqEncoder(self.out)(x)
-    if self.kind == 'image':
+    if self.arch == 'conv':
       return nn.relu(ConvEncoder(self.out)(x))
     return nn.relu(MLP((128,), self.out)(x))
 
@@ -242,48 +263,43 @@ class Model:
     self.spec = spec
     self.latent_dim = latent_dim
     d = latent_dim
-    self.groups = generator_groups(spec)
-    # Modality index -> (its group, its slot in the group's stack).
-    self.slot = {i: (g, j) for g in self.groups
-                 for j, i in enumerate(g.members)}
+    self.groups = group_modalities(spec, GEN_ARCH, pad=True)
+    self.task_groups = group_modalities(spec, TASK_ARCH, pad=False)
     self.gen_enc, self.gen_dec = {}, {}
     for g in self.groups:
-      if g.name == 'conv':
+      if g.arch == 'conv':
         self.gen_enc[g.name], self.gen_dec[g.name] = (ConvEncoder(2 * d),
                                                       ConvDecoder())
       else:
         self.gen_enc[g.name] = MLP((gen_width, gen_width), 2 * d)
         self.gen_dec[g.name] = MLP((gen_width, gen_width), g.width)
-    self.task_enc = {name: TaskEncoder(kind, task_width)
-                     for name, kind in zip(spec.modalities, spec.kinds)}
+    self.task_enc = {g.name: TaskEncoder(g.arch, task_width)
+                     for g in self.task_groups}
     self.mapping = Mapping(map_width, d)
     self.fusion = AttentionFusion()
     self.head = Head(spec.num_classes)
     self.task_width = task_width
 
-  def _group_input_shape(self, g: Group) -> tuple[int, ...]:
-    return self.spec.shapes[g.members[0]] if g.name == 'conv' else (g.width,)
-
   def init(self, key: chex.PRNGKey) -> dict:
     """Initial params of every group. Shapes depend only on the spec."""
     spec, d = self.spec, self.latent_dim
     keys = iter(jax.random.split(key, 2 * len(self.groups)
-                                 + spec.num_modalities + 3))
+                                 + len(self.task_groups) + 3))
+    stacked = lambda module, x, g: jax.vmap(
+        lambda k: module.init(k, x)['params'])(
+            jax.random.split(next(keys), len(g.members)))
     gen = {'enc': {}, 'dec': {}}
     for g in self.groups:
-      x = jnp.zeros((1, *self._group_input_shape(g)))
-      init = lambda module, x: jax.vmap(lambda k: module.init(k, x)['params'])
-      enc = init(self.gen_enc[g.name], x)(
-          jax.random.split(next(keys), len(g.members)))
-      dec = init(self.gen_dec[g.name], jnp.zeros((1, d)))(
-          jax.random.split(next(keys), len(g.members)))
-      if g.name == 'mlp':
-        enc, dec = _fit_members(enc, dec, g)
+      enc = stacked(self.gen_enc[g.name], self._group_input(g, None), g)
+      dec = stacked(self.gen_dec[g.name], jnp.zeros((1, d)), g)
+      if g.arch == 'mlp':
+        enc = _own_fan_in(enc, ('Dense_0', 'kernel'), g)
+        dec = _own_outputs(dec, g)
       gen['enc'][g.name], gen['dec'][g.name] = enc, dec
     task = {'enc': {}}
-    for name, shape in zip(spec.modalities, spec.shapes):
-      task['enc'][name] = self.task_enc[name].init(
-          next(keys), jnp.zeros((1, *shape)))['params']
+    for g in self.task_groups:
+      task['enc'][g.name] = stacked(self.task_enc[g.name],
+                                    self._group_input(g, None), g)
     num_pairs = len(spec.pairs)
     pair_keys = jax.random.split(next(keys), num_pairs)
     mapping = jax.vmap(lambda k: self.mapping.init(k, jnp.zeros((1, d))))(
@@ -294,19 +310,40 @@ class Model:
     task['head'] = self.head.init(next(keys), h[:, 0])['params']
     return {'gen': gen, 'map': mapping, 'task': task}
 
-  # Generator ---------------------------------------------------------------
+  # Groups ------------------------------------------------------------------
 
-  def modality_params(self, gen: dict, part: str, index: int) -> dict:
-    """Modality `index`'s slice of gen[part] ('enc' | 'dec')."""
-    g, j = self.slot[index]
-    return jax.tree.map(lambda a: a[j], gen[part][g.name])
+  def member(self, stacked: dict, index: int, task: bool = False) -> dict:
+    """Modality `index`'s slice of a {group name: stacked params} dict:
+    gen['enc'], gen['dec'], or (task=True) task['enc']."""
+    (g, j), = [(g, j) for g in (self.task_groups if task else self.groups)
+               for j, i in enumerate(g.members) if i == index]
+    return jax.tree.map(lambda a: a[j], stacked[g.name])
 
-  def _per_modality(self, per_group: dict, unpad) -> list:
-    """{group name: [G, ...]} -> per modality, in modality order."""
+  def _group_input(self, g: Group, xs) -> jax.Array:
+    """The members' inputs stacked [G, B, ...] ('mlp': flattened, padded);
+    xs=None: a zero input of batch 1 for init."""
+    if xs is None:
+      shape = (g.width,) if g.arch == 'mlp' else self.spec.shapes[g.members[0]]
+      return jnp.zeros((1, *shape))
+    if g.arch != 'mlp':
+      return jnp.stack([xs[i] for i in g.members])
+    return jnp.stack([_pad_last(xs[i].reshape(xs[i].shape[0], -1), g.width)
+                      for i in g.members])
+
+  def _apply(self, modules: dict, params: dict, groups, inputs, unpad=None):
+    """Each group's stacked module on its stacked input -> per modality, in
+    modality order. inputs(g): [G, B, ...]; unpad(i, y) cuts member i's
+    output."""
     out = [None] * self.spec.num_modalities
-    for g in self.groups:
+    for g in groups:
+      apply = lambda p, x, m=modules[g.name]: m.apply({'params': p}, x)
+      if len(g.members) == 1:   # a vmap over one member costs time here
+        y = apply(jax.tree.map(lambda a: a[0], params[g.name]),
+                  inputs(g)[0])[None]
+      else:
+        y = jax.vmap(apply)(params[g.name], inputs(g))
       for j, i in enumerate(g.members):
-        out[i] = unpad(i, per_group[g.name][j])
+        out[i] = unpad(i, y[j]) if unpad else y[j]
     return out
 
   def _unpad(self, i: int, y: jax.Array) -> jax.Array:
@@ -314,32 +351,27 @@ class Model:
     shape = self.spec.shapes[i]
     return y[:, :int(np.prod(shape))].reshape(y.shape[0], *shape)
 
+  # Generator ---------------------------------------------------------------
+
   def encode(self, gen: dict, xs: Sequence[jax.Array]):
     """xs: per modality [B, ...] -> (mu, logvar), each [M, B, d]."""
-    outs = {}
-    for g in self.groups:
-      x = jnp.stack([xs[i] if g.name == 'conv' else _pad_last(
-          xs[i].reshape(xs[i].shape[0], -1), g.width) for i in g.members])
-      outs[g.name] = jax.vmap(lambda p, x, m=self.gen_enc[g.name]: m.apply(
-          {'params': p}, x))(gen['enc'][g.name], x)
-    out = jnp.stack(self._per_modality(outs, lambda i, y: y))
+    out = jnp.stack(self._apply(self.gen_enc, gen['enc'], self.groups,
+                                lambda g: self._group_input(g, xs)))
     mu, logvar = jnp.split(out, 2, axis=-1)
     return mu, jnp.clip(logvar, -10.0, 10.0)
 
   def decode_all(self, gen: dict, z: jax.Array) -> list:
     """z: [M, K, d] -> per modality n, Dec_n(z[n]) [K, *shape of n]."""
-    outs = {}
-    for g in self.groups:
-      zg = z[np.asarray(g.members)] if len(g.members) < len(z) else z
-      outs[g.name] = jax.vmap(lambda p, x, m=self.gen_dec[g.name]: m.apply(
-          {'params': p}, x))(gen['dec'][g.name], zg)
-    return self._per_modality(outs, self._unpad)
+    members = lambda g: (z[np.asarray(g.members)] if len(g.members) < len(z)
+                         else z)
+    return self._apply(self.gen_dec, gen['dec'], self.groups, members,
+                       self._unpad)
 
   def decode(self, gen: dict, index: int, z: jax.Array) -> jax.Array:
     """z: [B, d] -> modality `index` reconstruction [B, *shape]."""
-    g, _ = self.slot[index]
+    (g,) = [g for g in self.groups if index in g.members]
     out = self.gen_dec[g.name].apply(
-        {'params': self.modality_params(gen, 'dec', index)}, z)
+        {'params': self.member(gen['dec'], index)}, z)
     return self._unpad(index, out)
 
   def decode_each(self, gen: dict, index: jax.Array, z: jax.Array) -> jax.Array:
@@ -351,9 +383,8 @@ class Model:
                        f'modalities of one kind and shape, not {self.spec}.')
     (g,) = self.groups
     params = jax.tree.map(lambda a: a[index], gen['dec'][g.name])
-    out = jax.vmap(lambda p, zk: self._unpad(0, self.gen_dec[g.name].apply(
+    return jax.vmap(lambda p, zk: self._unpad(0, self.gen_dec[g.name].apply(
         {'params': p}, zk)))(params, z)
-    return out
 
   def nll(self, index: int, x_hat: jax.Array, x: jax.Array,
           batch_ndim: int = 1) -> jax.Array:
@@ -373,7 +404,7 @@ class Model:
 
   def logits(self, task: dict, xs: Sequence[jax.Array], attend: jax.Array):
     """xs: per modality [B, ...]; attend: [B, M] bool -> [B, classes]."""
-    h = jnp.stack([self.task_enc[n].apply({'params': task['enc'][n]}, x)
-                   for n, x in zip(self.spec.modalities, xs)], axis=1)
+    h = jnp.stack(self._apply(self.task_enc, task['enc'], self.task_groups,
+                              lambda g: self._group_input(g, xs)), axis=1)
     fused = self.fusion.apply({'params': task['fuse']}, h, attend)
     return self.head.apply({'params': task['head']}, fused)

@@ -35,7 +35,7 @@ def test_masked_aggregation_ignores_clients_without_the_modality(setup):
   # Client 1 lacks modality 'a'; client 0 has it.
   h = cfg.hparams()
   outs = [update(h, trainable, frozen, take(i), key) for i in (0, 1)]
-  enc = lambda params, i: model.modality_params(params['gen'], 'enc', i)
+  enc = lambda params, i: model.member(params['gen']['enc'], i)
   assert float(outs[1][1]['gen']['enc']['mlp']['Dense_0']['kernel'][0]) == 0.0
   stack = lambda *xs: jnp.stack(xs)
   tx = server.server_optimizer(cfg_for(server_opt='fedavg'), GEN_STAGE)
@@ -69,7 +69,8 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
   h = cfg.hparams()
   outs = [update(h, trainable, frozen, take(i), jax.random.key(1))
           for i in (0, 1)]
-  w = [o[1]['task']['enc']['a']['MLP_0']['Dense_0']['kernel'] for o in outs]
+  w = [model.member(o[1]['task']['enc'], 0, task=True)['MLP_0']['Dense_0'][
+      'kernel'] for o in outs]
   assert (float(w[0]), float(w[1])) == (12.0, a_weight)
   assert float(outs[1][1]['task']['head']['Dense_0']['kernel']) == 30.0
   # FedAvg of task encoder 'a': sample-weighted mean written out by hand.
@@ -78,7 +79,8 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
   got = aggregate(trainable, server.init_opt_state(tx, trainable),
                          jax.tree.map(stack, *[o[0] for o in outs]),
                          jax.tree.map(stack, *[o[1] for o in outs]), tx)[0]
-  kernel = lambda p: np.asarray(p['enc']['a']['MLP_0']['Dense_0']['kernel'])
+  kernel = lambda p: np.asarray(model.member(p['enc'], 0, task=True)['MLP_0'][
+      'Dense_0']['kernel'])
   want = ((12.0 * kernel(outs[0][0]['task']) + a_weight * kernel(
       outs[1][0]['task'])) / (12.0 + a_weight))
   np.testing.assert_allclose(kernel(got['task']), want, rtol=1e-5, atol=1e-6)

@@ -212,7 +212,7 @@ def test_no_gradient_into_absent_modalities(setup, kind):
     grads = grad(trained, params, xs, noise, jnp.eye(B)[i])
     for m, name in enumerate(SPEC.modalities):
       for part in ('enc', 'dec'):
-        g = size(model.modality_params(grads['gen'], part, m))
+        g = size(model.member(grads['gen'][part], m))
         assert (g > 0) == PRESENT[i, m], (i, name, part, g)
     for p, (n, m) in enumerate(SPEC.pairs):
       g = size(jax.tree.map(lambda leaf: leaf[p], grads['map']))
@@ -249,5 +249,5 @@ def test_one_target_cross_decoding(setup_same, kind):
                    noise, jnp.eye(B)[1])
   for m in (0, 2):   # a, c
     assert not any(np.any(g) for g in jax.tree.leaves(
-        [model.modality_params(grads['gen'], part, m)
+        [model.member(grads['gen'][part], m)
          for part in ('enc', 'dec')]))

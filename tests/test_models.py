@@ -13,7 +13,8 @@ import numpy as np
 
 from fedrecon_jax import client, rounds
 from fedrecon_jax.config import GEN_STAGE
-from fedrecon_jax.models import DataSpec, MLP, Model
+from fedrecon_jax.models import (AttentionFusion, DataSpec, Head, MLP, Model,
+                                 TaskEncoder)
 
 import toy
 
@@ -24,7 +25,7 @@ D, WIDTH = 3, 8
 
 def own_params(model, gen, part, i):
   """Member i's params cut to its own sizes: a plain MLP's params."""
-  p = model.modality_params(gen, part, i)
+  p = model.member(gen[part], i)
   size = int(np.prod(model.spec.shapes[i]))
   if part == 'enc':
     return {**p, 'Dense_0': {**p['Dense_0'],
@@ -55,6 +56,31 @@ def test_a_group_computes_each_member_as_its_own_network():
                                atol=1e-6)
 
 
+def test_task_logits_equal_those_of_separate_task_encoders():
+  """Task encoders of one shape are grouped too (not padded: a and c share
+  'mlp', e and the sequence b are alone): the logits equal those of one
+  plain encoder per modality feeding the same fusion and head."""
+  spec = DataSpec(('a', 'b', 'c', 'e'), ('vector', 'sequence', 'vector',
+                                         'vector'), ((5,), (3, 4), (5,), (9,)),
+                  2)
+  model = Model(spec, latent_dim=D, gen_width=WIDTH, map_width=4,
+                task_width=4)
+  task = model.init(jax.random.key(3))['task']
+  assert [(g.name, g.members) for g in model.task_groups] == [
+      ('mlp', (0, 2)), ('mlp_1', (3,)), ('seq', (1,))]
+  rng = np.random.default_rng(1)
+  xs = tuple(rng.normal(size=(6, *s)).astype(np.float32) for s in spec.shapes)
+  attend = jnp.asarray(rng.uniform(size=(6, 4)) < 0.7)
+  feats = [TaskEncoder('seq' if kind == 'sequence' else 'mlp', 4).apply(
+      {'params': model.member(task['enc'], i, task=True)}, x)
+           for i, (x, kind) in enumerate(zip(xs, spec.kinds))]
+  fused = AttentionFusion().apply({'params': task['fuse']},
+                                  jnp.stack(feats, 1), attend)
+  want = Head(spec.num_classes).apply({'params': task['head']}, fused)
+  np.testing.assert_allclose(model.logits(task, xs, attend), want, rtol=1e-5,
+                             atol=1e-6)
+
+
 def test_each_member_starts_with_its_own_fan_in():
   """lecun_normal: the first layer's std is 1 / sqrt(member's input size),
   not of the padded width (8 inputs padded to 200 would start 5x smaller)."""
@@ -68,6 +94,7 @@ def test_each_member_starts_with_its_own_fan_in():
     assert not np.any(kernel[g, size:])
   last = np.asarray(gen['dec']['mlp']['Dense_2']['kernel'])     # [2, 256, 200]
   assert not np.any(last[0, :, 8:]) and np.all(np.any(last[0, :, :8], 0))
+
 
 
 def test_training_keeps_the_padding_zero():
@@ -86,8 +113,8 @@ def test_training_keeps_the_padding_zero():
   assert all(jax.tree.leaves(moved))
   for i, shape in enumerate(toy.SHAPES):
     size = shape[0]
-    enc = model.modality_params(trained, 'enc', i)
-    dec = model.modality_params(trained, 'dec', i)
+    enc = model.member(trained['enc'], i)
+    dec = model.member(trained['dec'], i)
     assert not np.any(enc['Dense_0']['kernel'][size:])
     assert not np.any(dec['Dense_2']['kernel'][:, size:])
     assert not np.any(dec['Dense_2']['bias'][size:])
