@@ -379,7 +379,7 @@ def main(argv):
   device_pop = None
   if any(not v.startswith('sequential') for v in _VARIANTS.value):
     device_pop = distributed.replicate(host_pop, mesh)
-  params = jax.device_get(jax.jit(model.init)(jax.random.key(_SEED.value)))
+  params = jax.device_get(model.init_params(jax.random.key(_SEED.value)))
   store_gb = sum(x.nbytes for x in jax.tree.leaves(host_pop)) / GB
   print(f'population: {num_clients} clients x max_n={host_pop.y.shape[1]} '
         f'({store_gb:.2f} GB store), setup {time.perf_counter() - t:.1f} s',

@@ -63,7 +63,7 @@ def main(argv):
   max_n = max(e.population.y.shape[1] for e in exps)
   max_n = -(-max_n // cfgs[0].batch_size) * cfgs[0].batch_size
   pops = [partition.pad_clients(e.population, max_n) for e in exps]
-  params = jax.device_get(jax.jit(model.init)(jax.random.key(0)))
+  params = jax.device_get(model.init_params(jax.random.key(0)))
   # Each client runs its own ceil(n / B) steps per epoch: the mean of those.
   steps = float(np.mean([-(-e.population.num_samples // cfgs[0].batch_size)
                          for e in exps])) * cfgs[0].local_epochs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import jax
 import optax
 
 from fedrecon_jax import client, server
@@ -38,7 +39,9 @@ def make_plan(cfg: Config, model: Model, stage: int,
               num_clients: int) -> StagePlan:
   return StagePlan(
       stage=stage, groups=client.trainable_groups(cfg, stage),
-      client_update=client.make_client_update(cfg, model, stage),
+      # Jitted, so the round's second trace of it (its sums' shapes, then
+      # the loop body) hits jit's trace cache instead of tracing it again.
+      client_update=jax.jit(client.make_client_update(cfg, model, stage)),
       server_tx=lambda h: server.server_optimizer(cfg, stage, h),
       num_clients=num_clients,
       cohort=min(cfg.clients_per_round, num_clients),

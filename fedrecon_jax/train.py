@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from absl import logging
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from fedrecon_jax import checkpoint, config, evaluation, experiment
@@ -155,7 +156,7 @@ def _start(runs: list[_Run], primary: bool) -> server.ServerState:
   states = []
   for run_, got in zip(runs, restored):
     if got is None:
-      params = jax.jit(run_.exp.model.init)(
+      params = run_.exp.model.init_params(
           jax.random.fold_in(jax.random.key(run_.cfg.seed), 0))
       # No server optimizer state yet: the loop starts the stage's.
       got = server.ServerState(params, (), np.int32(0)), ()
@@ -306,8 +307,10 @@ def _make_round(runs, stage, mesh, params, population, h):
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.isfinite(x).all()
-                            for x in jax.tree.leaves(tree)]))
+  # One sum over everything, finite only if every term is (a total past
+  # 3e38 reads as non-finite too: such params have diverged): one reduction
+  # instead of a check and a reduction per leaf (1.5 s of compile).
+  return jnp.isfinite(ravel_pytree(tree)[0].sum())
 
 
 def _divergence(params, skipped: int, participants: int) -> str | None:

@@ -31,7 +31,7 @@ BETA, MATCH = 1.7, 0.6
 
 def make_setup(spec):
   model = Model(spec, latent_dim=D, gen_width=8, map_width=8, task_width=4)
-  params = jax.jit(model.init)(jax.random.key(0))
+  params = model.init_params(jax.random.key(0))
   rng = np.random.default_rng(0)
   # Absent modalities hold random values too: a leak into their encoder would
   # then show up as a non-zero gradient (zero inputs would hide it).

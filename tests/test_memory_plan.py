@@ -22,7 +22,7 @@ def big():
   present = rng.random((K, 3)) > 0.3
   present[:, 0] |= ~present.any(1)
   model = t.small_model()
-  params = jax.jit(model.init)(jax.random.key(0))
+  params = model.init_params(jax.random.key(0))
   population = t.make_population(sizes=tuple(rng.integers(2, 7, K)),
                                  missing=present)
   mesh = rounds.make_mesh(1)
@@ -82,7 +82,7 @@ def test_auto_runs_per_program_fits_the_budget(env):
   stage_plan = plan_lib.make_plan(cfgs[0], exps[0].model, TASK_STAGE,
                                   cfgs[0].num_clients)
   group = rounds.make_round(stage_plan, rounds.make_mesh(1), runs=3)
-  params = jax.jit(exps[0].model.init)(jax.random.key(0))
+  params = exps[0].model.init_params(jax.random.key(0))
   h = t.stacked(*[c.hparams() for c in cfgs[:3]])
   params = t.stacked(*[params] * 3)
   pop = group.fill(params, group.place(pop))

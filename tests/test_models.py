@@ -36,7 +36,7 @@ def own_params(model, gen, part, i):
 def test_a_group_computes_each_member_as_its_own_network():
   model = Model(SPEC, latent_dim=D, gen_width=WIDTH, map_width=4,
                 task_width=4)
-  gen = model.init(jax.random.key(0))['gen']
+  gen = model.init_params(jax.random.key(0))['gen']
   rng = np.random.default_rng(0)
   xs = tuple(rng.normal(size=(6, *s)).astype(np.float32) for s in SPEC.shapes)
   z = rng.normal(size=(6, D)).astype(np.float32)
@@ -65,7 +65,7 @@ def test_task_logits_equal_those_of_separate_task_encoders():
                   2)
   model = Model(spec, latent_dim=D, gen_width=WIDTH, map_width=4,
                 task_width=4)
-  task = model.init(jax.random.key(3))['task']
+  task = model.init_params(jax.random.key(3))['task']
   assert [(g.name, g.members) for g in model.task_groups] == [
       ('mlp', (0, 2)), ('mlp_1', (3,)), ('seq', (1,))]
   rng = np.random.default_rng(1)
@@ -86,7 +86,7 @@ def test_each_member_starts_with_its_own_fan_in():
   not of the padded width (8 inputs padded to 200 would start 5x smaller)."""
   spec = DataSpec(('small', 'wide'), ('vector',) * 2, ((8,), (200,)), 2)
   model = Model(spec, latent_dim=4, gen_width=256, map_width=4, task_width=4)
-  gen = model.init(jax.random.key(1))['gen']
+  gen = model.init_params(jax.random.key(1))['gen']
   kernel = np.asarray(gen['enc']['mlp']['Dense_0']['kernel'])   # [2, 200, 256]
   for g, size in enumerate((8, 200)):
     std = kernel[g, :size].std()

@@ -37,7 +37,7 @@ def test_raw_kind_decodes_the_source_latent_itself():
   spec = DataSpec(('a', 'b', 'c'), ('vector',) * 3, ((5,), (4,), (3,)), 2)
   model = Model(spec, latent_dim=4, gen_width=8, map_width=8, task_width=4)
   # Jitted: a few programs instead of an eager run's hundreds of small ones.
-  params = jax.jit(model.init)(jax.random.key(0))
+  params = model.init_params(jax.random.key(0))
   xs = [jax.random.normal(jax.random.key(i), (6, *s))
         for i, s in enumerate(spec.shapes)]
   present = jnp.array([[True, False, False]] * 3 + [[False, True, True]] * 3)

@@ -196,7 +196,7 @@ def tiny():
   spec = DataSpec(('a', 'b', 'c'), ('vector',) * 3, tuple((d,) for d in dims),
                   3)
   model = Model(spec, latent_dim=4, gen_width=8, map_width=8, task_width=4)
-  params = model.init(jax.random.key(0))
+  params = model.init_params(jax.random.key(0))
   rng = np.random.default_rng(0)
   y = rng.integers(0, 3, 200).astype(np.int32)
   xs = tuple((np.eye(3)[y] @ rng.normal(size=(3, d)) * 3

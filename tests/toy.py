@@ -59,7 +59,7 @@ def cfg_for(**kw):
 def init_params(model):
   # Jitted: one program (shared through the compilation cache) instead of
   # an eager init's hundreds of small ones.
-  return jax.jit(model.init)(jax.random.key(0))
+  return model.init_params(jax.random.key(0))
 
 
 @functools.cache
