@@ -28,6 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedrecon_jax.modality_groups import (GEN_ARCH, TASK_ARCH, Group,
+                                          group_modalities, own_fan_in,
+                                          own_outputs, pad_last)
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -72,11 +76,6 @@ LIKELIHOODS = {'image': laplace_nll, 'vector': gaussian_nll,
                'sequence': gaussian_nll}
 
 
-
-def _pad_last(x: jax.Array, size: int) -> jax.Array:
-  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
-
-
 class MLP(nn.Module):
   widths: Sequence[int]
   out: int
@@ -91,79 +90,6 @@ class MLP(nn.Module):
 
 # Small on purpose: the FedRecon objective decodes every latent with every
 # other decoder, M(M-1) + M decoder passes per batch.
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-  """Modalities whose networks (generator encoders and decoders, or task
-  encoders) share one architecture.
-
-  A group's networks are one module with its params stacked on a leading
-  [G] axis, applied once, vmapped, to the members' inputs: one batched
-  network instead of G small ones, so a round traces and compiles about G
-  times fewer ops. Members share a shape, except that the generator's 'mlp'
-  members are flattened and padded to the widest (task encoders are not:
-  the task stage's step is mostly their first layer, and padding
-  uci_multifeature's 649 inputs to 6 x 240 doubled it on CPU). Padding is
-  exact: member g reads its first sizes[g] inputs (and a
-  decoder writes its first sizes[g] outputs); the kernel rows and columns
-  past those start at zero, get zero gradients (and zero weight decay), and
-  so stay zero.
-  """
-  name: str                    # key in params[...]['enc' | 'dec']
-  arch: str                    # 'mlp' | 'conv' | 'seq'
-  members: tuple[int, ...]     # modality indices, increasing
-  sizes: tuple[int, ...]       # each member's flattened size
-
-  @property
-  def width(self) -> int:
-    return max(self.sizes)
-
-
-GEN_ARCH = {'vector': 'mlp', 'sequence': 'mlp', 'image': 'conv'}
-TASK_ARCH = {'vector': 'mlp', 'sequence': 'seq', 'image': 'conv'}
-
-
-def group_modalities(spec: DataSpec, arch_of: dict,
-                     pad: bool) -> tuple[Group, ...]:
-  """The spec's modalities grouped by the architecture arch_of[kind] and
-  shape, or (pad) 'mlp' ones whatever their shape. Names: the architecture,
-  then arch_1, ... for more shapes of it."""
-  groups = []
-  for arch in dict.fromkeys(arch_of[k] for k in spec.kinds):
-    parts = {}
-    for i, kind in enumerate(spec.kinds):
-      if arch_of[kind] == arch:
-        shape = () if pad and arch == 'mlp' else spec.shapes[i]
-        parts.setdefault(shape, []).append(i)
-    for j, part in enumerate(parts.values()):
-      groups.append(Group(f'{arch}_{j}' if j else arch, arch, tuple(part),
-                          tuple(int(np.prod(spec.shapes[i])) for i in part)))
-  return tuple(groups)
-
-
-def _own_fan_in(params: dict, path: tuple[str, ...], group: Group) -> dict:
-  """Stacked params initialised at the padded width -> each member's own:
-  the kernel at `path` (a first layer, [G, W, h]) gets the fan-in of the
-  member's input size (lecun_normal's scale; init took the padded width's)
-  and zero rows past it."""
-  def fit(tree, keys):
-    if not keys:
-      w = group.width
-      real = np.arange(w)[None] < np.asarray(group.sizes)[:, None]   # [G, W]
-      scale = np.sqrt(w / np.asarray(group.sizes, np.float32))[:, None]
-      return tree * (real * scale)[..., None]
-    return {**tree, keys[0]: fit(tree[keys[0]], keys[1:])}
-  return fit(params, path)
-
-
-def _own_outputs(dec: dict, group: Group) -> dict:
-  """A stacked 'mlp' decoder with zero columns past each member's size."""
-  last = f'Dense_{len(dec) - 1}'
-  real = np.arange(group.width)[None] < np.asarray(group.sizes)[:, None]
-  return {**dec, last: jax.tree.map(
-      lambda a: a * real.reshape(len(group.members), *([1] * (a.ndim - 2)),
-                                 group.width), dec[last])}
 
 
 class ConvEncoder(nn.Module):
@@ -293,8 +219,8 @@ class Model:
       enc = stacked(self.gen_enc[g.name], self._group_input(g, None), g)
       dec = stacked(self.gen_dec[g.name], jnp.zeros((1, d)), g)
       if g.arch == 'mlp':
-        enc = _own_fan_in(enc, ('Dense_0', 'kernel'), g)
-        dec = _own_outputs(dec, g)
+        enc = own_fan_in(enc, ('Dense_0', 'kernel'), g)
+        dec = own_outputs(dec, g)
       gen['enc'][g.name], gen['dec'][g.name] = enc, dec
     task = {'enc': {}}
     for g in self.task_groups:
@@ -339,7 +265,7 @@ class Model:
       return jnp.zeros((1, *shape))
     if g.arch != 'mlp':
       return jnp.stack([xs[i] for i in g.members])
-    return jnp.stack([_pad_last(xs[i].reshape(xs[i].shape[0], -1), g.width)
+    return jnp.stack([pad_last(xs[i].reshape(xs[i].shape[0], -1), g.width)
                       for i in g.members])
 
   def _apply(self, modules: dict, params: dict, groups, inputs, unpad=None):
