@@ -224,7 +224,7 @@ class Runner:
   """One variant at one (stage, N): build + AOT compile, then rounds."""
 
   def __init__(self, variant, cfg, model, stage, mesh, num_clients,
-               host_pop, device_pop, params, built):
+               host_pop, device_pop, params):
     from fedrecon_jax import plan, rounds  # pylint: disable=g-import-not-at-top
     self.variant = variant
     self.kind = variant.removesuffix('_donate')
@@ -240,14 +240,12 @@ class Runner:
       self.round = rounds.make_round(self.plan, mesh,
                                      donate=variant.endswith('_donate'))
     elif self.kind == 'chunked':
-      # One program serves every cohort size: build it once per stage and
-      # variant, so larger N reuse the compiled round.
-      if (stage, variant) not in built:
-        per_device = int(_PER_DEVICE.value[stage - 1])
-        built[stage, variant] = rounds.make_round(
-            self.plan, mesh, clients_per_chunk=per_device * mesh.size,
-            donate=variant.endswith('_donate'))
-      self.round = built[stage, variant]
+      # Built per N: the plan holds the population K its cohorts are drawn
+      # from (reusing N=16's program ran 16 clients at every N).
+      per_device = int(_PER_DEVICE.value[stage - 1])
+      self.round = rounds.make_round(
+          self.plan, mesh, clients_per_chunk=per_device * mesh.size,
+          donate=variant.endswith('_donate'))
       n = cfg.clients_per_round
       pads = -(-n // self.round.chunk) * self.round.chunk - n
       self.note = f'chunk={self.round.chunk}, {pads} pads'
@@ -386,7 +384,6 @@ def main(argv):
         flush=True)
 
   flops_per_client = {}
-  built = {}
   results = []
   history = {}   # (stage, variant) -> dict(n, compile_s, round_s, memory_gb)
   for n in cohorts:
@@ -418,15 +415,11 @@ def main(argv):
                   flush=True)
             history[(stage, variant)] = {**prev, 'n': n, 'memory_gb': guess}
             continue
-        # The chunked (device store) program does not depend on N: once warm
-        # at a smaller N it needs neither compile nor warm-up. (The sequential
-        # loop's aggregation over the stacked cohort does.)
-        reuses = variant in ('chunked', 'chunked_donate')
-        warm_planned = 0 if prev and reuses else _WARMUP.value
+        warm_planned = _WARMUP.value
         rounds_wanted = warm_planned + _ROUNDS.value
         if prev:
           per_round = prev['round_s'] * ran / prev['ran']
-          left = deadline - time.time() - (0 if reuses else prev['compile_s'])
+          left = deadline - time.time() - prev['compile_s']
           fit = int(left // max(per_round, 1e-3))
           if fit < warm_planned + 1:
             row['skipped'] = (f'time budget: ~{per_round:.0f} s/round '
@@ -438,7 +431,7 @@ def main(argv):
         reset_peak_rss()
         before = counter.total()
         runner = Runner(variant, run_cfg, model, stage, mesh, num_clients,
-                        host_pop, device_pop, params, built)
+                        host_pop, device_pop, params)
         if _SAVE_HLO.value and variant == 'vmap' and n == max(cohorts):
           runner.save_hlo = os.path.join(_SAVE_HLO.value,
                                          f'stage{stage}_n{n}_vmap')
