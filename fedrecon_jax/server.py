@@ -184,6 +184,7 @@ def apply_sums(params, opt_state, sums, tx: optax.GradientTransformation):
   this round keep their server value exactly. The step runs on the params
   raveled into one vector (see init_opt_state).
   """
+  chex.assert_trees_all_equal_shapes(params, sums['num'])
   flat, unravel = ravel_pytree(params)
   num = ravel_pytree(sums['num'])[0]
   den = ravel_pytree(jax.tree.map(
