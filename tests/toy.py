@@ -57,8 +57,7 @@ def cfg_for(**kw):
 
 
 def init_params(model):
-  # Jitted: one program (shared through the compilation cache) instead of
-  # an eager init's hundreds of small ones.
+  # The one compiled init every caller (train.run included) shares.
   return model.init_params(jax.random.key(0))
 
 
