@@ -81,11 +81,11 @@ class MLP(nn.Module):
   out: int
 
   @nn.compact
-  def __call__(self, x, hidden_only: bool = False):
+  def __call__(self, x):
     x = x.reshape(x.shape[0], -1)
     for w in self.widths:
       x = nn.gelu(nn.Dense(w)(x))
-    return x if hidden_only else nn.Dense(self.out)(x)
+    return nn.Dense(self.out)(x)
 
 
 # Small on purpose: the FedRecon objective decodes every latent with every
@@ -268,22 +268,20 @@ class Model:
     return jnp.stack([pad_last(xs[i].reshape(xs[i].shape[0], -1), g.width)
                       for i in g.members])
 
-  def _run(self, module: nn.Module, params: dict, x: jax.Array, **kw):
-    """A group's stacked module on its stacked input x [G, B, ...] ->
-    [G, B, ...]."""
-    apply = lambda p, x: module.apply({'params': p}, x, **kw)
-    if len(x) == 1:   # a vmap over one member costs time here
-      return apply(jax.tree.map(lambda a: a[0], params), x[0])[None]
-    return jax.vmap(apply)(params, x)
-
-  def _apply(self, modules: dict, params: dict, groups, inputs):
+  def _apply(self, modules: dict, params: dict, groups, inputs, unpad=None):
     """Each group's stacked module on its stacked input -> per modality, in
-    modality order. inputs(g): [G, B, ...]."""
+    modality order. inputs(g): [G, B, ...]; unpad(i, y) cuts member i's
+    output."""
     out = [None] * self.spec.num_modalities
     for g in groups:
-      y = self._run(modules[g.name], params[g.name], inputs(g))
+      apply = lambda p, x, m=modules[g.name]: m.apply({'params': p}, x)
+      if len(g.members) == 1:   # a vmap over one member costs time here
+        y = apply(jax.tree.map(lambda a: a[0], params[g.name]),
+                  inputs(g)[0])[None]
+      else:
+        y = jax.vmap(apply)(params[g.name], inputs(g))
       for j, i in enumerate(g.members):
-        out[i] = y[j]
+        out[i] = unpad(i, y[j]) if unpad else y[j]
     return out
 
   def _unpad(self, i: int, y: jax.Array) -> jax.Array:
@@ -302,23 +300,10 @@ class Model:
 
   def decode_all(self, gen: dict, z: jax.Array) -> list:
     """z: [M, K, d] -> per modality n, Dec_n(z[n]) [K, *shape of n]."""
-    out = [None] * self.spec.num_modalities
-    for g in self.groups:
-      zg = z[np.asarray(g.members)] if len(g.members) < len(z) else z
-      params = gen['dec'][g.name]
-      if g.arch == 'mlp':
-        # The stacked trunk, then each member's last layer on its own
-        # columns only: padded, that layer was most of the padding's FLOPs
-        # (M^2 decodes a sample).
-        h = self._run(self.gen_dec[g.name], params, zg, hidden_only=True)
-        last = params[f'Dense_{len(params) - 1}']
-        ys = [h[j] @ last['kernel'][j, :, :size] + last['bias'][j, :size]
-              for j, size in enumerate(g.sizes)]
-      else:
-        ys = self._run(self.gen_dec[g.name], params, zg)
-      for j, i in enumerate(g.members):
-        out[i] = self._unpad(i, ys[j])
-    return out
+    members = lambda g: (z[np.asarray(g.members)] if len(g.members) < len(z)
+                         else z)
+    return self._apply(self.gen_dec, gen['dec'], self.groups, members,
+                       self._unpad)
 
   def decode(self, gen: dict, index: int, z: jax.Array) -> jax.Array:
     """z: [B, d] -> modality `index` reconstruction [B, *shape]."""
