@@ -180,7 +180,8 @@ def client_sums(local, weights, metrics, valid) -> dict:
 def apply_sums(params, opt_state, sums, tx: optax.GradientTransformation):
   """The server step from (accumulated) `client_sums`.
 
-  Returns (params, opt_state, metrics). Entries of a group no client trained
+  Returns (params, opt_state, metrics: the clients' mean metrics, skipped and
+  participating client counts, and params_finite). Entries of a group no client trained
   this round keep their server value exactly. The step runs on the params
   raveled into one vector (see init_opt_state).
   """
@@ -195,8 +196,11 @@ def apply_sums(params, opt_state, sums, tx: optax.GradientTransformation):
   new = jnp.where(den > 0, optax.apply_updates(flat, updates), flat)
   count = jnp.maximum(sums['count'], 1.0)
   metrics = {k: v / count for k, v in sums['metrics'].items()}
+  # Finite only if every trained param is (a total past 3e38 reads as
+  # non-finite too: such params have diverged); the rest did not change.
   return unravel(new), opt_state, {**metrics, 'skipped_clients': sums['skipped'],
-                                   'participants': sums['participants']}
+                                   'participants': sums['participants'],
+                                   'params_finite': jnp.isfinite(new.sum())}
 
 
 def aggregate(params, opt_state, stacked_params, stacked_weights,

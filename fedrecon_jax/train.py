@@ -18,8 +18,6 @@ from typing import Any, Sequence
 
 from absl import logging
 import jax
-import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from fedrecon_jax import checkpoint, config, evaluation, experiment
@@ -260,11 +258,14 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, params, t0: float,
                stacked: bool) -> None:
   """Evaluates if due, writes and prints round r's record of one run."""
   cfg = run_.cfg
+  metrics = dict(metrics)
+  params_finite = bool(metrics.pop('params_finite'))
   record = {'round': r, 'stage': stage,
             **{k: float(v) for k, v in metrics.items()}}
   record['skipped_clients'] = int(metrics['skipped_clients'])
   record['participants'] = int(metrics['participants'])
-  why = _divergence(params, record['skipped_clients'], record['participants'])
+  why = _divergence(params_finite, record['skipped_clients'],
+                    record['participants'])
   end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
   if why is None and (r % cfg.eval_every == 0 or end_of_stage):
     run_.last_eval = run_.evaluate(params)
@@ -305,17 +306,10 @@ def _make_round(runs, stage, mesh, params, population, h):
   return chosen.round, population
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  # One sum over everything, finite only if every term is (a total past
-  # 3e38 reads as non-finite too: such params have diverged): one reduction
-  # instead of a check and a reduction per leaf (1.5 s of compile).
-  return jnp.isfinite(ravel_pytree(tree)[0].sum())
-
-
-def _divergence(params, skipped: int, participants: int) -> str | None:
+def _divergence(params_finite: bool, skipped: int,
+                participants: int) -> str | None:
   """Why the run cannot go on after this round, or None."""
-  if not bool(_all_finite(params)):
+  if not params_finite:
     return 'the global params are non-finite'
   if participants and skipped >= participants:
     return (f'every client that trained this round ({participants}) was '

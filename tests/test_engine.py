@@ -57,3 +57,13 @@ def test_non_finite_client_is_skipped(setup):
                                jax.random.key(0))
     assert int(metrics['skipped_clients']) == 1
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(p))
+
+
+def test_server_step_overflow_reads_as_non_finite(setup):
+  # What a run stops on (train._divergence): the server step's params.
+  params, population = setup
+  for server_lr, finite in ((1e-2, True), (1e38, False)):
+    cfg = toy.cfg_for(server_opt='fedopt', server_lr=server_lr)
+    _, metrics = toy.one_round(cfg, TASK_STAGE, params, population,
+                               jax.random.key(0))
+    assert bool(metrics['params_finite']) == finite, server_lr
