@@ -181,9 +181,9 @@ def apply_sums(params, opt_state, sums, tx: optax.GradientTransformation):
   """The server step from (accumulated) `client_sums`.
 
   Returns (params, opt_state, metrics: the clients' mean metrics, skipped and
-  participating client counts, and params_finite). Entries of a group no client trained
-  this round keep their server value exactly. The step runs on the params
-  raveled into one vector (see init_opt_state).
+  participating client counts, and params_finite). Entries of a group no
+  client trained this round keep their server value exactly. The step runs
+  on the params raveled into one vector (see init_opt_state).
   """
   chex.assert_trees_all_equal_shapes(params, sums['num'])
   flat, unravel = ravel_pytree(params)
