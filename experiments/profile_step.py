@@ -85,7 +85,7 @@ def main(argv):
     found = re.search(r'\n\s*(?:ROOT )?%?' + re.escape(name)
                       + r' = (\S+) ([^\n]*)', hlo)
     shape = found.group(1) if found else '?'
-    metadata = re.search(r'op_name="([^"]*)"', found.group(2)) if found else None
+    metadata = found and re.search(r'op_name="([^"]*)"', found.group(2))
     metadata = metadata.group(1) if metadata else ''
     net, pass_ = _where(metadata)
     by['network'][net] += ms

@@ -198,9 +198,10 @@ def apply_sums(params, opt_state, sums, tx: optax.GradientTransformation):
   metrics = {k: v / count for k, v in sums['metrics'].items()}
   # Finite only if every trained param is (a total past 3e38 reads as
   # non-finite too: such params have diverged); the rest did not change.
-  return unravel(new), opt_state, {**metrics, 'skipped_clients': sums['skipped'],
-                                   'participants': sums['participants'],
-                                   'params_finite': jnp.isfinite(new.sum())}
+  return unravel(new), opt_state, {
+      **metrics, 'skipped_clients': sums['skipped'],
+      'participants': sums['participants'],
+      'params_finite': jnp.isfinite(new.sum())}
 
 
 def aggregate(params, opt_state, stacked_params, stacked_weights,
