@@ -15,7 +15,6 @@ they exceed the wall time. Prints markdown tables; writes JSON.
 
 import collections
 import glob
-import json
 import re
 import tempfile
 import time

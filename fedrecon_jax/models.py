@@ -77,6 +77,8 @@ LIKELIHOODS = {'image': laplace_nll, 'vector': gaussian_nll,
 
 
 class MLP(nn.Module):
+  """[B, ...] -> [B, out]. Small on purpose: the FedRecon objective decodes
+  every latent with every other decoder, M(M-1) + M decoder passes a batch."""
   widths: Sequence[int]
   out: int
 
@@ -86,10 +88,6 @@ class MLP(nn.Module):
     for w in self.widths:
       x = nn.gelu(nn.Dense(w)(x))
     return nn.Dense(self.out)(x)
-
-
-# Small on purpose: the FedRecon objective decodes every latent with every
-# other decoder, M(M-1) + M decoder passes per batch.
 
 
 class ConvEncoder(nn.Module):
