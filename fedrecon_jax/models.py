@@ -114,6 +114,35 @@ class ConvDecoder(nn.Module):
     return jnp.transpose(x, (0, 3, 1, 2))
 
 
+@jax.custom_vjp
+def _matmul(x, w):
+  return x @ w
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(res, g):
+  # dx = g @ w.T, written as (w @ g.T).T with g.T materialised behind a
+  # barrier: batched over clients and pairs, XLA:CPU runs the plain form
+  # (contracting w's last axis) ~2.4x slower; g.T is 8x smaller than w.
+  x, w = res
+  gt = jax.lax.optimization_barrier(g.T)
+  return (w @ gt).T, x.T @ g
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def dense_dot(x, w, dimension_numbers, precision=None):
+  """`nn.Dense`'s dot_general for [B, i] @ [i, o], with `_matmul`'s backward."""
+  assert x.ndim == 2 and dimension_numbers == (((1,), (0,)), ((), ())), (
+      x.shape, dimension_numbers)
+  del precision
+  return _matmul(x, w)
+
+
 class Mapping(nn.Module):
   """T(n<-m): d -> width x3 (LayerNorm + GELU) -> d, as the paper's release."""
   width: int
@@ -122,8 +151,8 @@ class Mapping(nn.Module):
   @nn.compact
   def __call__(self, z):
     for _ in range(3):
-      z = nn.gelu(nn.LayerNorm()(nn.Dense(self.width)(z)))
-    return nn.Dense(self.out)(z)
+      z = nn.gelu(nn.LayerNorm()(nn.Dense(self.width, dot_general=dense_dot)(z)))
+    return nn.Dense(self.out, dot_general=dense_dot)(z)
 
 
 # ---------------------------------------------------------------- task model

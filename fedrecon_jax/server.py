@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -124,19 +125,23 @@ def server_optimizer(cfg: Config, stage: int,
 # --------------------------------------------------------------- aggregation
 
 
-def expand(w, leaf):
-  """[C, *prefix] weights -> broadcastable against a [C, *leaf] leaf."""
-  return w.reshape(w.shape + (1,) * (leaf.ndim - w.ndim))
+def _weight_index(params, weights) -> np.ndarray:
+  """[N] static ints: for each entry of one client's params raveled, the
+  entry of its weights raveled (leaves [*prefix of the param's shape])."""
+  index, offset = [], 0
+  for p, w in zip(jax.tree.leaves(params), jax.tree.leaves(weights)):
+    ids = np.arange(offset, offset + w.size).reshape(
+        w.shape + (1,) * (p.ndim - w.ndim))
+    index.append(np.broadcast_to(ids, p.shape).ravel())
+    offset += w.size
+  return np.concatenate(index)
 
 
-def finite_clients(stacked_params) -> jax.Array:
-  """[C] bool: True where every parameter a client returned is finite."""
-  # One sum per client over everything: finite only if every term is (a
-  # total past 3e38 also reads as non-finite: such a client has diverged).
-  # One reduction per leaf, where an elementwise check and an all() cost
-  # three compiled loops per leaf.
-  return jnp.isfinite(sum(x.reshape(x.shape[0], -1).sum(1)
-                          for x in jax.tree.leaves(stacked_params)))
+def _sum_clients(x):
+  """[C, N] -> [N]: the sum over clients as a matrix-vector product; XLA:CPU
+  ran x.sum(0) as a column reduction 10-25x slower (13 ms for [10, 142K])."""
+  return jnp.matmul(jnp.ones(x.shape[0], x.dtype), x,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def client_sums(local, weights, metrics, valid) -> dict:
@@ -149,26 +154,33 @@ def client_sums(local, weights, metrics, valid) -> dict:
     metrics: dict of per-client scalars [C].
     valid: [C] bool, False for padding clients.
   Returns:
-    num (sum of w * params), den (sum of w), participants (clients with
-    some weight), skipped (those whose update is non-finite: left out, so
-    one bad client cannot poison the model), metric sums over counted
-    clients and their count.
+    num (sum of w * params) and den (sum of w), both [N] over the params
+    raveled (ravel_pytree of one client's), participants (clients with some
+    weight), skipped (those whose update is non-finite: left out, so one
+    bad client cannot poison the model), metric sums over counted clients
+    and their count.
   """
-  ok = finite_clients(local)                                       # [C]
-  weights = jax.tree.map(lambda w: w * expand(valid, w), weights)
-  use = jax.tree.map(lambda w: w * expand(ok, w), weights)
-
-  def num(leaf, w):
-    w = expand(w, leaf)
-    # where() first: a skipped client (w = 0) must not turn 0 * nan into nan.
-    return (jnp.where(w > 0, leaf, 0.0) * w).sum(0)
-
-  participated = jnp.stack([w.reshape(w.shape[0], -1).sum(1) > 0
-                            for w in jax.tree.leaves(weights)]).any(0)
+  # Raveled: a handful of compiled loops instead of a few per leaf (about
+  # 1.2 s of XLA:CPU compile in a stage-1 round). Weights stay [C, S] (one
+  # per prefix entry) until the gather inside the product needs [C, N].
+  chex.assert_trees_all_equal_structs(local, weights)
+  one = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:],
+                                                              x.dtype), t)
+  index = _weight_index(one(local), one(weights))
+  flat = jax.vmap(lambda t: ravel_pytree(t)[0])(local)            # [C, N]
+  w = jax.vmap(lambda t: ravel_pytree(t)[0])(weights)             # [C, S]
+  # One sum per client over everything: finite only if every term is (a
+  # total past 3e38 also reads as non-finite: such a client has diverged).
+  ok = jnp.isfinite(flat.sum(1))                                   # [C]
+  w = w * valid[:, None]
+  use = w * ok[:, None]
+  participated = (w > 0).any(1)
   counted = valid & ok
   return {
-      'num': jax.tree.map(num, local, use),
-      'den': jax.tree.map(lambda w: w.sum(0), use),
+      # where() first: a skipped client (w = 0) must not turn 0 * nan into nan.
+      'num': _sum_clients(jnp.where(use[:, index] > 0, flat, 0.0)
+                          * use[:, index]),
+      'den': _sum_clients(use)[index],
       'skipped': jnp.sum(participated & ~ok),
       'participants': jnp.sum(participated),
       'metrics': {k: jnp.sum(jnp.where(counted, v, 0.0))
@@ -185,12 +197,9 @@ def apply_sums(params, opt_state, sums, tx: optax.GradientTransformation):
   client trained this round keep their server value exactly. The step runs
   on the params raveled into one vector (see init_opt_state).
   """
-  chex.assert_trees_all_equal_shapes(params, sums['num'])
   flat, unravel = ravel_pytree(params)
-  num = ravel_pytree(sums['num'])[0]
-  den = ravel_pytree(jax.tree.map(
-      lambda s, d: jnp.broadcast_to(expand(d, s), s.shape), params,
-      sums['den']))[0]
+  num, den = sums['num'], sums['den']
+  chex.assert_shape([num, den], flat.shape)
   avg = jnp.where(den > 0, num / jnp.maximum(den, 1e-12), flat)
   updates, opt_state = tx.update(flat - avg, opt_state, flat)
   new = jnp.where(den > 0, optax.apply_updates(flat, updates), flat)
