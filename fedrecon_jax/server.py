@@ -17,6 +17,8 @@ they stay available as `optax_adam` / `optax_yogi` / `optax_adagrad`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -125,23 +127,42 @@ def server_optimizer(cfg: Config, stage: int,
 # --------------------------------------------------------------- aggregation
 
 
-def _weight_index(params, weights) -> np.ndarray:
-  """[N] static ints: for each entry of one client's params raveled, the
-  entry of its weights raveled (leaves [*prefix of the param's shape])."""
-  index, offset = [], 0
-  for p, w in zip(jax.tree.leaves(params), jax.tree.leaves(weights)):
-    ids = np.arange(offset, offset + w.size).reshape(
-        w.shape + (1,) * (p.ndim - w.ndim))
-    index.append(np.broadcast_to(ids, p.shape).ravel())
-    offset += w.size
-  return np.concatenate(index)
-
-
 def _sum_clients(x):
   """[C, N] -> [N]: the sum over clients as a matrix-vector product; XLA:CPU
   ran x.sum(0) as a column reduction 10-25x slower (13 ms for [10, 142K])."""
   return jnp.matmul(jnp.ones(x.shape[0], x.dtype), x,
                     precision=jax.lax.Precision.HIGHEST)
+
+
+def _expand(w, ndim: int):
+  """A weight [*prefix] with trailing unit axes up to a param's ndim."""
+  return w.reshape(w.shape + (1,) * (ndim - w.ndim))
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=['sums'],
+                   meta_fields=['shapes'])
+@dataclasses.dataclass(frozen=True)
+class WeightSums:
+  """Summed contribution weights, one per entry of a client's weights."""
+  sums: jax.Array                  # [S]: the weights raveled
+  shapes: tuple[tuple[int, ...]]   # their leaf shapes (prefixes of params')
+
+  def spread(self, params) -> jax.Array:
+    """[N]: each entry of `params` raveled with its weight's sum."""
+    shapes = [p.shape for p in jax.tree.leaves(params)]
+    return self.sums[_weight_index(shapes, self.shapes)]
+
+
+def _weight_index(param_shapes, weight_shapes) -> np.ndarray:
+  """[N] static ints: for each entry of one client's params raveled, the
+  entry of its weights raveled (each weight's shape a prefix of its
+  param's)."""
+  index, offset = [], 0
+  for p, w in zip(param_shapes, weight_shapes, strict=True):
+    ids = np.arange(offset, offset + np.prod(w, dtype=int)).reshape(w)
+    index.append(np.broadcast_to(_expand(ids, len(p)), p).ravel())
+    offset += ids.size
+  return np.concatenate(index)
 
 
 def client_sums(local, weights, metrics, valid) -> dict:
@@ -154,19 +175,18 @@ def client_sums(local, weights, metrics, valid) -> dict:
     metrics: dict of per-client scalars [C].
     valid: [C] bool, False for padding clients.
   Returns:
-    num (sum of w * params) and den (sum of w), both [N] over the params
-    raveled (ravel_pytree of one client's), participants (clients with some
-    weight), skipped (those whose update is non-finite: left out, so one
-    bad client cannot poison the model), metric sums over counted clients
-    and their count.
+    num (sum of w * params, [N] over one client's params raveled), den (sum
+    of w, a WeightSums over one client's weights raveled), participants
+    (clients with some weight), skipped (those whose update is non-finite:
+    left out, so one bad client cannot poison the model), metric sums over
+    counted clients and their count.
   """
   # Raveled: a handful of compiled loops instead of a few per leaf (about
   # 1.2 s of XLA:CPU compile in a stage-1 round). Weights stay [C, S] (one
   # per prefix entry) until the gather inside the product needs [C, N].
   chex.assert_trees_all_equal_structs(local, weights)
-  one = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:],
-                                                              x.dtype), t)
-  index = _weight_index(one(local), one(weights))
+  shapes = tuple(x.shape[1:] for x in jax.tree.leaves(weights))
+  index = _weight_index([x.shape[1:] for x in jax.tree.leaves(local)], shapes)
   flat = jax.vmap(lambda t: ravel_pytree(t)[0])(local)            # [C, N]
   w = jax.vmap(lambda t: ravel_pytree(t)[0])(weights)             # [C, S]
   # One sum per client over everything: finite only if every term is (a
@@ -176,11 +196,15 @@ def client_sums(local, weights, metrics, valid) -> dict:
   use = w * ok[:, None]
   participated = (w > 0).any(1)
   counted = valid & ok
+  # where() first: a skipped client (w = 0) must not turn 0 * nan into nan.
+  num = jnp.where(use[:, index] > 0, flat, 0.0) * use[:, index]
   return {
-      # where() first: a skipped client (w = 0) must not turn 0 * nan into nan.
-      'num': _sum_clients(jnp.where(use[:, index] > 0, flat, 0.0)
-                          * use[:, index]),
-      'den': _sum_clients(use)[index],
+      # One client (the CPU default in stage 1) needs no sum over clients;
+      # the den stays one per weight ([S], not [N]) until apply_sums spreads
+      # it. Both cut a client's share of the chunk loop's aggregation from
+      # ~37 to ~24 ms (stage 1: 10 clients 377 -> 237 ms a round).
+      'num': num[0] if len(valid) == 1 else _sum_clients(num),
+      'den': WeightSums(_sum_clients(use), shapes),
       'skipped': jnp.sum(participated & ~ok),
       'participants': jnp.sum(participated),
       'metrics': {k: jnp.sum(jnp.where(counted, v, 0.0))
@@ -198,7 +222,8 @@ def apply_sums(params, opt_state, sums, tx: optax.GradientTransformation):
   on the params raveled into one vector (see init_opt_state).
   """
   flat, unravel = ravel_pytree(params)
-  num, den = sums['num'], sums['den']
+  num = sums['num']
+  den = sums['den'].spread(params)
   chex.assert_shape([num, den], flat.shape)
   avg = jnp.where(den > 0, num / jnp.maximum(den, 1e-12), flat)
   updates, opt_state = tx.update(flat - avg, opt_state, flat)

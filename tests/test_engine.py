@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from fedrecon_jax import rounds
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 
 import toy
@@ -67,3 +68,14 @@ def test_server_step_overflow_reads_as_non_finite(setup):
     _, metrics = toy.one_round(cfg, TASK_STAGE, params, population,
                                jax.random.key(0))
     assert bool(metrics['params_finite']) == finite, server_lr
+
+
+def test_cpu_round_options_yield_to_xla_flags(monkeypatch):
+  """Round programs on CPU keep dots out of YNNPACK, unless XLA_FLAGS says
+  otherwise; other platforms keep XLA's defaults."""
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  assert rounds.compiler_options('cpu') == {
+      'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
+  assert rounds.compiler_options('gpu') is None
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=')
+  assert rounds.compiler_options('cpu') is None

@@ -129,3 +129,45 @@ def test_sgdm_is_fedavgm(rounds_data):
   np.testing.assert_allclose(np.stack(got),
                              np.stack(fedavgm_reference(x0, ys, w)),
                              rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('chunked', [False, True])
+def test_fedavg_weights_each_entry_by_its_own_weight(chunked):
+  """McMahan et al.'s weighted mean, entry by entry, when each leaf (and each
+  row of a stacked leaf) has its own per-client weight, some of them zero:
+  as a Python loop over entries and clients. chunked: the clients' sums
+  taken one client at a time and added up, as the chunked round does."""
+  rng = np.random.default_rng(1)
+  shapes = {'a': ((3, 4), (3,)), 'b': ((5,), ()), 'c': ((2, 3, 2), (2, 3)),
+            'd': ((2,), (2,))}                 # param shape, weight shape
+  x = {k: rng.normal(size=p) for k, (p, _) in shapes.items()}
+  ys = [{k: rng.normal(size=p) for k, (p, _) in shapes.items()}
+        for _ in range(3)]
+  ws = [{k: rng.integers(0, 3, size=w).astype(float) for k, (_, w) in
+         shapes.items()} for _ in range(3)]
+  ws[0]['c'][0, 1] = ws[1]['c'][0, 1] = ws[2]['c'][0, 1] = 0.0  # nobody
+  want = {}
+  for k, (p, w_shape) in shapes.items():
+    want[k] = x[k].copy()
+    for idx in np.ndindex(*p):
+      prefix = idx[:len(w_shape)]
+      den = sum(w[k][prefix] for w in ws)
+      if den > 0:
+        want[k][idx] = sum(w[k][prefix] * y[k][idx]
+                           for w, y in zip(ws, ys)) / den
+
+  f32 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), t)
+  stack = lambda ts: f32(jax.tree.map(lambda *a: np.stack(a), *ts))
+  tx = server.server_optimizer(cfg(server_opt='fedavg'), TASK_STAGE)
+  params = f32(x)
+  opt_state = server.init_opt_state(tx, params)
+  if chunked:
+    parts = [server.client_sums(stack([y]), stack([w]), {}, jnp.ones(1, bool))
+             for y, w in zip(ys, ws)]
+    sums = jax.tree.map(lambda *a: sum(a), *parts)
+    got = server.apply_sums(params, opt_state, sums, tx)[0]
+  else:
+    got = server.aggregate(params, opt_state, stack(ys), stack(ws), tx)[0]
+  for k in shapes:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+  assert got['c'][0, 1].tolist() == f32(x)['c'][0, 1].tolist()
