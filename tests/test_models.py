@@ -14,7 +14,7 @@ import numpy as np
 from fedrecon_jax import client, rounds
 from fedrecon_jax.config import GEN_STAGE
 from fedrecon_jax.models import (AttentionFusion, DataSpec, Head, MLP, Model,
-                                 TaskEncoder, dense_dot)
+                                 TaskEncoder)
 
 import toy
 
@@ -118,23 +118,3 @@ def test_training_keeps_the_padding_zero():
     assert not np.any(enc['Dense_0']['kernel'][size:])
     assert not np.any(dec['Dense_2']['kernel'][:, size:])
     assert not np.any(dec['Dense_2']['bias'][size:])
-
-
-def test_dense_dot_gradients_equal_those_of_a_plain_matmul():
-  """models.dense_dot (the mappings' Dense) writes its own backward, dx as
-  (w @ g.T).T; its gradients must be those of x @ w, alone and vmapped over
-  pairs and clients as in a round. Square weights, so that a transposed w
-  in the backward would still run and be caught."""
-  dims = (((1,), (0,)), ((), ()))
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(3, 4, 5, 6)), jnp.float32)   # [C, P, B, i]
-  w = jnp.asarray(rng.normal(size=(3, 4, 6, 6)), jnp.float32)
-  loss = lambda dot: lambda x, w: jnp.sum(jnp.tanh(dot(x, w, dims)) ** 2)
-  ours, plain = loss(dense_dot), loss(jax.lax.dot_general)
-  grad = lambda f: jax.grad(f, argnums=(0, 1))
-  vmapped = lambda f: jax.vmap(jax.vmap(grad(f)))
-  for got, want in ((grad(ours)(x[0, 0], w[0, 0]),
-                     grad(plain)(x[0, 0], w[0, 0])),
-                    (jax.jit(vmapped(ours))(x, w), vmapped(plain)(x, w))):
-    for g, r in zip(got, want):
-      np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
