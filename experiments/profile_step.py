@@ -54,7 +54,9 @@ def main(argv):
   population = round_.fill(params, round_.place(exp.population))
   data = jax.tree.map(lambda x: x[0], population)   # client 0
   args = (h, trainable, frozen, data, jax.random.key(1))
-  compiled = jax.jit(stage_plan.client_update).lower(*args).compile()
+  # Compiled as the round programs are (rounds.compiler_options).
+  compiled = jax.jit(stage_plan.client_update, compiler_options=rounds.compiler_options(
+      jax.default_backend())).lower(*args).compile()
   hlo = compiled.as_text()
   run = lambda: jax.block_until_ready(compiled(*args))
   run()
