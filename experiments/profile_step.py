@@ -55,8 +55,9 @@ def main(argv):
   data = jax.tree.map(lambda x: x[0], population)   # client 0
   args = (h, trainable, frozen, data, jax.random.key(1))
   # Compiled as the round programs are (rounds.compiler_options).
-  compiled = jax.jit(stage_plan.client_update, compiler_options=rounds.compiler_options(
-      jax.default_backend())).lower(*args).compile()
+  options = rounds.compiler_options(jax.default_backend())
+  compiled = jax.jit(stage_plan.client_update,
+                     compiler_options=options).lower(*args).compile()
   hlo = compiled.as_text()
   run = lambda: jax.block_until_ready(compiled(*args))
   run()
