@@ -250,6 +250,7 @@ def table2_section(root: str, dataset: str, out: str) -> list[str]:
       lines.append(f'| {label} | {_pct(s["top1"])} | {_pct(s["top5"])} | '
                    f'{_pct(s["top10"])} | {s["median_rank"]:.1f} | '
                    f'{s["mean_rank"]:.1f} |')
+  lines += coherence_figure(rows, dataset, out)
   for name in rows:
     src = os.path.join(root, dataset, f'grid_{name}.png')
     if os.path.exists(src):
@@ -259,6 +260,36 @@ def table2_section(root: str, dataset: str, out: str) -> list[str]:
                 '(columns: modalities); row 1+m rebuilt from modality m '
                 f'alone.', '', f'![{name}]({dst})']
   return lines
+
+
+def coherence_figure(rows: dict, dataset: str, out: str) -> list[str]:
+  """One-input coherence against generator round and against training time,
+  one curve per generator, from the checkpoints table2 scored."""
+  curves = {name: r['curve'] for name, r in rows.items() if r.get('curve')}
+  if not curves:
+    return []
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+  for name, curve in curves.items():
+    coh = [100 * c['coherence_single_mean'] for c in curve]
+    axes[0].plot([c['round'] for c in curve], coh, marker='o', label=name)
+    axes[1].plot([c['train_seconds'] / 60 for c in curve], coh, marker='o',
+                 label=name)
+  axes[0].set(xlabel='generator round',
+              ylabel='one-input coherence % (test)')
+  axes[1].set(xlabel='training wall-clock (min, compile included)')
+  for ax in axes:
+    ax.axhline(10, color='gray', lw=0.8, ls=':')   # chance: 10 classes
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f'{dataset}: coherence of x_n rebuilt from one x_m, n != m')
+  fig.tight_layout()
+  name = f'coherence_{dataset}.png'
+  fig.savefig(os.path.join(out, name), dpi=100)
+  plt.close(fig)
+  return ['', f'One-input coherence against generator round (left) and '
+          'training time (right), scored from the checkpoints every '
+          f'{table2.CURVE_EVERY} rounds (dotted: chance).', '',
+          f'![coherence]({name})']
 
 
 # ------------------------------------------------------------------- header
@@ -308,9 +339,15 @@ def write_page(root: str, grid: str, datasets, out: str) -> str:
            f'- Table 1 ({names}): {len(done)} of {len(runs)} '
            f'runs finished; run time {_compute(done)}.']
   for d in datasets:
+    rows, _ = table2.load_results(os.path.join(root, 'table2'), d)
+    per_round = ', '.join(f'{name} {r["seconds_per_round"]:.1f}'
+                          for name, r in rows.items()
+                          if 'seconds_per_round' in r)
     lines.append(f'- Table 2, {d}: run time '
                  f'{_compute(_table2_summaries(os.path.join(root, "table2"), d))}'
-                 ' (training; scoring adds about a minute).')
+                 ' (training; scoring adds about a minute)'
+                 + (f'; seconds per generator round (median): {per_round}.'
+                    if per_round else '.'))
   if os.path.exists(os.path.join(out, 'reading.md')):
     lines += ['', 'How to read these numbers, and where they differ from the '
               'paper: [reading.md](reading.md) (written by hand).']

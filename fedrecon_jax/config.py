@@ -60,7 +60,8 @@ class Config:
   # Data and partition.
   dataset: str = _f('uci_multifeature', 'TFDS builder to train on.',
                     choices=('uci_multifeature', 'uci_multifeature_small',
-                             'polymnist_5k', 'polymnist', 'uci_har'))
+                             'polymnist_5k', 'polymnist_5k_small', 'polymnist',
+                             'uci_har'))
   data_dir: str = _f('', 'TFDS data_dir (default: $TFDS_DATA_DIR or '
                      '~/tensorflow_datasets).')
   manual_dir: str = _f('', 'Folder with user-provided files for polymnist / '

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrecon_jax import client, recon_metrics
-from fedrecon_jax.config import Config, per_program
+from fedrecon_jax.config import TASK_STAGE, Config, per_program
 from fedrecon_jax.models import Model
 
 
@@ -67,7 +67,12 @@ def _predictor(cfg: Config, model: Model):
 
 def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
                    present_complete=None, chunk: int = 500):
-  """Returns evaluate(params) -> dict of floats.
+  """Returns evaluate(params, stage=TASK_STAGE) -> dict of floats.
+
+  The task metrics (f1_macro, accuracy, ...) come only from a task-stage
+  evaluation: in the generator stage the task model has not trained, and a
+  generator-only run (--rounds=0) never trains it, so its records hold the
+  generator's metrics alone.
 
   Args:
     xs_test: per modality [N, ...] float32, the full test set.
@@ -101,10 +106,13 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
     return np.concatenate([np.asarray(predict(params, c[:-1], c[-1]))
                            for c in chunks([*xs, pres])])[:n]
 
-  def evaluate(params) -> dict:
-    preds = classify(params, xs_in, present)
-    out = {'f1_macro': macro_f1(y_test, preds), 'accuracy': accuracy(y_test, preds)}
-    if present_complete is not None:
+  def evaluate(params, stage: int = TASK_STAGE) -> dict:
+    out = {}
+    if stage == TASK_STAGE:
+      preds = classify(params, xs_in, present)
+      out = {'f1_macro': macro_f1(y_test, preds),
+             'accuracy': accuracy(y_test, preds)}
+    if stage == TASK_STAGE and present_complete is not None:
       preds = classify(params, xs_complete, present_complete)
       out['f1_macro_complete'] = macro_f1(y_test, preds)
       out['accuracy_complete'] = accuracy(y_test, preds)

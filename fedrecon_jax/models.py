@@ -90,27 +90,82 @@ class MLP(nn.Module):
     return nn.Dense(self.out)(x)
 
 
+def patches(x: jax.Array, size: int, stride: int) -> jax.Array:
+  """[B, H, W, C] -> [B, ceil(H/s), ceil(W/s), size * size * C]: each output
+  position's size x size window ('SAME' padding, as nn.Conv pads), the
+  window's rows, then columns, then channels on the last axis."""
+  _, h, w, _ = x.shape
+  ho, wo = -(-h // stride), -(-w // stride)
+  ph = max((ho - 1) * stride + size - h, 0)
+  pw = max((wo - 1) * stride + size - w, 0)
+  x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
+                  (0, 0)))
+  return jnp.concatenate(
+      [x[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:
+         stride] for i in range(size) for j in range(size)], axis=-1)
+
+
+class PatchConv(nn.Module):
+  """nn.Conv(features, (3, 3), strides, 'SAME') as patches and one Dense.
+
+  The same function as nn.Conv (its kernel [3, 3, C, F] is this Dense's
+  [9 C, F], row-major), computed as a matmul: the generator's convolutions
+  are vmapped over modalities and clients, and XLA:CPU runs a vmapped
+  nn.Conv as a grouped convolution whose backward pass is many times slower
+  than the batched matmuls this becomes (experiments/results/conv_cpu.md).
+  """
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.features)(patches(x, 3, self.stride))
+
+
+def depth_to_space(x: jax.Array, r: int = 2) -> jax.Array:
+  """[B, H, W, r * r * C] -> [B, r H, r W, C] (sub-pixel upsampling)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, r, r, c // (r * r)).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * r, w * r, c // (r * r))
+
+
+# Channels of the image encoder's two stride-2 convolutions (the decoder
+# mirrors them).
+CONV_CHANNELS = (16, 32)
+
+
 class ConvEncoder(nn.Module):
-  """[B, 3, 28, 28] -> [B, out]."""
+  """[B, C, H, W] -> [B, out]: two stride-2 3x3 convolutions, a hidden
+  layer."""
   out: int
 
   @nn.compact
   def __call__(self, x):
     x = jnp.transpose(x, (0, 2, 3, 1))
-    x = nn.gelu(nn.Conv(16, (3, 3), strides=2)(x))   # 14x14
-    x = nn.gelu(nn.Conv(32, (3, 3), strides=2)(x))   # 7x7
+    for c in CONV_CHANNELS:
+      x = nn.gelu(PatchConv(c, stride=2)(x))
     x = nn.gelu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
     return nn.Dense(self.out)(x)
 
 
 class ConvDecoder(nn.Module):
-  """[B, d] -> [B, 3, 28, 28] in [0, 1]."""
+  """[B, d] -> [B, C, H, W]: a Dense onto a (H/4, W/4) grid, then two 2x
+  sub-pixel upsamplings (a 3x3 convolution to 4x the channels, then
+  depth_to_space: a stride-2 transposed convolution's function, as matmuls).
+
+  The output is the Laplace mean itself, unbounded, as MoPoE's and MMVAE+'s
+  PolyMNIST decoders leave it: a sigmoid saturates on the backgrounds'
+  near-0 and near-1 pixels, where the Laplace gradient keeps pushing."""
+  shape: tuple[int, int, int]       # C, H, W
 
   @nn.compact
   def __call__(self, z):
-    x = nn.gelu(nn.Dense(7 * 7 * 32)(z)).reshape(z.shape[0], 7, 7, 32)
-    x = nn.gelu(nn.ConvTranspose(16, (3, 3), strides=(2, 2))(x))  # 14x14
-    x = nn.sigmoid(nn.ConvTranspose(3, (3, 3), strides=(2, 2))(x))  # 28x28
+    c, h, w = self.shape
+    gh, gw = -(-h // 4), -(-w // 4)
+    top = CONV_CHANNELS[-1]
+    x = nn.gelu(nn.Dense(gh * gw * top)(z)).reshape(z.shape[0], gh, gw, top)
+    x = nn.gelu(depth_to_space(PatchConv(4 * CONV_CHANNELS[0])(x)))
+    x = depth_to_space(PatchConv(4 * c)(x))[:, :h, :w]
     return jnp.transpose(x, (0, 3, 1, 2))
 
 
@@ -192,8 +247,8 @@ class Model:
     self.gen_enc, self.gen_dec = {}, {}
     for g in self.groups:
       if g.arch == 'conv':
-        self.gen_enc[g.name], self.gen_dec[g.name] = (ConvEncoder(2 * d),
-                                                      ConvDecoder())
+        self.gen_enc[g.name], self.gen_dec[g.name] = (
+            ConvEncoder(2 * d), ConvDecoder(spec.shapes[g.members[0]]))
       else:
         self.gen_enc[g.name] = MLP((gen_width, gen_width), 2 * d)
         self.gen_dec[g.name] = MLP((gen_width, gen_width), g.width)

@@ -274,18 +274,7 @@ def table2_metrics(kind: str, model: Model, params: Any,
     chex.assert_equal(len(probes), num)
   fn = reconstructor(kind, model, params)
   out: dict[str, Any] = {'modalities': tuple(names)}
-
-  # Single sources: one pass per source gives a column of the MSE matrix and
-  # the reconstructions the probes label.
-  mse = np.zeros((num, num))
-  coh_single = np.zeros((num, num))
-  for m in range(num):
-    x_hats, err = reconstruct_in_chunks(fn, test_xs, _only(m, num), chunk=chunk)
-    mse[:, m] = err.mean(0)
-    if probes is not None:
-      for n in range(num):
-        coh_single[n, m] = probes_lib.coherence(probes[n], x_hats[n], test_y,
-                                                chunk=chunk)
+  mse, coh_single = single_sources(fn, test_xs, test_y, probes, chunk=chunk)
   out['mse'] = mse
 
   mse_loo = np.zeros(num)
@@ -301,13 +290,40 @@ def table2_metrics(kind: str, model: Model, params: Any,
         for p, x in zip(probes, test_xs)])
     out['coherence_loo'] = coh_loo
     out['coherence_single'] = coh_single
-    off_diagonal = ~np.eye(num, dtype=bool)
-    out['coherence_single_mean'] = np.array([
-        coh_single[n, off_diagonal[n]].mean() for n in range(num)])
+    out['coherence_single_mean'] = off_diagonal_mean(coh_single)
 
   if kind == 'mapping':
     out['retrieval'] = mapping_retrieval(model, params, test_xs, chunk=chunk)
   return out
+
+
+def single_sources(reconstruct_from: ReconstructFn,
+                   test_xs: Sequence[np.ndarray], test_y: np.ndarray,
+                   probes: Sequence[probes_lib.Probe] | None, *,
+                   chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+  """Every modality rebuilt from each single source m, one pass per source.
+
+  Returns (mse, coherence), each [M, M] with (n, m) = modality n rebuilt from
+  m alone (diagonal: self); coherence is zeros without probes.
+  """
+  num = len(test_xs)
+  mse, coh = np.zeros((num, num)), np.zeros((num, num))
+  for m in range(num):
+    x_hats, err = reconstruct_in_chunks(reconstruct_from, test_xs,
+                                        _only(m, num), chunk=chunk)
+    mse[:, m] = err.mean(0)
+    if probes is not None:
+      for n in range(num):
+        coh[n, m] = probes_lib.coherence(probes[n], x_hats[n], test_y,
+                                         chunk=chunk)
+  return mse, coh
+
+
+def off_diagonal_mean(matrix: np.ndarray) -> np.ndarray:
+  """[M, M] -> [M]: row n's mean over the columns m != n (cross-modal)."""
+  matrix = np.asarray(matrix)
+  off = ~np.eye(len(matrix), dtype=bool)
+  return np.array([matrix[n, off[n]].mean() for n in range(len(matrix))])
 
 
 def mapping_retrieval(model: Model, params: Any,

@@ -121,7 +121,8 @@ def _run_locked(runs: list[_Run], primary: bool) -> list[dict]:
       summary = _diverged_summary(run_, seconds)
     else:
       summary = _summary(run_.cfg, run_.exp, run_.last_eval or run_.evaluate(
-          _take(state, i, stacked).params), seconds)
+          _take(state, i, stacked).params,
+          run_.cfg.stage(run_.cfg.total_rounds)), seconds)
     if primary:
       workdir.write_summary(run_.cfg.workdir, summary)
     summaries.append(summary)
@@ -140,7 +141,8 @@ def _start(runs: list[_Run], primary: bool) -> server.ServerState:
     # The evaluator runs on this process's default device: replicated
     # params are fetched to the host first when the mesh spans processes.
     run_.evaluate = (evaluate if jax.process_count() == 1 else
-                     lambda params, f=evaluate: f(jax.device_get(params)))
+                     lambda params, stage, f=evaluate: f(jax.device_get(params),
+                                                         stage))
     if primary:  # before anything is written, not at the first save
       workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp, cfg),
                                cfg.keep_checkpoints)
@@ -268,7 +270,7 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, params, t0: float,
                     record['participants'])
   end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
   if why is None and (r % cfg.eval_every == 0 or end_of_stage):
-    run_.last_eval = run_.evaluate(params)
+    run_.last_eval = run_.evaluate(params, stage)
     record.update(run_.last_eval)
     if all(math.isfinite(v) for v in run_.last_eval.values()):
       run_.last_finite_eval = {'round': r, **run_.last_eval}

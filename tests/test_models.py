@@ -7,14 +7,16 @@ that the group computes exactly that, that training keeps the padding zero,
 and that each member's init has its own fan-in.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fedrecon_jax import client, rounds
 from fedrecon_jax.config import GEN_STAGE
-from fedrecon_jax.models import (AttentionFusion, DataSpec, Head, MLP, Model,
-                                 TaskEncoder)
+from fedrecon_jax.models import (AttentionFusion, ConvDecoder, ConvEncoder,
+                                 DataSpec, Head, MLP, Model, PatchConv,
+                                 TaskEncoder, depth_to_space)
 
 import toy
 
@@ -96,7 +98,6 @@ def test_each_member_starts_with_its_own_fan_in():
   assert not np.any(last[0, :, 8:]) and np.all(np.any(last[0, :, :8], 0))
 
 
-
 def test_training_keeps_the_padding_zero():
   """A client update with weight decay and FedProx leaves every padded row
   and column exactly zero (their gradients are zero)."""
@@ -118,3 +119,44 @@ def test_training_keeps_the_padding_zero():
     assert not np.any(enc['Dense_0']['kernel'][size:])
     assert not np.any(dec['Dense_2']['kernel'][:, size:])
     assert not np.any(dec['Dense_2']['bias'][size:])
+
+
+def test_patch_conv_is_nn_conv_with_the_same_kernel():
+  # PatchConv is a matmul rewrite of nn.Conv(F, (3, 3), strides, 'SAME'):
+  # nn.Conv with PatchConv's Dense kernel reshaped to [3, 3, C, F] is the
+  # reference, odd and even sizes and both strides.
+
+  for shape, stride in (((2, 7, 7, 4), 1), ((2, 28, 28, 3), 2),
+                        ((1, 14, 9, 5), 2)):
+    x = jax.random.normal(jax.random.key(0), shape)
+    conv = PatchConv(6, stride=stride)
+    params = conv.init(jax.random.key(1), x)['params']
+    kernel = params['Dense_0']['kernel'].reshape(3, 3, shape[-1], 6)
+    ref = nn.Conv(6, (3, 3), strides=stride, padding='SAME').apply(
+        {'params': {'kernel': kernel, 'bias': params['Dense_0']['bias']}}, x)
+    np.testing.assert_allclose(conv.apply({'params': params}, x), ref,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_depth_to_space_moves_each_channel_block_to_its_sub_pixel():
+  x = np.random.default_rng(0).normal(size=(2, 3, 4, 2 * 2 * 5)).astype(
+      np.float32)
+  y = np.asarray(depth_to_space(jnp.asarray(x), 2))
+  assert y.shape == (2, 6, 8, 5)
+  for i in range(3):
+    for j in range(4):
+      for di in range(2):
+        for dj in range(2):
+          np.testing.assert_array_equal(
+              y[:, 2 * i + di, 2 * j + dj], x[:, i, j, (2 * di + dj) * 5:
+                                              (2 * di + dj + 1) * 5])
+
+
+def test_image_networks_take_any_height_width_and_channels():
+  for chw in ((3, 28, 28), (1, 30, 18)):
+    x = jnp.ones((2, *chw))
+    enc = ConvEncoder(8)
+    assert enc.apply(enc.init(jax.random.key(0), x), x).shape == (2, 8)
+    dec = ConvDecoder(chw)
+    z = jnp.ones((2, 4))
+    assert dec.apply(dec.init(jax.random.key(0), z), z).shape == (2, *chw)

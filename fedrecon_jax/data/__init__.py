@@ -11,7 +11,7 @@ from fedrecon_jax.data.loader import DATASETS
 from fedrecon_jax.data.loader import load
 from fedrecon_jax.data.loader import Split
 # pylint: disable=g-bad-import-order,unused-import
-from fedrecon_jax.data import polymnist  # registers polymnist, polymnist_5k
+from fedrecon_jax.data import polymnist  # polymnist, polymnist_5k(_small)
 from fedrecon_jax.data import uci_har
 from fedrecon_jax.data import uci_multifeature  # and uci_multifeature_small
 # pylint: enable=g-bad-import-order,unused-import

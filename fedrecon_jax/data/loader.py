@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 DATASETS = ('uci_multifeature', 'uci_multifeature_small', 'polymnist_5k',
-            'polymnist', 'uci_har')
+            'polymnist_5k_small', 'polymnist', 'uci_har')
 KINDS = ('vector', 'image', 'sequence')
 STD_FLOOR = 1e-6
 
@@ -91,6 +91,7 @@ def _builders() -> dict[str, type[Builder]]:
       'uci_multifeature': uci_multifeature.UciMultifeature,
       'uci_multifeature_small': uci_multifeature.UciMultifeatureSmall,
       'polymnist_5k': polymnist.Polymnist5k,
+      'polymnist_5k_small': polymnist.Polymnist5kSmall,
       'polymnist': polymnist.Polymnist,
       'uci_har': uci_har.UciHar,
   }
