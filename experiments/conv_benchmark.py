@@ -14,6 +14,7 @@ Writes experiments/results/conv_cpu.{json,md}.
 
 import json
 import os
+import subprocess
 import time
 
 from absl import app
@@ -99,7 +100,8 @@ def main(argv):
   base = {r['clients']: r['median_s'] for r in rows
           if r['variant'].startswith('nn.Conv')}
   lines = ['# Image generator step on XLA:CPU: nn.Conv vs PatchConv', '',
-           f'`python -m experiments.conv_benchmark` on {jax.devices()[0]}, '
+           f'`python -m experiments.conv_benchmark` at commit {_commit()} '
+           f'on {jax.devices()[0]}, {time.strftime("%Y-%m-%d")}, '
            f'{_REPEATS.value} alternating steps each; one gradient step of '
            'encoder + decoder over clients x modalities x batch.', '',
            '| clients | variant | median s | min s | compile s | speed-up |',
@@ -115,6 +117,15 @@ def main(argv):
     json.dump(rows, f, indent=1)
   with open(_OUT.value + '.md', 'w') as f:
     f.write(text)
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
+                          capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(__file__)).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
 
 
 class _Chw(nn.Module):

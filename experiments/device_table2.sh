@@ -36,9 +36,10 @@ for split in ('train', 'test'):
   for k, x in enumerate(part.xs):
     folder = root / split / f'm{k}'
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-      pixels = np.round(x[i] * 255).astype(np.uint8).transpose(1, 2, 0)
-      Image.fromarray(pixels).save(folder / f'{i}.{part.y[i]}.png')
+    # Every k-th sample: the splits are sorted by class.
+    for i, j in enumerate(np.linspace(0, len(part.y) - 1, n).astype(int)):
+      pixels = np.round(x[j] * 255).astype(np.uint8).transpose(1, 2, 0)
+      Image.fromarray(pixels).save(folder / f'{i}.{part.y[j]}.png')
 PY
   GEN_ROUNDS=${GEN_ROUNDS:-1}
   EXTRA="--num_clients=2 --clients_per_round=2 --probe_steps=20"

@@ -16,8 +16,10 @@ Parts (each skips finished runs, so re-running resumes where it stopped):
           the top; Table 1 with FedRecon's margins over the baselines next to
           the paper's, also on complete test samples (the same runs); the
           freezing figure (macro-F1 per task round, fedrecon vs
-          fedrecon_no_freeze at alpha=0.1) with a fluctuation statistic;
-          Table 2 per dataset; PolyMNIST reconstruction grids.
+          fedrecon_no_freeze at alpha=0.1) with a fluctuation statistic
+          (left as it was when root holds no Table 1 runs); <out>/table2.md:
+          Table 2 per dataset with its run time and seconds per round, the
+          one-input coherence curves, PolyMNIST reconstruction grids.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ _DATASETS = flags.DEFINE_list('table2_datasets',
 # The paper's headline: FedRecon minus FedOpt (unimodal), macro-F1 points.
 PAPER_MARGIN = {0.1: 2.81, 5.0: 3.84}
 FREEZE_ALPHA = 0.1
+TABLE2_PAGE = 'table2.md'
 # FedAvg rows of the reduced grid (config of the same name); the full grid
 # has a server_opt axis of its own.
 FEDAVG = 'table1_fedavg'
@@ -327,27 +330,27 @@ def _table2_summaries(root, dataset):
   return out
 
 
-def write_page(root: str, grid: str, datasets, out: str) -> str:
+def _header(title: str) -> list[str]:
+  return [f'# {title}', '',
+          f'Generated {datetime.date.today()} by `'
+          + ' '.join(['python -m experiments.paper', *sys.argv[1:]])
+          + f'` at commit {_commit()}.', '']
+
+
+def write_page(root: str, grid: str, datasets, out: str) -> str | None:
+  """results.md: Table 1, the freezing figure, ablations, and a link to the
+  Table 2 page. None (nothing written) without Table 1 runs in root, so a
+  Table-2-only rerun leaves the page of an earlier Table 1 as it was."""
   os.makedirs(out, exist_ok=True)
   runs = table1_runs(root, grid)
+  if not runs:
+    return None
   done = [r.summary for r in runs if r.summary is not None]
   names = ' + '.join(name for name, _ in table1_sweeps(root, grid))
-  lines = ['# FedRecon on shipped data: Table 1, Table 2, figures', '',
-           f'Generated {datetime.date.today()} by `'
-           + ' '.join(['python -m experiments.paper', *sys.argv[1:]])
-           + f'` at commit {_commit()}.', '',
-           f'- Table 1 ({names}): {len(done)} of {len(runs)} '
-           f'runs finished; run time {_compute(done)}.']
-  for d in datasets:
-    rows, _ = table2.load_results(os.path.join(root, 'table2'), d)
-    per_round = ', '.join(f'{name} {r["seconds_per_round"]:.1f}'
-                          for name, r in rows.items()
-                          if 'seconds_per_round' in r)
-    lines.append(f'- Table 2, {d}: run time '
-                 f'{_compute(_table2_summaries(os.path.join(root, "table2"), d))}'
-                 ' (training; scoring adds about a minute)'
-                 + (f'; seconds per generator round (median): {per_round}.'
-                    if per_round else '.'))
+  lines = _header('FedRecon on shipped data: Table 1 and figures') + [
+      f'- Table 1 ({names}): {len(done)} of {len(runs)} '
+      f'runs finished; run time {_compute(done)}.',
+      f'- Table 2 ({", ".join(datasets)}): [{TABLE2_PAGE}]({TABLE2_PAGE}).']
   if os.path.exists(os.path.join(out, 'reading.md')):
     lines += ['', 'How to read these numbers, and where they differ from the '
               'paper: [reading.md](reading.md) (written by hand).']
@@ -364,10 +367,31 @@ def write_page(root: str, grid: str, datasets, out: str) -> str:
   ablations = ablation_section(root, runs) if grid == 'reduced' else []
   if ablations:
     lines += ['', '## Ablations', ''] + ablations
+  path = os.path.join(out, 'results.md')
+  metrics_writer.write_text_atomic(path, '\n'.join(lines) + '\n')
+  return path
+
+
+def write_table2_page(root: str, datasets, out: str) -> str:
+  """table2.md: per dataset, the run time and seconds per generator round,
+  Table 2, the coherence curve and the reconstruction grids."""
+  os.makedirs(out, exist_ok=True)
+  t2 = os.path.join(root, 'table2')
+  lines = _header('FedRecon on shipped data: Table 2, reconstruction')
+  for d in datasets:
+    rows, _ = table2.load_results(t2, d)
+    per_round = ', '.join(f'{name} {r["seconds_per_round"]:.1f}'
+                          for name, r in rows.items()
+                          if 'seconds_per_round' in r)
+    lines.append(f'- {d}: training time {_compute(_table2_summaries(t2, d))}'
+                 + (f'; median seconds per generator round: {per_round}'
+                    if per_round else '') + '.')
+  if os.path.exists(os.path.join(out, 'reading.md')):
+    lines += ['', 'How to read these numbers: [reading.md](reading.md).']
   for d in datasets:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
-    lines += table2_section(os.path.join(root, 'table2'), d, out)
-  path = os.path.join(out, 'results.md')
+    lines += table2_section(t2, d, out)
+  path = os.path.join(out, TABLE2_PAGE)
   metrics_writer.write_text_atomic(path, '\n'.join(lines) + '\n')
   return path
 
@@ -396,8 +420,11 @@ def main(argv):
         for v in table2.VARIANTS:
           table2.run_variant(d, v, os.path.join(_ROOT.value, 'table2'))
     if 'report' in _PARTS.value:
-      print(write_page(_ROOT.value, _TABLE1.value, _DATASETS.value,
-                       _OUT.value))
+      page = write_page(_ROOT.value, _TABLE1.value, _DATASETS.value,
+                        _OUT.value)
+      print(page or f'No Table 1 runs in {_ROOT.value}: results.md left as '
+            'it was.')
+      print(write_table2_page(_ROOT.value, _DATASETS.value, _OUT.value))
   except sweep.GridError as e:
     sys.exit(f'error: {e}')
   print(f'paper: done in {time.time() - t0:.0f} s', flush=True)

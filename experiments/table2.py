@@ -230,9 +230,10 @@ def _save_grid(path: str, kind: str, exp: experiment.Experiment, params) -> None
   """True test images (row 0) and their rebuilds from each single source."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   num = exp.spec.num_modalities
-  # One example per class where possible, the same ones in every grid.
-  idx = [int(np.flatnonzero(exp.test_y == c)[0])
-         for c in range(min(GRID_EXAMPLES, exp.spec.num_classes))]
+  # One example per class where possible (the first of each of the first
+  # classes the test set holds), the same ones in every grid.
+  classes = np.unique(exp.test_y)[:GRID_EXAMPLES]
+  idx = [int(np.flatnonzero(exp.test_y == c)[0]) for c in classes]
   true_xs = [x[idx] for x in exp.test_xs]
   fn = recon_metrics.reconstructor(kind, exp.model, params)
   rows = []

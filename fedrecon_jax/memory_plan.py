@@ -37,11 +37,9 @@ from fedrecon_jax.config import Config, GEN_STAGE, TASK_STAGE
 
 # Clients in flight per CPU device that run a round fastest, measured on a
 # 2-core VM (experiments/results/benchmark_cpu.md, runs_benchmark_cpu.md):
-# stage 1 (a 23.6 MB generator and its optimizer state per client) one at a
-# time: the default run's 10 clients 2.46 s/round vs 4.39 s at once
-# (session 11; the benchmark's 1-step clients: 1.41x at 64, 1.28x at 16);
-# stage 2 slows down past ~10 (8 runs x 10 clients at once 22 s/round, in
-# chunks of 8: 8.4 s).
+# in stage 1 each client carries a whole generator and its optimizer state,
+# and one at a time runs faster than the cohort at once; stage 2's small
+# task models slow down past about ten at once.
 CPU_IN_FLIGHT = {GEN_STAGE: 1, TASK_STAGE: 10}
 
 

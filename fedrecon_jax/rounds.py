@@ -38,10 +38,10 @@ from fedrecon_jax.server import ServerState
 RUNS, CLIENTS = 'runs', 'clients'
 
 # XLA:CPU hands reductions and single dots to YNNPACK by default. This
-# workload's dots (the mappings' 30 batched [32, 256] x [256, 256], the
-# generator MLPs) run faster in XLA's own emitter: a stage-1 client update
-# 358 -> 298 ms, a round 2.79 -> 2.46 s for the same CPU seconds (both
-# compiled from one lowering, run alternately). Reductions stay in YNNPACK.
+# workload's dots (the mappings' batched small matmuls, the generator MLPs)
+# run faster in XLA's own emitter, for the same CPU seconds (measured in
+# experiments/results/profile_stage1_cpu.md and benchmark_cpu.md).
+# Reductions stay in YNNPACK.
 _CPU_COMPILER_OPTIONS = (
     ('xla_cpu_experimental_ynn_fusion_type', 'LIBRARY_FUSION_TYPE_REDUCE'),)
 

@@ -164,6 +164,17 @@ def test_polymnist_5k_raw_records(poly_raw):
   np.testing.assert_array_equal(counts, [500] * 10)
 
 
+def test_polymnist_5k_small_is_every_10th_sample_of_three_modalities(
+    poly, data_dir):
+  small = data.load('polymnist_5k_small', data_dir=data_dir)
+  assert small.modalities == ('m0', 'm1', 'm2') and small.num_classes == 10
+  for part, whole in ((small.train, poly.train), (small.test, poly.test)):
+    np.testing.assert_array_equal(part.y, whole.y[::10])
+    np.testing.assert_array_equal(np.bincount(part.y), [len(part.y) // 10] * 10)
+    for x, x_whole in zip(part.xs, whole.xs):
+      np.testing.assert_array_equal(x, x_whole[::10])
+
+
 def test_polymnist_5k_loaded_as_unit_floats(poly):
   assert poly.modalities == ('m0', 'm1', 'm2', 'm3', 'm4')
   assert poly.kinds == ('image',) * 5 and poly.num_classes == 10

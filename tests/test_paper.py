@@ -96,5 +96,7 @@ def test_page_reports_the_runs_margins_and_freezing(root, tiny):
   assert row.split('|')[2].strip().startswith(f'{margin:+.1f}'), row
   assert os.path.exists(os.path.join(root, 'out', 'freezing.png'))
   assert '| fedopt 0.3 | fedrecon_no_freeze | 2 |' in text
+  text = open(paper.write_table2_page(root, [DATASET],
+                                      os.path.join(root, 'out'))).read()
   assert '| fedrecon_no_T |' in text                 # Table 2 from the runs
   assert 'No Table 2 results' not in text

@@ -57,14 +57,17 @@ def test_table1_table2_and_page(tmp_path):
   out = os.path.join(root, 'out')
   text = open(paper.write_page(root, 'reduced', [VECTORS, IMAGES],
                                out)).read()
+  assert f']({paper.TABLE2_PAGE})' in text
+  page2 = open(paper.write_table2_page(root, [VECTORS, IMAGES], out)).read()
   _, runs = report.load_runs(t1)
   f1 = {r.cfg.method: 100 * r.summary['f1_macro'] for r in runs}
   row = next(l for l in text.splitlines() if l.startswith('| fedopt 0.1 0.3'))
   margin = f1['fedrecon'] - f1['unimodal']
   assert row.split('|')[2].strip().startswith(f'{margin:+.1f}'), row
   for dataset in (VECTORS, IMAGES):
-    assert f'## Table 2: reconstruction, {dataset}' in text
-  assert '| fedrecon_no_T |' in text and '| moe |' in text
-  assert 'No Table 2 results' not in text
+    assert f'## Table 2: reconstruction, {dataset}' in page2
+  assert '| fedrecon_no_T |' in page2 and '| moe |' in page2
+  assert 'No Table 2 results' not in page2
+  assert 'median seconds per generator round: fedrecon' in page2
   assert os.path.exists(os.path.join(out, f'grid_{IMAGES}_fedrecon.png'))
   assert os.path.exists(os.path.join(out, f'coherence_{IMAGES}.png'))
