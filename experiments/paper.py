@@ -289,9 +289,10 @@ def coherence_figure(rows: dict, dataset: str, out: str) -> list[str]:
   name = f'coherence_{dataset}.png'
   fig.savefig(os.path.join(out, name), dpi=100)
   plt.close(fig)
+  rounds = sorted({c['round'] for curve in curves.values() for c in curve})
   return ['', f'One-input coherence against generator round (left) and '
-          'training time (right), scored from the checkpoints every '
-          f'{table2.CURVE_EVERY} rounds (dotted: chance).', '',
+          'training time (right), scored from the checkpoints of rounds '
+          f'{", ".join(map(str, rounds))} (dotted: chance).', '',
           f'![coherence]({name})']
 
 
@@ -335,6 +336,17 @@ def _header(title: str) -> list[str]:
           f'Generated {datetime.date.today()} by `'
           + ' '.join(['python -m experiments.paper', *sys.argv[1:]])
           + f'` at commit {_commit()}.', '']
+
+
+def _table2_seconds(root, dataset) -> list[float]:
+  """Each variant's table2 wall time (training, probes, scoring)."""
+  out = []
+  for variant in table2.VARIANTS:
+    path = os.path.join(root, dataset, variant, table2.RESULTS_JSON)
+    if os.path.exists(path):
+      with open(path) as f:
+        out.append(json.load(f).get('seconds', 0.0))
+  return out
 
 
 def write_page(root: str, grid: str, datasets, out: str) -> str | None:
@@ -383,7 +395,10 @@ def write_table2_page(root: str, datasets, out: str) -> str:
     per_round = ', '.join(f'{name} {r["seconds_per_round"]:.1f}'
                           for name, r in rows.items()
                           if 'seconds_per_round' in r)
+    total = sum(_table2_seconds(t2, d))
     lines.append(f'- {d}: training time {_compute(_table2_summaries(t2, d))}'
+                 + (f'; {total / 60:.1f} min in all with the probes and the '
+                    'scoring' if total else '')
                  + (f'; median seconds per generator round: {per_round}'
                     if per_round else '') + '.')
   if os.path.exists(os.path.join(out, 'reading.md')):

@@ -172,6 +172,8 @@ def run_variant(dataset: str, variant: str, root: str,
                  state.params)
   results[variant]['curve'] = coherence_curve(cfg, exp, ckpt, judges)
   ckpt.close()
+  # This call's wall time: training (if it trained), probes, scoring.
+  results['seconds'] = time.time() - t0
   write_json_atomic(scores, results, indent=1)
   print(f'table2: {dataset}/{variant} done in {time.time() - t0:.0f} s',
         flush=True)

@@ -69,5 +69,6 @@ def test_table1_table2_and_page(tmp_path):
   assert '| fedrecon_no_T |' in page2 and '| moe |' in page2
   assert 'No Table 2 results' not in page2
   assert 'median seconds per generator round: fedrecon' in page2
+  assert 'min in all with the probes and the scoring' in page2
   assert os.path.exists(os.path.join(out, f'grid_{IMAGES}_fedrecon.png'))
   assert os.path.exists(os.path.join(out, f'coherence_{IMAGES}.png'))
