@@ -31,9 +31,9 @@ def test_table1_table2_and_page(tmp_path):
       {**TINY, 'data_dir': data_dir, 'eval_every': 1, 'checkpoint_every': 0})
   assert sweep.run_sweep(grid, t1, report=False) == []
   t2 = os.path.join(root, 'table2')
-  for variant in ('fedrecon', 'moe'):
-    table2.run_variant(VECTORS, variant, t2, probe_steps=20, data_dir=data_dir,
-                       **TINY)
+  # One variant a dataset: the slow tier's test_paper scores the others.
+  table2.run_variant(VECTORS, 'fedrecon', t2, probe_steps=20,
+                     data_dir=data_dir, **TINY)
   table2.run_variant(IMAGES, 'fedrecon', t2, probe_steps=100,
                      data_dir=data_dir, **IMAGE_RUN)
 
@@ -66,7 +66,7 @@ def test_table1_table2_and_page(tmp_path):
   assert row.split('|')[2].strip().startswith(f'{margin:+.1f}'), row
   for dataset in (VECTORS, IMAGES):
     assert f'## Table 2: reconstruction, {dataset}' in page2
-  assert '| fedrecon_no_T |' in page2 and '| moe |' in page2
+  assert page2.count('| fedrecon_no_T |') == 2   # both datasets
   assert 'No Table 2 results' not in page2
   assert 'median seconds per generator round: fedrecon' in page2
   assert 'min in all with the probes and the scoring' in page2
