@@ -9,6 +9,7 @@ import functools
 import numpy as np
 
 from fedrecon_jax import data, evaluation, partition
+from fedrecon_jax.data import validate
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
 
@@ -84,6 +85,7 @@ def build(cfg: Config) -> Experiment:
     has = population.modality_mask[..., uni]
     population = population.replace(sample_mask=population.sample_mask & has,
                                     num_samples=has.sum(1).astype(np.int32))
+  validate.report_empty_clients(population.num_samples, cfg.workdir)
   model = _model(spec, cfg.latent_dim, cfg.gen_width, cfg.map_width,
                  cfg.task_width)
   return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,

@@ -29,6 +29,8 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fedrecon_jax.data import validate
+
 DATASETS = ('uci_multifeature', 'uci_multifeature_small', 'polymnist_5k',
             'polymnist_5k_small', 'polymnist', 'uci_har')
 KINDS = ('vector', 'image', 'sequence')
@@ -146,13 +148,13 @@ def load(name: str, *, data_dir: str | None = None,
     a, t = _preprocess(kind, train[m], test[m])
     train_xs.append(a)
     test_xs.append(t)
-  return Dataset(
+  return validate.check_dataset(Dataset(
       name=name,
       modalities=tuple(b.MODALITIES),
       kinds=tuple(b.KINDS),
       num_classes=b.NUM_CLASSES,
       train=_split(b, train, train_xs),
-      test=_split(b, test, test_xs))
+      test=_split(b, test, test_xs)), source=str(b.data_dir))
 
 
 def read_split(source: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
