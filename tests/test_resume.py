@@ -17,6 +17,7 @@ import pytest
 from fedrecon_jax import checkpoint, metrics_writer, server, workdir
 from fedrecon_jax.config import Config
 
+from experiments import fault_storm
 import tiny
 
 # Tiny runs: 3 generator + 5 task rounds, checkpoints at 2, 4, 6, 8.
@@ -214,3 +215,32 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch,
   meta = ckpt.mngr.restore(1, args=ocp.args.Composite(
       meta=ocp.args.JsonRestore()))['meta']
   assert meta['round'] == 1
+
+
+@pytest.mark.slow   # two tiny runs as subprocesses
+def test_checkpoint_write_failing_halfway_stops_then_a_rerun_resumes_exactly(
+    env, reference, tmp_path):
+  """The disk fills up while checkpoint 6 is committed (its files are in
+  orbax's tmp folder): the run stops with an error naming the workdir and
+  the checkpoints kept, and a re-run resumes from 4 to the uninterrupted
+  run's metrics and checkpoint, bitwise."""
+  workdir_ = str(tmp_path / 'full')
+  cmd = [tiny.sys.executable, '-m', 'experiments.fault_inject',
+         *train_cmd(workdir_)[2:]]
+  proc = tiny.run(cmd, {**env, 'FAULT_INJECT': '{"enospc_at_round": 6}'},
+                  check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert (f'error: --workdir={workdir_}: writing a checkpoint failed: '
+          '[Errno 28] No space left on device') in proc.stderr, (
+              proc.stderr[-3000:])
+  assert 'Kept the earlier checkpoints [2, 4]' in proc.stderr
+  assert steps(workdir_) == [2, 4]
+  assert not os.path.exists(os.path.join(workdir_, 'summary.json'))
+
+  out = train(env, workdir_).stdout
+  assert 'round 4/' not in out and 'round 5/' in out, out[-3000:]
+  assert records(workdir_) == records(reference)
+  assert fault_storm.checkpoint_differences(workdir_, reference) == []
+  # The half-written save was set aside, not deleted.
+  assert any(n.startswith('6.orbax-checkpoint-tmp') for n in os.listdir(
+      os.path.join(workdir_, 'checkpoints_corrupt')))

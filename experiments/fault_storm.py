@@ -1,0 +1,465 @@
+r"""A storm of faults on a small grouped sweep; nothing may be lost.
+
+  python -m experiments.fault_storm --root=/tmp/storm --faults=100 --seed=0
+
+Runs a sweep of 4 cells (seeds 0-3 of the tests' tiny run, short schedule:
+3 + 5 rounds, checkpoints every 2; --runs_per_program=2, so two groups of
+two runs) and hits it, again and again, with faults drawn from a seeded RNG,
+restarting it until every cell is finished:
+  sigkill          SIGKILL at a random time;
+  sigkill_in_save  SIGKILL while a checkpoint is being committed (orbax's
+                   <r>.orbax-checkpoint-tmp* folder exists);
+  sigkill_in_append SIGKILL while a metrics.jsonl line is half written;
+  sigterm          SIGTERM at a random time (the run saves its round and
+                   exits 75; a restart resumes it);
+  second_writer    a second sweep started on the same root while the first
+                   runs: it must be refused the cells the first holds.
+Random times are uniform over an uninterrupted sweep's wall time, so many
+land in start-up (imports, data, compiles) and the rest anywhere in the
+rounds. The child processes run under experiments.fault_inject, which holds
+each save's commit and each metrics line open for a moment so the timed
+kills land inside them; it changes when bytes are written, not which.
+
+When every cell is finished, each cell's metrics.jsonl and final checkpoint
+are compared with an uninterrupted sweep's (<root>/reference): every round
+once, every value bitwise equal (timings aside), every checkpoint left in
+checkpoints/ readable (an unreadable one must have been quarantined). If
+faults remain, the finished storm root is set aside and a fresh pass starts.
+The table of faults by kind, restarts, cells finished, rounds lost and values
+differing goes to stdout and, with --results, to <results>.{md,json}.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KINDS = ('sigkill', 'sigkill_in_save', 'sigkill_in_append', 'sigterm',
+         'second_writer')
+# The tests' tiny run (tests/tiny.py MODEL) and resume schedule, so the
+# storm reuses their compiled programs.
+MODEL = dict(dataset='uci_multifeature_small', num_clients=6,
+             clients_per_round=3, latent_dim=8, gen_width=32, map_width=16,
+             task_width=16, alpha=1e6)
+SCHEDULE = dict(gen_rounds=3, rounds=5, checkpoint_every=2,
+                keep_checkpoints=3)
+SEEDS = (0, 1, 2, 3)
+# How long a timed kill waits inside a save / a metrics line (injected).
+INJECT = {'save_seconds': 0.3, 'append_seconds': 0.1}
+_TIMING = 'seconds'   # record keys ending so are wall-clock, not results
+
+
+def sweep_cmd(root: str) -> list[str]:
+  model = {k: v for k, v in MODEL.items() if k not in ('alpha', 'dataset')}
+  return [sys.executable, '-m', 'experiments.fault_inject',
+          'experiments.sweep', f'--sweep_root={root}', '--methods=fedrecon',
+          f'--alphas={MODEL["alpha"]}', f'--datasets={MODEL["dataset"]}',
+          '--seeds=' + ','.join(map(str, SEEDS)), '--runs_per_program=2',
+          '--report=false',
+          *[f'--{k}={v}' for k, v in {**model, **SCHEDULE}.items()]]
+
+
+def cells(root: str) -> list[str]:
+  return sorted(p for p in glob.glob(os.path.join(root, '*=*'))
+                if os.path.isdir(p))
+
+
+def total_rounds() -> int:
+  return SCHEDULE['gen_rounds'] + SCHEDULE['rounds']
+
+
+def finished(root: str) -> int:
+  """How many cells hold a summary.json."""
+  return sum(os.path.exists(os.path.join(c, 'summary.json'))
+             for c in cells(root))
+
+
+# ---------------------------------------------------------------------------
+# Comparison with an uninterrupted run (shared with the tests).
+
+
+def _lines(workdir: str) -> list[dict | None]:
+  """metrics.jsonl line by line: the record without timings, or None for a
+  line that does not parse (a torn line left behind)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:
+        out.append(None)
+        continue
+      out.append({k: v for k, v in r.items() if not k.endswith(_TIMING)})
+  return out
+
+
+def metrics_differences(workdir: str, reference: str) -> dict:
+  """rounds lost / duplicated, unparsable lines and values differing
+  between two workdirs' metrics.jsonl (timings aside)."""
+  got, want = _lines(workdir), _lines(reference)
+  torn = sum(r is None for r in got)
+  got = [r for r in got if r is not None]
+  rounds = [r['round'] for r in got]
+  by_round = {r['round']: r for r in got}
+  differing = []
+  for w in want:
+    g = by_round.get(w['round'])
+    if g is None:
+      continue
+    for k in sorted(set(g) | set(w)):
+      # json floats round-trip exactly: equal text is equal bits.
+      if json.dumps(g.get(k)) != json.dumps(w.get(k)):
+        differing.append(f'round {w["round"]} {k}: {g.get(k)} != {w.get(k)}')
+  return {'lost': sorted({w['round'] for w in want} - set(rounds)),
+          'duplicated': len(rounds) - len(set(rounds)), 'torn_lines': torn,
+          'extra': sorted(set(rounds) - {w['round'] for w in want}),
+          'differing': differing}
+
+
+def _steps(workdir: str) -> list[int]:
+  d = os.path.join(workdir, 'checkpoints')
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if (
+      os.path.isdir(d)) else []
+
+
+def _read_checkpoint(workdir: str, step: int):
+  """(state arrays as numpy, meta without timings and workdir)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  state = ocp.StandardCheckpointer().restore(os.path.join(path, 'state'))
+  with open(os.path.join(path, 'meta', 'metadata')) as f:
+    meta = json.load(f)
+  meta['config'].pop('workdir', None)
+  meta['metrics'] = [{k: v for k, v in r.items() if not k.endswith(_TIMING)}
+                     for r in meta['metrics']]
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}, meta
+
+
+def checkpoint_differences(workdir: str, reference: str) -> list[str]:
+  """What differs between two workdirs' final checkpoints (steps kept,
+  every array bitwise, the meta item), as readable lines."""
+  if _steps(workdir) != _steps(reference):
+    return [f'steps {_steps(workdir)} != {_steps(reference)}']
+  step = _steps(reference)[-1]
+  (got, got_meta), (want, want_meta) = (_read_checkpoint(w, step)
+                                        for w in (workdir, reference))
+  out = [f'{k}: differs' for k in sorted(set(got) | set(want))
+         if k not in got or k not in want or got[k].dtype != want[k].dtype
+         or got[k].tobytes() != want[k].tobytes()]
+  if json.dumps(got_meta, sort_keys=True) != json.dumps(want_meta,
+                                                        sort_keys=True):
+    out.append(f'checkpoint {step} meta differs')
+  return out
+
+
+def unreadable_checkpoints(workdir: str) -> list[str]:
+  """Unfinished saves or unreadable steps left in checkpoints/ (each must
+  have been moved to checkpoints_corrupt/)."""
+  d = os.path.join(workdir, 'checkpoints')
+  out = [n for n in sorted(os.listdir(d)) if not n.isdigit()
+         and n != 'descriptor'] if os.path.isdir(d) else []
+  for step in _steps(workdir):
+    try:
+      _read_checkpoint(workdir, step)
+    except Exception as e:  # pylint: disable=broad-except
+      out.append(f'{step}: {type(e).__name__}: {str(e)[:200]}')
+  return out
+
+
+def compare(root: str, reference: str) -> dict:
+  """Every cell of `root` against its namesake in `reference`."""
+  out = {'cells': 0, 'rounds_lost': 0, 'rounds_duplicated': 0,
+         'torn_lines': 0, 'values_differing': 0, 'unreadable_left': 0,
+         'quarantined': 0, 'problems': []}
+  for ref in cells(reference):
+    name = os.path.basename(ref)
+    mine = os.path.join(root, name)
+    out['cells'] += 1
+    m = metrics_differences(mine, ref)
+    c = checkpoint_differences(mine, ref)
+    bad = unreadable_checkpoints(mine)
+    out['rounds_lost'] += len(m['lost'])
+    out['rounds_duplicated'] += m['duplicated'] + len(m['extra'])
+    out['torn_lines'] += m['torn_lines']
+    out['values_differing'] += len(m['differing']) + len(c)
+    out['unreadable_left'] += len(bad)
+    corrupt = os.path.join(mine, 'checkpoints_corrupt')
+    out['quarantined'] += len(os.listdir(corrupt)) if os.path.isdir(
+        corrupt) else 0
+    for what, items in (('lost rounds', m['lost']), ('extra', m['extra']),
+                        ('differing', m['differing'] + c),
+                        ('unreadable', bad)):
+      if items:
+        out['problems'].append(f'{name}: {what}: {items[:5]}')
+    if m['duplicated'] or m['torn_lines']:
+      out['problems'].append(f'{name}: {m["duplicated"]} duplicated rounds, '
+                             f'{m["torn_lines"]} torn lines')
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The storm.
+
+
+@dataclasses.dataclass
+class Storm:
+  """One process of the sweep at a time, hit by faults from `rng`."""
+  root: str
+  rng: random.Random
+  span: float            # seconds of an uninterrupted sweep
+  env: dict
+  log: str               # where the children's output goes
+  injected: collections.Counter = dataclasses.field(
+      default_factory=collections.Counter)
+  exits: collections.Counter = dataclasses.field(
+      default_factory=collections.Counter)
+  refused: int = 0
+  starts: int = 0
+
+  def start(self, inject: bool = True) -> subprocess.Popen:
+    env = dict(self.env, FAULT_INJECT=json.dumps(INJECT if inject else {}))
+    with open(self.log, 'a') as out:
+      return subprocess.Popen(sweep_cmd(self.root), cwd=REPO, env=env,
+                              stdout=out, stderr=subprocess.STDOUT)
+
+  def wait(self, proc, seconds: float) -> bool:
+    """Sleeps up to `seconds`; False if proc ended meanwhile."""
+    end = time.time() + seconds
+    while time.time() < end:
+      if proc.poll() is not None:
+        return False
+      time.sleep(0.01)
+    return proc.poll() is None
+
+  def poll_for(self, proc, found) -> bool:
+    """Polls found() every ms while proc runs; True once it holds."""
+    while proc.poll() is None:
+      if found():
+        return True
+      time.sleep(0.001)
+    return False
+
+  def _tmp_dirs(self) -> set:
+    return set(glob.glob(os.path.join(self.root, '*', 'checkpoints',
+                                      '*.orbax-checkpoint-tmp*')))
+
+  def _sizes(self) -> dict:
+    return {p: os.path.getsize(p) for p in glob.glob(
+        os.path.join(self.root, '*', 'metrics.jsonl'))}
+
+  def _half_line(self, before: dict) -> bool:
+    for path, size in self._sizes().items():
+      if size and size != before.get(path):
+        with open(path, 'rb') as f:
+          f.seek(size - 1)
+          if f.read(1) != b'\n':
+            return True
+    return False
+
+  def fault(self, kind: str, proc) -> bool:
+    """Injects one fault of `kind` into proc; False if proc ended first."""
+    if kind in ('sigkill', 'sigterm'):
+      if not self.wait(proc, self.rng.uniform(0, self.span)):
+        return False
+      proc.send_signal(signal.SIGKILL if kind == 'sigkill' else
+                       signal.SIGTERM)
+      return True
+    if kind == 'sigkill_in_save':
+      before = self._tmp_dirs()
+      if not self.poll_for(proc, lambda: self._tmp_dirs() - before):
+        return False
+      # Anywhere inside the held commit.
+      time.sleep(self.rng.uniform(0, INJECT['save_seconds'] * 0.9))
+    elif kind == 'sigkill_in_append':
+      before = self._sizes()
+      if not self.poll_for(proc, lambda: self._half_line(before)):
+        return False
+    elif kind == 'second_writer':
+      return self.second_writer(proc)
+    proc.send_signal(signal.SIGKILL)
+    return True
+
+  def second_writer(self, proc) -> bool:
+    """Starts a second sweep on the root while proc runs; it must be
+    refused the cells proc holds. It is killed once refused (else it would
+    train the other group beside proc)."""
+    if not self.wait(proc, self.rng.uniform(0, self.span)):
+      return False
+    start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
+    second = self.start(inject=False)
+    try:
+      end = time.time() + 120
+      while second.poll() is None and time.time() < end:
+        with open(self.log) as f:
+          f.seek(start)
+          if 'in use by another run' in f.read():
+            self.refused += 1
+            break
+        time.sleep(0.02)
+    finally:
+      second.kill()
+      second.wait()
+    return True
+
+  def run(self, kinds: list[str]) -> list[str]:
+    """Restarts the sweep, injecting kinds in order, until every cell is
+    finished; returns the kinds not injected (the cells finished first)."""
+    kinds = list(kinds)
+    while finished(self.root) < len(SEEDS) or not cells(self.root):
+      proc = self.start()
+      self.starts += 1
+      while kinds and proc.poll() is None:
+        if self.fault(kinds[0], proc):
+          self.injected[kinds.pop(0)] += 1
+      code = proc.wait(timeout=600)
+      self.exits[code] += 1
+      if code not in (0, -signal.SIGKILL, -signal.SIGTERM, 75):
+        raise RuntimeError(f'the sweep exited {code}; see {self.log}')
+    return kinds
+
+
+def run_reference(root: str, env: dict) -> float:
+  """The uninterrupted sweep (once per root); its wall time."""
+  t0 = time.time()
+  if finished(root) < len(SEEDS):
+    subprocess.run(sweep_cmd(root), cwd=REPO, check=True, env=dict(
+        env, FAULT_INJECT='{}'), stdout=subprocess.DEVNULL)
+  return time.time() - t0
+
+
+def storm(root: str, faults: int, seed: int, log=print) -> dict:
+  """Injects `faults` faults (kinds in turn, each round of kinds in a
+  seeded order) over as many passes of the sweep as it takes; returns the
+  totals (see the module docstring)."""
+  env = dict(os.environ)
+  env.setdefault('TFDS_DATA_DIR', os.path.join(root, 'tfds'))
+  reference = os.path.join(root, 'reference')
+  t0 = time.time()
+  # A cold reference pays the compiles; time a second, warm sweep instead.
+  run_reference(reference, env)
+  span = run_reference(os.path.join(root, 'timing'), env)
+  rng = random.Random(seed)
+  plan = []
+  while len(plan) < faults:
+    plan += rng.sample(KINDS, len(KINDS))
+  plan = plan[:faults]
+  totals = collections.Counter()
+  s = Storm(os.path.join(root, 'storm'), rng, span, env,
+            os.path.join(root, 'storm.log'))
+  passes = 0
+  while plan or not passes:
+    if os.path.exists(s.root):   # a finished pass: keep it, start afresh
+      os.replace(s.root, os.path.join(root, f'pass{passes}'))
+    plan = s.run(plan)
+    passes += 1
+    got = compare(s.root, reference)
+    for k, v in got.items():
+      if k != 'problems':
+        totals[k] += v
+    for p in got['problems']:
+      log(f'pass {passes}: {p}')
+    log(f'pass {passes}: {sum(s.injected.values())} faults so far, '
+        f'{s.starts} starts, {got["cells"]} cells compared')
+  return {'faults': {k: s.injected[k] for k in KINDS},
+          'faults_total': sum(s.injected.values()),
+          'second_writer_refused': s.refused, 'starts': s.starts,
+          'restarts': s.starts - passes, 'passes': passes,
+          'exit_codes': {str(k): v for k, v in sorted(s.exits.items())},
+          'cells_finished': totals['cells'], **{k: totals[k] for k in (
+              'rounds_lost', 'rounds_duplicated', 'torn_lines',
+              'values_differing', 'unreadable_left', 'quarantined')},
+          'sweep_seconds': span, 'wall_seconds': time.time() - t0,
+          'seed': seed}
+
+
+def table(result: dict) -> str:
+  f = result['faults']
+  rows = [('faults injected', result['faults_total']),
+          *((f'  {k}', f[k]) for k in KINDS),
+          ('  second writer refused', result['second_writer_refused']),
+          ('storm passes (4 cells each)', result['passes']),
+          ('restarts', result['restarts']),
+          ('cells finished', result['cells_finished']),
+          ('rounds lost', result['rounds_lost']),
+          ('rounds duplicated', result['rounds_duplicated']),
+          ('torn lines left', result['torn_lines']),
+          ('values differing', result['values_differing']),
+          ('unreadable checkpoints left', result['unreadable_left']),
+          ('saves quarantined', result['quarantined']),
+          ('wall seconds', f'{result["wall_seconds"]:.0f}')]
+  return '\n'.join(['| | |', '|---|---|'] +
+                   [f'| {k} | {v} |' for k, v in rows])
+
+
+def _commit() -> str:
+  try:
+    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=REPO, capture_output=True, text=True).stdout
+    return out.strip() + ('-dirty' if dirty.strip() else '')
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def write_results(result: dict, path: str) -> None:
+  result = {'commit': _commit(), 'cpu_count': os.cpu_count(), **result}
+  with open(path + '.json', 'w') as f:
+    json.dump(result, f, indent=1)
+  with open(path + '.md', 'w') as f:
+    f.write(
+        f'# Fault storm on CPU (commit {result["commit"]})\n\n'
+        f'`python -m experiments.fault_storm --faults={result["faults_total"]}'
+        f' --seed={result["seed"]}` on {result["cpu_count"]} CPU cores '
+        '(shared with other jobs, so times are upper bounds): 4 cells of '
+        'the tests\' tiny run (3 + 5 rounds, checkpoints every 2), '
+        '--runs_per_program=2. An uninterrupted sweep took '
+        f'{result["sweep_seconds"]:.1f} s; the storm '
+        f'{result["wall_seconds"] / 60:.1f} min.\n\n' + table(result) + '\n')
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('root', None, 'Folder for the reference, the storm '
+                    'passes and the children\'s log.')
+flags.DEFINE_integer('faults', 20, 'Faults to inject, kinds in turn.')
+flags.DEFINE_integer('seed', 0, 'Seed of the fault order and timing.')
+flags.DEFINE_string('results', None, 'Write <results>.md and .json (e.g. '
+                    'experiments/results/fault_storm_cpu).')
+
+
+def main(argv):
+  del argv
+  if not FLAGS.root:
+    sys.exit('error: --root is required.')
+  if FLAGS.faults < 1:
+    sys.exit(f'error: --faults={FLAGS.faults} must be >= 1.')
+  result = storm(FLAGS.root, FLAGS.faults, FLAGS.seed)
+  print(table(result))
+  if FLAGS.results:
+    write_results(result, FLAGS.results)
+  if result['rounds_lost'] or result['values_differing'] or (
+      result['rounds_duplicated'] or result['unreadable_left']):
+    sys.exit('error: the storm lost or changed results (see above).')
+
+
+if __name__ == '__main__':
+  app.run(main)
