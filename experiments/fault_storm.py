@@ -13,7 +13,8 @@ restarting it until every cell is finished:
   sigterm          SIGTERM at a random time (the run saves its round and
                    exits 75; a restart resumes it);
   second_writer    a second sweep started on the same root while the first
-                   runs: it must be refused the cells the first holds.
+                   runs: counted once one of the two is refused a cell the
+                   other holds (then the second is killed).
 Random times are uniform over an uninterrupted sweep's wall time, so many
 land in start-up (imports, data, compiles) and the rest anywhere in the
 rounds. The child processes run under experiments.fault_inject, which holds
@@ -45,6 +46,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ('sigkill', 'sigkill_in_save', 'sigkill_in_append', 'sigterm',
@@ -232,8 +234,9 @@ class Storm:
       default_factory=collections.Counter)
   exits: collections.Counter = dataclasses.field(
       default_factory=collections.Counter)
-  refused: int = 0
+  unopposed: int = 0
   starts: int = 0
+  problems: list = dataclasses.field(default_factory=list)
 
   def start(self, inject: bool = True) -> subprocess.Popen:
     env = dict(self.env, FAULT_INJECT=json.dumps(INJECT if inject else {}))
@@ -282,6 +285,8 @@ class Storm:
         return False
       proc.send_signal(signal.SIGKILL if kind == 'sigkill' else
                        signal.SIGTERM)
+      if kind == 'sigterm':   # it saves its round and exits on its own
+        proc.wait(timeout=300)
       return True
     if kind == 'sigkill_in_save':
       before = self._tmp_dirs()
@@ -299,26 +304,28 @@ class Storm:
     return True
 
   def second_writer(self, proc) -> bool:
-    """Starts a second sweep on the root while proc runs; it must be
-    refused the cells proc holds. It is killed once refused (else it would
-    train the other group beside proc)."""
+    """Starts a second sweep on the root while proc runs; True once one of
+    the two was refused a cell the other held (the second is killed then:
+    else it would train the other group beside proc). A second writer that
+    met no held cell (proc was between groups or done) is killed and
+    counted as `second_writer_unopposed`, not as this fault."""
     if not self.wait(proc, self.rng.uniform(0, self.span)):
       return False
     start = os.path.getsize(self.log) if os.path.exists(self.log) else 0
     second = self.start(inject=False)
+    refused = False
     try:
       end = time.time() + 120
-      while second.poll() is None and time.time() < end:
+      while not refused and second.poll() is None and time.time() < end:
+        time.sleep(0.02)
         with open(self.log) as f:
           f.seek(start)
-          if 'in use by another run' in f.read():
-            self.refused += 1
-            break
-        time.sleep(0.02)
+          refused = 'in use by another run' in f.read()
     finally:
       second.kill()
       second.wait()
-    return True
+    self.unopposed += not refused
+    return refused
 
   def run(self, kinds: list[str]) -> list[str]:
     """Restarts the sweep, injecting kinds in order, until every cell is
@@ -346,11 +353,13 @@ def run_reference(root: str, env: dict) -> float:
   return time.time() - t0
 
 
-def storm(root: str, faults: int, seed: int, log=print) -> dict:
+def storm(root: str, faults: int, seed: int, env: dict | None = None,
+          log=print, each_pass=None) -> dict:
   """Injects `faults` faults (kinds in turn, each round of kinds in a
   seeded order) over as many passes of the sweep as it takes; returns the
-  totals (see the module docstring)."""
-  env = dict(os.environ)
+  totals (see the module docstring). each_pass(totals so far) is called
+  after every pass."""
+  env = dict(os.environ if env is None else env)
   env.setdefault('TFDS_DATA_DIR', os.path.join(root, 'tfds'))
   reference = os.path.join(root, 'reference')
   t0 = time.time()
@@ -365,7 +374,7 @@ def storm(root: str, faults: int, seed: int, log=print) -> dict:
   totals = collections.Counter()
   s = Storm(os.path.join(root, 'storm'), rng, span, env,
             os.path.join(root, 'storm.log'))
-  passes = 0
+  passes, totals['planned'] = 0, faults
   while plan or not passes:
     if os.path.exists(s.root):   # a finished pass: keep it, start afresh
       os.replace(s.root, os.path.join(root, f'pass{passes}'))
@@ -377,25 +386,34 @@ def storm(root: str, faults: int, seed: int, log=print) -> dict:
         totals[k] += v
     for p in got['problems']:
       log(f'pass {passes}: {p}')
+      s.problems.append(f'pass {passes}: {p}')
     log(f'pass {passes}: {sum(s.injected.values())} faults so far, '
         f'{s.starts} starts, {got["cells"]} cells compared')
+    if each_pass is not None:
+      each_pass(_totals(s, totals, passes, span, t0, seed))
+  return _totals(s, totals, passes, span, t0, seed)
+
+
+def _totals(s: Storm, totals, passes, span, t0, seed) -> dict:
   return {'faults': {k: s.injected[k] for k in KINDS},
+          'faults_planned': totals['planned'],
           'faults_total': sum(s.injected.values()),
-          'second_writer_refused': s.refused, 'starts': s.starts,
+          'second_writer_unopposed': s.unopposed, 'starts': s.starts,
           'restarts': s.starts - passes, 'passes': passes,
           'exit_codes': {str(k): v for k, v in sorted(s.exits.items())},
           'cells_finished': totals['cells'], **{k: totals[k] for k in (
               'rounds_lost', 'rounds_duplicated', 'torn_lines',
               'values_differing', 'unreadable_left', 'quarantined')},
           'sweep_seconds': span, 'wall_seconds': time.time() - t0,
-          'seed': seed}
+          'seed': seed, 'problems': s.problems[:20]}
 
 
 def table(result: dict) -> str:
   f = result['faults']
   rows = [('faults injected', result['faults_total']),
           *((f'  {k}', f[k]) for k in KINDS),
-          ('  second writer refused', result['second_writer_refused']),
+          ('  (second writers that met no held cell, not counted)',
+           result['second_writer_unopposed']),
           ('storm passes (4 cells each)', result['passes']),
           ('restarts', result['restarts']),
           ('cells finished', result['cells_finished']),
@@ -428,13 +446,17 @@ def write_results(result: dict, path: str) -> None:
   with open(path + '.md', 'w') as f:
     f.write(
         f'# Fault storm on CPU (commit {result["commit"]})\n\n'
-        f'`python -m experiments.fault_storm --faults={result["faults_total"]}'
+        f'`python -m experiments.fault_storm --faults={result["faults_planned"]}'
         f' --seed={result["seed"]}` on {result["cpu_count"]} CPU cores '
         '(shared with other jobs, so times are upper bounds): 4 cells of '
         'the tests\' tiny run (3 + 5 rounds, checkpoints every 2), '
         '--runs_per_program=2. An uninterrupted sweep took '
         f'{result["sweep_seconds"]:.1f} s; the storm '
-        f'{result["wall_seconds"] / 60:.1f} min.\n\n' + table(result) + '\n')
+        f'{result["wall_seconds"] / 60:.1f} min'
+        + ('' if result['faults_total'] >= result['faults_planned'] else
+           f' so far (in progress: {result["faults_total"]} of '
+           f'{result["faults_planned"]} faults)') + '.\n\n' + table(result)
+        + '\n')
 
 
 FLAGS = flags.FLAGS
@@ -452,7 +474,10 @@ def main(argv):
     sys.exit('error: --root is required.')
   if FLAGS.faults < 1:
     sys.exit(f'error: --faults={FLAGS.faults} must be >= 1.')
-  result = storm(FLAGS.root, FLAGS.faults, FLAGS.seed)
+  logging.set_verbosity(logging.WARNING)
+  result = storm(FLAGS.root, FLAGS.faults, FLAGS.seed, each_pass=(
+      None if not FLAGS.results else
+      lambda r: write_results(r, FLAGS.results)))
   print(table(result))
   if FLAGS.results:
     write_results(result, FLAGS.results)
