@@ -21,5 +21,5 @@ def test_ten_faults_lose_and_change_nothing(env, tmp_path):
   assert result['restarts'] >= 5, result   # kills cost starts
   for key in ('rounds_lost', 'rounds_duplicated', 'torn_lines',
               'values_differing', 'unreadable_left'):
-    assert result[key] == 0, result
+    assert result[key] == 0, (key, result)
   assert not result['problems'], result
