@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from fedrecon_jax import generator, partition
+from fedrecon_jax.generators import mapping
 from fedrecon_jax.config import Config, GEN_STAGE
 from fedrecon_jax.models import Model
 
@@ -30,7 +31,7 @@ def trainable_groups(cfg: Config, stage: int) -> tuple[str, ...]:
   method = cfg.method_spec
   if stage == GEN_STAGE:
     return method.gen_groups
-  if (cfg.train_mapping_in_stage2 and method.generator == 'mapping'
+  if (cfg.train_mapping_in_stage2 and 'map' in method.gen_groups
       and 'map' not in method.task_groups):
     return ('map',) + method.task_groups
   return method.task_groups
@@ -38,8 +39,7 @@ def trainable_groups(cfg: Config, stage: int) -> tuple[str, ...]:
 
 def generator_kind(cfg: Config) -> str:
   """The stage-1 objective (generator.GENERATORS) of cfg's method."""
-  generator = cfg.method_spec.generator
-  return cfg.joint_posterior if generator == 'joint' else generator
+  return cfg.generator.name if cfg.generator else None
 
 
 def fills_once(cfg: Config, stage: int) -> bool:
@@ -116,7 +116,7 @@ def make_loss(cfg: Config, model: Model, stage: int):
         g, gterms = gen_loss(params, batch, key)
         loss, terms = loss + g, {**terms, **gterms}
       elif train_map:
-        match = generator.match_loss(model, params, batch['xs'],
+        match = mapping.match_loss(model, params, batch['xs'],
                                      batch['present'])
         loss = loss + h['match_weight'] * match
         terms = {**terms, 'match': match}

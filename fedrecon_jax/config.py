@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrecon_jax import methods
+from fedrecon_jax import generators, methods
 
 GEN_STAGE, TASK_STAGE = 1, 2
 
@@ -25,7 +25,6 @@ SERVER_OPTS = ('fedavg', 'fedopt')
 SERVER_OPTIMIZERS = ('sgdm', 'adam', 'yogi', 'adagrad', 'optax_adam',
                      'optax_yogi', 'optax_adagrad')
 TASK_ENCODER_WEIGHTS = ('seen', 'present')
-JOINT_POSTERIORS = ('poe', 'moe', 'mopoe')
 
 # Numeric settings that enter the round programs as traced values, not
 # constants: runs that differ only in these (and the seed, missing_rate,
@@ -80,7 +79,7 @@ class Config:
   # Method.
   method: str = _f('fedrecon', 'Training method.', choices=METHODS)
   joint_posterior: str = _f('poe', 'Generator of fedrecon_no_map.',
-                            choices=JOINT_POSTERIORS)
+                            choices=generators.JOINT)
   unimodal_modality: str = _f('best', "Modality of --method=unimodal, or "
                               "'best' (best ridge probe on train data).")
   train_mapping_in_stage2: bool = _f(False, 'Keep training T(n<-m) with '
@@ -174,6 +173,14 @@ class Config:
   def method_spec(self) -> methods.Method:
     """What --method does (methods.METHODS)."""
     return methods.METHODS[self.method]
+
+  @property
+  def generator(self) -> generators.Generator | None:
+    """The generator kind its method trains (None: no generator)."""
+    kind = self.method_spec.generator
+    if kind is None:
+      return None
+    return generators.get(self.joint_posterior if kind == 'joint' else kind)
 
   @property
   def uses_generator(self) -> bool:

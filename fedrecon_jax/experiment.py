@@ -38,11 +38,13 @@ _load = functools.lru_cache(maxsize=2)(data.load)
 
 
 @functools.cache
-def _model(spec: DataSpec, latent_dim, gen_width, map_width, task_width):
+def _model(spec: DataSpec, latent_dim, gen_width, map_width, task_width,
+           latent_sizes):
   # One Model per architecture: the programs built from it (plan.make_plan,
   # the evaluator) are then shared by every run of it in a process.
   return Model(spec, latent_dim=latent_dim, gen_width=gen_width,
-               map_width=map_width, task_width=task_width)
+               map_width=map_width, task_width=task_width,
+               latent_sizes=latent_sizes)
 
 
 def build(cfg: Config) -> Experiment:
@@ -84,8 +86,10 @@ def build(cfg: Config) -> Experiment:
     has = population.modality_mask[..., uni]
     population = population.replace(sample_mask=population.sample_mask & has,
                                     num_samples=has.sum(1).astype(np.int32))
+  gen = cfg.generator
   model = _model(spec, cfg.latent_dim, cfg.gen_width, cfg.map_width,
-                 cfg.task_width)
+                 cfg.task_width, gen.latent_sizes(cfg.latent_dim) if gen
+                 else None)
   return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
                     test_present, test_complete, uni)
 
