@@ -34,7 +34,7 @@ from absl import logging
 import numpy as np
 
 from experiments import train as train_flags
-from fedrecon_jax import checkpoint, client, data, generators, probes
+from fedrecon_jax import checkpoint, data, generators, probes
 from fedrecon_jax import recon_metrics
 from fedrecon_jax import experiment, train, workdir
 from fedrecon_jax.config import Config
@@ -153,7 +153,7 @@ def run_variant(dataset: str, variant: str, root: str,
   judges = probes.cached_probes(
       os.path.join(root, dataset), ds.modalities, ds.train.xs, ds.train.y,
       ds.num_classes, key=jax.random.key(cfg.seed), steps=probe_steps)
-  kinds = {variant: client.generator_kind(cfg)}
+  kinds = {variant: cfg.generator.name}
   ablation = generators.get(kinds[variant]).ablation
   if ablation is not None:
     kinds[NO_MAPPING] = ablation
@@ -196,7 +196,7 @@ def coherence_curve(cfg: Config, exp: experiment.Experiment,
   'coherence_single_mean' (mean over ordered pairs n <- m, m != n)}].
   """
   per_round = _round_seconds(cfg)
-  kind = client.generator_kind(cfg)
+  kind = cfg.generator.name
   curve = []
   for step in sorted(ckpt.mngr.all_steps()):
     state, _ = ckpt.restore_or_none(exp, cfg, max_round=step)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedrecon_jax import server
+from fedrecon_jax.methods import base
 from fedrecon_jax.config import Config, GEN_STAGE, TASK_STAGE
 
 ETA, B1, B2, TAU = 0.01, 0.9, 0.99, 1e-3
@@ -60,7 +61,7 @@ def fedavgm_reference(x, client_params, weights, beta=0.9):
 
 def run_server(cfg, stage, x0, client_params, weights):
   """5 rounds through server.aggregate, params as a small pytree."""
-  tx = server.server_optimizer(cfg, stage)
+  tx = base.server_tx(cfg, stage)(cfg.hparams())
   unflat = lambda a: {'w': jnp.asarray(a[:6].reshape(2, 3), jnp.float32),
                       'b': jnp.asarray(a[6:], jnp.float32)}
   params = unflat(x0)
@@ -158,7 +159,7 @@ def test_fedavg_weights_each_entry_by_its_own_weight(chunked):
 
   f32 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), t)
   stack = lambda ts: f32(jax.tree.map(lambda *a: np.stack(a), *ts))
-  tx = server.server_optimizer(cfg(server_opt='fedavg'), TASK_STAGE)
+  tx = base.server_tx(cfg(server_opt='fedavg'), TASK_STAGE)(cfg().hparams())
   params = f32(x)
   opt_state = server.init_opt_state(tx, params)
   if chunked:
