@@ -63,9 +63,7 @@ def init_state(plan, params: dict, h, round_=0) -> ServerState:
 # that reads a leaf as a whole (a per-leaf norm, trust ratio or RMS, a
 # factored second moment) treats it differently from the same entries in one
 # raveled vector.
-_PROBE = {'a': np.array([0.3, -2.0, 5.0], np.float32),
-          'b': np.array([[1e-3, 4.0], [-0.5, 0.02]], np.float32),
-          'c': np.array(70.0, np.float32)}
+_PROBE = {'a': [0.3, -2.0, 5.0], 'b': [[1e-3, 4.0], [-0.5, 0.02]], 'c': 70.0}
 
 
 def check_elementwise(tx: optax.GradientTransformation, what: str) -> None:
@@ -74,11 +72,12 @@ def check_elementwise(tx: optax.GradientTransformation, what: str) -> None:
   way apply_sums runs it. Per-entry optimizers (SGD, momentum, Adam, Yogi,
   Adagrad, FedOpt's) and ones that read the whole vector (global-norm
   clipping) pass; per-leaf ones do not."""
-  flat = ravel_pytree(_PROBE)[0]
-  tree_state, flat_state = tx.init(_PROBE), tx.init(flat)
-  tree_params, flat_params = _PROBE, flat
+  probe = {k: jnp.asarray(v, jnp.float32) for k, v in _PROBE.items()}
+  flat = ravel_pytree(probe)[0]
+  tree_state, flat_state = tx.init(probe), tx.init(flat)
+  tree_params, flat_params = probe, flat
   for scale in (1.0, -0.3):
-    grads = jax.tree.map(lambda p, s=scale: s * p + 0.1, _PROBE)
+    grads = jax.tree.map(lambda p, s=scale: s * p + 0.1, probe)
     tree_up, tree_state = tx.update(grads, tree_state, tree_params)
     flat_up, flat_state = tx.update(ravel_pytree(grads)[0], flat_state,
                                     flat_params)
