@@ -23,10 +23,10 @@ import numpy as np
 import optax
 from sklearn.linear_model import LogisticRegression
 
-from fedrecon_jax import data, generator, probes, recon_metrics
+from fedrecon_jax import data, generator, generators, probes, recon_metrics
 from fedrecon_jax.models import DataSpec, Model
 
-_KIND = flags.DEFINE_enum('kind', 'moe', list(generator.GENERATORS),
+_KIND = flags.DEFINE_enum('kind', 'moe', list(generators.TRAINABLE),
                           'Generator objective.')
 _EPOCHS = flags.DEFINE_integer('epochs', 6, 'Epochs over the training set.')
 _BATCH = flags.DEFINE_integer('batch', 16, 'Batch size.')

@@ -34,7 +34,7 @@ from absl import logging
 import numpy as np
 
 from experiments import train as train_flags
-from fedrecon_jax import checkpoint, client, data, generator, probes
+from fedrecon_jax import checkpoint, data, generators, probes
 from fedrecon_jax import recon_metrics
 from fedrecon_jax import experiment, train, workdir
 from fedrecon_jax.config import Config
@@ -42,12 +42,10 @@ from fedrecon_jax import metrics_writer
 from fedrecon_jax.metrics_writer import write_json_atomic
 
 # Variant name -> the Config fields that make it.
-VARIANTS = {
-    'fedrecon': {'method': 'fedrecon'},
-    'poe': {'method': 'fedrecon_no_map', 'joint_posterior': 'poe'},
-    'moe': {'method': 'fedrecon_no_map', 'joint_posterior': 'moe'},
-    'mopoe': {'method': 'fedrecon_no_map', 'joint_posterior': 'mopoe'},
-}
+# FedRecon's own generator, then each joint-posterior kind of the registry.
+VARIANTS = {'fedrecon': {'method': 'fedrecon'}} | {
+    kind: {'method': 'fedrecon_no_map', 'joint_posterior': kind}
+    for kind in generators.JOINT}
 NO_MAPPING = 'fedrecon_no_T'   # fedrecon's generator read with T = identity
 # Generator settings per dataset where Config's defaults (tuned on feature
 # vectors) are not the references'. Flags given on the command line win.
@@ -155,9 +153,10 @@ def run_variant(dataset: str, variant: str, root: str,
   judges = probes.cached_probes(
       os.path.join(root, dataset), ds.modalities, ds.train.xs, ds.train.y,
       ds.num_classes, key=jax.random.key(cfg.seed), steps=probe_steps)
-  kinds = {variant: client.generator_kind(cfg)}
-  if kinds[variant] == 'mapping':
-    kinds[NO_MAPPING] = generator.RAW
+  kinds = {variant: cfg.generator.name}
+  ablation = generators.get(kinds[variant]).ablation
+  if ablation is not None:
+    kinds[NO_MAPPING] = ablation
   results = {'zero_fill_mse': summary['zero_fill_mse'],
              'mean_fill_mse': summary['mean_fill_mse']}
   for name, kind in kinds.items():
@@ -197,7 +196,7 @@ def coherence_curve(cfg: Config, exp: experiment.Experiment,
   'coherence_single_mean' (mean over ordered pairs n <- m, m != n)}].
   """
   per_round = _round_seconds(cfg)
-  kind = client.generator_kind(cfg)
+  kind = cfg.generator.name
   curve = []
   for step in sorted(ckpt.mngr.all_steps()):
     state, _ = ckpt.restore_or_none(exp, cfg, max_round=step)

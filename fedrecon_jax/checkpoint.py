@@ -46,7 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fedrecon_jax import config as config_lib
-from fedrecon_jax import client, metrics_writer, server
+from fedrecon_jax import metrics_writer, plan, server
 from fedrecon_jax import workdir as workdir_lib
 
 CONFIG_FILE = 'config.json'
@@ -95,7 +95,7 @@ class Checkpointer:
           os.path.join(self.workdir, metrics_writer.METRICS_FILE))
     meta = {'round': round_, 'config': self.cfg.to_dict(),
             'partition': self.fingerprint, 'metrics': list(metrics)}
-    tree = {'params': state.params, 'opt_state': state.opt_state}
+    tree = _tree(state)
     # save() also waits for the previous async save: either may fail.
     with self._write_errors(round_):
       return self.mngr.save(round_, force=force, args=ocp.args.Composite(
@@ -181,8 +181,9 @@ class Checkpointer:
           'Use a new --workdir.')
     tree = self.mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract_state(exp, cfg, step))))
-    state = server.ServerState(tree['state']['params'],
-                               tree['state']['opt_state'], np.int32(step))
+    got = tree['state']
+    state = server.ServerState(got['params'], got['opt_state'],
+                               np.int32(step), got.get('clients', ()))
     return state, meta.get('metrics', [])
 
   def _config_path(self) -> str:
@@ -251,11 +252,19 @@ def _listed_steps(directory: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
+def _tree(state: server.ServerState) -> dict:
+  """What a checkpoint holds of a state (the per-client states only when
+  the stage's method keeps some)."""
+  tree = {'params': state.params, 'opt_state': state.opt_state}
+  if jax.tree.leaves(state.clients):
+    tree['clients'] = state.clients
+  return tree
+
+
 def _abstract_state(exp, cfg, round_: int):
+  """The shapes of round_'s checkpoint, from the plan of its stage."""
+  stage_plan = plan.make_plan(cfg, exp.model, cfg.stage(round_),
+                              exp.population.y.shape[0])
   params = jax.eval_shape(exp.model.init, jax.random.key(0))
-  stage = cfg.stage(round_)
-  groups = client.trainable_groups(cfg, stage)
-  opt = jax.eval_shape(
-      lambda p: server.init_opt_state(server.server_optimizer(cfg, stage),
-                                      {g: p[g] for g in groups}), params)
-  return {'params': params, 'opt_state': opt}
+  return _tree(jax.eval_shape(lambda p: server.init_state(
+      stage_plan, p, cfg.hparams()), params))

@@ -18,127 +18,30 @@ import numpy as np
 import optax
 
 from fedrecon_jax import generator, partition
-from fedrecon_jax.config import Config, GEN_STAGE
 from fedrecon_jax.models import Model
 
 # loss_fn(params, batch, key) -> (per-sample loss [B], per-sample terms)
 LossFn = Callable[[dict, dict, jax.Array], tuple[jax.Array, dict]]
 
 
-def trainable_groups(cfg: Config, stage: int) -> tuple[str, ...]:
-  """Parameter groups that clients train (and the server updates) in a stage."""
-  method = cfg.method_spec
-  if stage == GEN_STAGE:
-    return method.gen_groups
-  if (cfg.train_mapping_in_stage2 and method.generator == 'mapping'
-      and 'map' not in method.task_groups):
-    return ('map',) + method.task_groups
-  return method.task_groups
-
-
-def generator_kind(cfg: Config) -> str:
-  """The stage-1 objective (generator.GENERATORS) of cfg's method."""
-  generator = cfg.method_spec.generator
-  return cfg.joint_posterior if generator == 'joint' else generator
-
-
-def fills_once(cfg: Config, stage: int) -> bool:
-  """Whether a stage's task inputs come from a generator it does not train.
-
-  Then the reconstruction of a sample's absent modalities is the same at
-  every step of the stage, so it is computed once per stage for the whole
-  population (`fill_population`) rather than at every local step, where
-  the frozen generator's forward pass was ~90% of a step's FLOPs.
-  """
-  return (stage != GEN_STAGE
-          and cfg.method_spec.task_view == 'reconstructed'
-          and not {'gen', 'map'} & set(trainable_groups(cfg, stage)))
-
-
-# Rows of the population reconstructed at once by fill_population.
+# Rows of the population reconstructed at once by make_fill's program.
 _FILL_ROWS = 8192
 
 
-def make_fill(cfg: Config, model: Model):
+def make_fill(gen, model: Model):
   """(params, population) -> partition.FilledClientData: every client's
-  absent modalities reconstructed as task_inputs reconstructs them (present
-  ones kept), for one run. Clients go through in batches of ~_FILL_ROWS
-  rows (jax.lax.map), so memory stays bounded for any population."""
-  kind = generator_kind(cfg)
+  absent modalities reconstructed by generator `gen` (present ones kept),
+  for one run. Clients go through in batches of ~_FILL_ROWS rows
+  (jax.lax.map), so memory stays bounded for any population."""
 
   def fill(params, population: partition.ClientData):
     k, max_n = population.y.shape
-    one = lambda a: generator.complete(kind, model, params, a[0], a[1])
+    one = lambda a: generator.complete(gen, model, params, a[0], a[1])
     xs = jax.lax.map(one, (population.xs, population.modality_mask),
                      batch_size=max(1, min(k, _FILL_ROWS // max(max_n, 1))))
     return partition.FilledClientData(**{**population, 'xs': tuple(xs)})
 
   return fill
-
-
-def task_inputs(cfg: Config, model: Model, params: dict, xs, present,
-                filled: bool = False):
-  """The task model's view of a batch: (inputs, attention mask [B, M]).
-  filled: xs already hold the reconstructions (fills_once)."""
-  view = cfg.method_spec.task_view
-  if view == 'reconstructed' and not filled:
-    xs = generator.complete(generator_kind(cfg), model, params, xs, present)
-  elif view == 'one_modality':
-    return xs, present   # present holds only the chosen modality (train.py)
-  return xs, jnp.ones_like(present)   # zeros: absent inputs are zeros
-
-
-def make_loss(cfg: Config, model: Model, stage: int):
-  """h -> the per-sample client objective (LossFn) of a method in a stage.
-
-  h: Config.hparams(), possibly traced (beta, match_weight are read here).
-  """
-  kind = generator_kind(cfg) if cfg.uses_generator else None
-  train_map = 'map' in trainable_groups(cfg, stage)
-  filled = fills_once(cfg, stage)
-
-  def with_hparams(h) -> LossFn:
-    gen_kw = dict(beta=h['beta'], match_weight=h['match_weight'],
-                  cross_decoding=cfg.cross_decoding)
-
-    def gen_loss(params, batch, key):
-      return generator.objective(kind, model, params, batch['xs'],
-                                 batch['present'], key, **gen_kw)
-
-    def task_loss(params, batch, key):
-      xs, attend = task_inputs(cfg, model, params, batch['xs'],
-                               batch['present'], filled)
-      logits = model.logits(params['task'], xs, attend)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
-      terms = {'ce': ce}
-      loss = ce
-      if cfg.method_spec.task_trains_generator:
-        g, gterms = gen_loss(params, batch, key)
-        loss, terms = loss + g, {**terms, **gterms}
-      elif train_map:
-        match = generator.match_loss(model, params, batch['xs'],
-                                     batch['present'])
-        loss = loss + h['match_weight'] * match
-        terms = {**terms, 'match': match}
-      return loss, terms
-
-    return gen_loss if stage == GEN_STAGE else task_loss
-
-  return with_hparams
-
-
-def client_optimizer(cfg: Config, stage: int,
-                     h: dict) -> optax.GradientTransformation:
-  """The client's optimizer; its numbers come from h (possibly traced)."""
-  lr = h['gen_lr'] if stage == GEN_STAGE else h['client_lr']
-  if stage == GEN_STAGE and cfg.gen_optimizer == 'adam':
-    step = optax.adam(lr)
-  else:
-    step = optax.sgd(lr, momentum=h['momentum'])
-  # Not optax.flatten: raveling params and grads every step costs more than
-  # the per-leaf updates it fuses (CPU stage-1 round 3.9 -> 4.5 s).
-  return optax.chain(optax.clip_by_global_norm(h['clip_norm']),
-                     optax.add_decayed_weights(h['weight_decay']), step)
 
 
 def contribution_weights(trainable: dict, data, model: Model,
@@ -179,21 +82,6 @@ def contribution_weights(trainable: dict, data, model: Model,
     return total
 
   return jax.tree_util.tree_map_with_path(weight, trainable)
-
-
-def task_seen_mask(cfg: Config, data) -> jax.Array:
-  """[max_n, M] bool: the inputs each task encoder trains on.
-
-  The task model of FedRecon sees every modality (reconstructed where absent)
-  and zero_fill's sees zeros there (FedMultimodal averages every client by
-  its sample count), so each task encoder trained on every sample; unimodal
-  attends to its one modality only. --task_encoder_weights=present counts
-  only real inputs (the ablation).
-  """
-  if (cfg.method_spec.task_seen == 'present'
-      or cfg.task_encoder_weights == 'present'):
-    return data.modality_mask
-  return jnp.ones_like(data.modality_mask)
 
 
 def _schedule(sample_mask, key, batch_size: int, local_epochs: int):
@@ -305,27 +193,29 @@ def local_update(trainable: dict, frozen: dict, data, key: jax.Array, *,
   return params, {k: v / count for k, v in totals.items()}
 
 
-def make_client_update(cfg: Config, model: Model, stage: int):
+def make_client_update(loss, tx, weights, *, batch_size: int,
+                       local_epochs: int, prox: bool, filled: bool,
+                       what: str = 'This stage'):
   """(h, trainable, frozen, data, key) -> (params, weights, metrics) for one
-  client; h is Config.hparams() (traced: one program for every value)."""
-  loss = make_loss(cfg, model, stage)
-  prox = cfg.fedprox_mu > 0
-  filled = fills_once(cfg, stage)
+  client; h is a hparams.Hparams (traced: one program for every value).
+
+  loss: h -> LossFn; tx: h -> the client optimizer; weights: (trainable,
+  data) -> contribution weights (contribution_weights). prox compiles in
+  FedProx's term (h.fedprox_mu). filled: the client trains on the
+  population filled once per stage (make_fill), and refuses the other one.
+  """
 
   def client_update(h, trainable, frozen, data, key):
     if isinstance(data, partition.FilledClientData) != filled:
       raise ValueError(
-          f'Stage {stage} of {cfg.method!r} trains on '
+          f'{what} trains on '
           + ('the population filled by rounds.fill_population (Round.fill)'
              if filled else 'the population as loaded, not a filled one')
           + f', got {type(data).__name__}.')
     params, metrics = local_update(
-        trainable, frozen, data, key, loss_fn=loss(h),
-        tx=client_optimizer(cfg, stage, h), batch_size=cfg.batch_size,
-        local_epochs=cfg.local_epochs,
-        prox_mu=h['fedprox_mu'] if prox else None)
-    weights = contribution_weights(trainable, data, model,
-                                   task_seen_mask(cfg, data))
-    return params, weights, metrics
+        trainable, frozen, data, key, loss_fn=loss(h), tx=tx(h),
+        batch_size=batch_size, local_epochs=local_epochs,
+        prox_mu=h.fedprox_mu if prox else None)
+    return params, weights(trainable, data), metrics
 
   return client_update

@@ -12,29 +12,21 @@ import functools
 import math
 from typing import Any
 
-import numpy as np
+from fedrecon_jax import generators, hparams, methods, server
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
 
-from fedrecon_jax import methods
-
-GEN_STAGE, TASK_STAGE = 1, 2
-
-METHODS = tuple(methods.METHODS)
-SERVER_OPTS = ('fedavg', 'fedopt')
-# adam / yogi / adagrad are Reddi et al. 2021, Algorithm 2 (server.py); the
-# optax_* versions (bias-corrected, eps inside) are kept for comparison.
-SERVER_OPTIMIZERS = ('sgdm', 'adam', 'yogi', 'adagrad', 'optax_adam',
-                     'optax_yogi', 'optax_adagrad')
+# Flag choices read from the registries.
+METHODS = tuple(methods.REGISTRY)
+SERVER_OPTS = server.AGGREGATIONS
+SERVER_OPTIMIZERS = tuple(server.OPTIMIZERS)
 TASK_ENCODER_WEIGHTS = ('seen', 'present')
-JOINT_POSTERIORS = ('poe', 'moe', 'mopoe')
 
 # Numeric settings that enter the round programs as traced values, not
 # constants: runs that differ only in these (and the seed, missing_rate,
 # alpha) share one compiled program, and a group of them runs as one
 # (rounds.make_round's runs axis). FedProx's term is compiled in only when
 # fedprox_mu > 0, so that sign is part of the program (`program_key`).
-HPARAMS = ('client_lr', 'gen_lr', 'momentum', 'weight_decay', 'clip_norm',
-           'fedprox_mu', 'server_lr', 'gen_server_lr', 'server_eps',
-           'server_b1', 'server_b2', 'beta', 'match_weight')
+HPARAMS = hparams.NAMES
 
 # What runs that share one program may differ in: HPARAMS, and settings
 # that change only the data a run's clients hold (its partition, padded to
@@ -80,7 +72,7 @@ class Config:
   # Method.
   method: str = _f('fedrecon', 'Training method.', choices=METHODS)
   joint_posterior: str = _f('poe', 'Generator of fedrecon_no_map.',
-                            choices=JOINT_POSTERIORS)
+                            choices=generators.JOINT)
   unimodal_modality: str = _f('best', "Modality of --method=unimodal, or "
                               "'best' (best ridge probe on train data).")
   train_mapping_in_stage2: bool = _f(False, 'Keep training T(n<-m) with '
@@ -172,12 +164,17 @@ class Config:
 
   @property
   def method_spec(self) -> methods.Method:
-    """What --method does (methods.METHODS)."""
-    return methods.METHODS[self.method]
+    """What --method does (the methods registry)."""
+    return methods.get(self.method)
+
+  @property
+  def generator(self) -> generators.Generator | None:
+    """The generator kind its method trains (None: no generator stage)."""
+    return self.method_spec.generator(self)
 
   @property
   def uses_generator(self) -> bool:
-    return self.method_spec.uses_generator
+    return self.generator is not None
 
   @property
   def chunk_setting(self) -> int | str:
@@ -242,9 +239,9 @@ class Config:
     _check(bool(self.workdir), 'workdir', self.workdir, 'a non-empty path')
     return self
 
-  def hparams(self) -> dict[str, np.ndarray]:
+  def hparams(self) -> hparams.Hparams:
     """The HPARAMS as float32 scalars: the round programs' traced inputs."""
-    return {k: np.float32(getattr(self, k)) for k in HPARAMS}
+    return hparams.Hparams.of(self)
 
   def program_key(self) -> tuple:
     """Equal for configs whose runs can share a round program and a loop

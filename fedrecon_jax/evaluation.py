@@ -1,7 +1,8 @@
 """Evaluation on the global test set: classification and reconstruction.
 
 Metric functions are pure numpy/jax functions of arrays; `make_evaluator`
-binds a model and the test set into one jitted program per method.
+binds a task stage's plan, its model and the test set into one jitted
+program per plan.
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedrecon_jax import client, recon_metrics
-from fedrecon_jax.config import TASK_STAGE, Config, per_program
+import functools
+
+from fedrecon_jax import recon_metrics
+from fedrecon_jax.methods import TASK_STAGE, StagePlan
+from fedrecon_jax.methods.unimodal import ridge_probe_accuracy
 from fedrecon_jax.models import Model
+
+__all__ = ['accuracy', 'fill_mse', 'macro_f1', 'make_evaluator',
+           'ridge_probe_accuracy']
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -40,33 +47,18 @@ def fill_mse(xs_test, fill_values) -> np.ndarray:
                    for x, f in zip(xs_test, fill_values)])
 
 
-def ridge_probe_accuracy(x_train, y_train, x_val, y_val, num_classes: int,
-                         l2: float = 1.0) -> float:
-  """Accuracy of a closed-form ridge classifier (picks the best modality)."""
-  a = np.asarray(x_train, np.float64).reshape(len(x_train), -1)
-  v = np.asarray(x_val, np.float64).reshape(len(x_val), -1)
-  a = np.concatenate([a, np.ones((len(a), 1))], 1)
-  v = np.concatenate([v, np.ones((len(v), 1))], 1)
-  targets = np.eye(num_classes)[y_train]
-  if a.shape[1] <= a.shape[0]:
-    w = np.linalg.solve(a.T @ a + l2 * np.eye(a.shape[1]), a.T @ targets)
-  else:  # dual form for wide inputs (images)
-    w = a.T @ np.linalg.solve(a @ a.T + l2 * np.eye(len(a)), targets)
-  return accuracy(y_val, (v @ w).argmax(1))
-
-
-@per_program
-def _predictor(cfg: Config, model: Model):
-  """(params, xs, present) -> predicted classes, jitted once per program."""
+@functools.cache
+def _predictor(view, model: Model):
+  """(params, xs, present) -> predicted classes, jitted once per plan."""
   @jax.jit
   def predict(params, xs, pres):
-    xs, attend = client.task_inputs(cfg, model, params, xs, pres)
+    xs, attend = view(params, xs, pres)
     return jnp.argmax(model.logits(params['task'], xs, attend), -1)
   return predict
 
 
-def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
-                   present_complete=None, chunk: int = 500):
+def make_evaluator(plan: StagePlan, model: Model, xs_test, y_test,
+                   present_test, present_complete=None, chunk: int = 500):
   """Returns evaluate(params, stage=TASK_STAGE) -> dict of floats.
 
   The task metrics (f1_macro, accuracy, ...) come only from a task-stage
@@ -75,6 +67,7 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
   generator's metrics alone.
 
   Args:
+    plan: the run's task stage (its view of a batch and its generator).
     xs_test: per modality [N, ...] float32, the full test set.
     y_test: [N] labels.
     present_test: [N, M] bool test-time missingness (absent inputs are zeroed
@@ -99,8 +92,8 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
   chunks = lambda arrs: [tuple(a[i:i + chunk] for a in arrs)
                          for i in range(0, n + pad, chunk)]
 
-  predict = _predictor(cfg, model)
-  kind = client.generator_kind(cfg)
+  predict = _predictor(plan.view, model)
+  gen = plan.generator
 
   def classify(params, xs, pres):
     return np.concatenate([np.asarray(predict(params, c[:-1], c[-1]))
@@ -116,9 +109,9 @@ def make_evaluator(cfg: Config, model: Model, xs_test, y_test, present_test,
       preds = classify(params, xs_complete, present_complete)
       out['f1_macro_complete'] = macro_f1(y_test, preds)
       out['accuracy_complete'] = accuracy(y_test, preds)
-    if cfg.uses_generator:
+    if gen is not None:
       # Mean over modalities n of the MSE of n rebuilt from all the others.
-      rebuild = recon_metrics.reconstructor(kind, model, params)
+      rebuild = recon_metrics.reconstructor(gen.name, model, params)
       out['recon_mse'] = float(np.mean([
           mse for _, _, mse in recon_metrics.leave_one_out(
               rebuild, xs_test, chunk=chunk)]))

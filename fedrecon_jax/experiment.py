@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from fedrecon_jax import data, evaluation, partition
+from fedrecon_jax import data, partition
 from fedrecon_jax.data import validate
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
@@ -25,7 +25,8 @@ class Experiment:
   test_y: np.ndarray
   test_present: np.ndarray            # [N_test, M] bool
   test_complete: np.ndarray           # [N_test, M] bool, nothing missing
-  unimodal_index: int | None
+  # [M] bool: the modalities the method keeps (Method.modalities), or None.
+  kept: np.ndarray | None
 
 
 def _seed(cfg: Config, purpose: int) -> int:
@@ -39,11 +40,13 @@ _load = functools.lru_cache(maxsize=2)(data.load)
 
 
 @functools.cache
-def _model(spec: DataSpec, latent_dim, gen_width, map_width, task_width):
+def _model(spec: DataSpec, latent_dim, gen_width, map_width, task_width,
+           latent_sizes):
   # One Model per architecture: the programs built from it (plan.make_plan,
   # the evaluator) are then shared by every run of it in a process.
   return Model(spec, latent_dim=latent_dim, gen_width=gen_width,
-               map_width=map_width, task_width=task_width)
+               map_width=map_width, task_width=task_width,
+               latent_sizes=latent_sizes)
 
 
 def build(cfg: Config) -> Experiment:
@@ -69,44 +72,26 @@ def build(cfg: Config) -> Experiment:
   test_present = partition.sample_modality_mask(
       len(ds.test.y), m, cfg.missing_rate, seed=_seed(cfg, 1))
   test_complete = np.ones_like(test_present)
-  uni = None
-  if cfg.method_spec.task_view == 'one_modality':
-    uni = _unimodal_index(cfg, ds)
-    # The unimodal baseline sees only its modality: clients without it hold
-    # no usable sample, and the fusion attends to that modality alone.
-    keep = np.zeros(m, bool)
-    keep[uni] = True
-    mmask = mmask & keep
-    test_present = test_present & keep
+  keep = (None if cfg.method_spec.modalities is None
+          else cfg.method_spec.modalities(cfg, ds))
+  if keep is not None:
+    # Modalities the method does not see are dropped from its clients and
+    # its test set; a client sample without a kept one holds nothing usable.
+    mmask, test_present = mmask & keep, test_present & keep
     test_complete = test_complete & keep
   population = partition.stack_clients(ds.train.xs, ds.train.y, indices, mmask,
                                        per_sample=cfg.per_sample_missing)
-  if uni is not None:
-    has = population.modality_mask[..., uni]
+  if keep is not None:
+    has = population.modality_mask.any(-1)
     population = population.replace(sample_mask=population.sample_mask & has,
                                     num_samples=has.sum(1).astype(np.int32))
   validate.report_empty_clients(population.num_samples, cfg.workdir)
+  gen = cfg.generator
   model = _model(spec, cfg.latent_dim, cfg.gen_width, cfg.map_width,
-                 cfg.task_width)
+                 cfg.task_width, gen.latent_sizes(cfg.latent_dim) if gen
+                 else None)
   return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
-                    test_present, test_complete, uni)
-
-
-def _unimodal_index(cfg: Config, ds) -> int:
-  if cfg.unimodal_modality != 'best':
-    if cfg.unimodal_modality not in ds.modalities:
-      raise ValueError(f'--unimodal_modality={cfg.unimodal_modality!r} is not '
-                       f"one of {ds.modalities} or 'best'.")
-    return ds.modalities.index(cfg.unimodal_modality)
-  # 'best': a ridge probe per modality on a held-out fifth of the train split.
-  n = len(ds.train.y)
-  perm = np.random.default_rng(_seed(cfg, 2)).permutation(n)
-  tr, va = perm[: 4 * n // 5], perm[4 * n // 5:]
-  y = ds.train.y
-  scores = [evaluation.ridge_probe_accuracy(x[tr], y[tr], x[va], y[va],
-                                            ds.num_classes) for x in ds.train.xs]
-  return int(np.argmax(scores))
-
+                    test_present, test_complete, keep)
 
 
 def train_means(exp: Experiment):

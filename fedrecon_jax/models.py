@@ -6,14 +6,11 @@ the server averages each group only over the clients that trained it:
   params = {
     'gen':  {'enc': {group: ...}, 'dec': {group: ...}},
     'map':  leaves with a leading axis [P], one slice per ordered pair (n<-m),
-    'task': {'enc': {group: ...}, 'fuse': ..., 'head': ...},
+    'task': {'enc': {group: ...}, 'fuse': ..., 'head': ...}}
 
 with a leading axis [G] on a group's leaves, one slice per modality of the
-group (`Group`, `Model.member`),
-  }
-
-`Model` holds the module definitions and exposes pure functions over those
-dicts; it keeps no state. The decoder's likelihood is a property of the
+group (`Group`, `Model.member`). `Model` holds the module definitions and
+exposes pure functions over those dicts; it keeps no state. The decoder's likelihood is a property of the
 modality kind (`LIKELIHOODS`).
 """
 
@@ -238,19 +235,19 @@ class Model:
   """Module definitions for one dataset and pure functions over their params."""
 
   def __init__(self, spec: DataSpec, *, latent_dim: int, gen_width: int,
-               map_width: int, task_width: int):
-    self.spec = spec
-    self.latent_dim = latent_dim
-    d = latent_dim
+               map_width: int, task_width: int, latent_sizes=None):
+    # latent_sizes: Generator.latent_sizes (default both latent_dim).
+    self.spec, self.latent_dim, d = spec, latent_dim, latent_dim
+    enc, self.dec_latent = latent_sizes or (d, d)
     self.groups = group_modalities(spec, GEN_ARCH, pad=True)
     self.task_groups = group_modalities(spec, TASK_ARCH, pad=False)
     self.gen_enc, self.gen_dec = {}, {}
     for g in self.groups:
       if g.arch == 'conv':
         self.gen_enc[g.name], self.gen_dec[g.name] = (
-            ConvEncoder(2 * d), ConvDecoder(spec.shapes[g.members[0]]))
+            ConvEncoder(2 * enc), ConvDecoder(spec.shapes[g.members[0]]))
       else:
-        self.gen_enc[g.name] = MLP((gen_width, gen_width), 2 * d)
+        self.gen_enc[g.name] = MLP((gen_width, gen_width), 2 * enc)
         self.gen_dec[g.name] = MLP((gen_width, gen_width), g.width)
     self.task_enc = {g.name: TaskEncoder(g.arch, task_width)
                      for g in self.task_groups}
@@ -270,7 +267,8 @@ class Model:
     gen = {'enc': {}, 'dec': {}}
     for g in self.groups:
       enc = stacked(self.gen_enc[g.name], self._group_input(g, None), g)
-      dec = stacked(self.gen_dec[g.name], jnp.zeros((1, d)), g)
+      dec = stacked(self.gen_dec[g.name], jnp.zeros((1, self.dec_latent)),
+                    g)
       if g.arch == 'mlp':
         enc = own_fan_in(enc, ('Dense_0', 'kernel'), g)
         dec = own_outputs(dec, g)

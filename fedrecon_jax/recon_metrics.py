@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedrecon_jax import generator
+from fedrecon_jax import generator, generators
 from fedrecon_jax import probes as probes_lib
 from fedrecon_jax.models import Model
 
@@ -292,7 +292,7 @@ def table2_metrics(kind: str, model: Model, params: Any,
     out['coherence_single'] = coh_single
     out['coherence_single_mean'] = off_diagonal_mean(coh_single)
 
-  if kind == 'mapping':
+  if generators.get(kind).uses_mappings:
     out['retrieval'] = mapping_retrieval(model, params, test_xs, chunk=chunk)
   return out
 

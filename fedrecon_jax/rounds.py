@@ -136,45 +136,76 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
     clients_spmd: mesh axis the clients' vmap is sharded over, or None.
     state: the run's ServerState.
     population: partition.ClientData, leaves [K, max_n, ...].
-    key: the run's key; h: its Config.hparams(); cohort_size: int32 scalar.
+    key: the run's key; h: its hparams.Hparams; cohort_size: int32 scalar.
   """
   trainable, frozen = split_params(state.params, plan.groups)
   rkey = round_key(key, state)
-  update = functools.partial(plan.client_update, h)
+  update = _with_client_state(plan, h)
   if chunk == 1:
     # One client at a time (the CPU default in stage 1) without a vmap: a
     # vmapped loop over each client's own step count selects between old and
     # new values of every carried param and optimizer state at every step.
-    def run_chunk(trainable, frozen, data, keys):
-      out = update(trainable, frozen, jax.tree.map(lambda x: x[0], data),
-                   keys[0])
+    def run_chunk(trainable, frozen, data, keys, cstate):
+      one = lambda x: x[0]
+      out = update(trainable, frozen, jax.tree.map(one, data), keys[0],
+                   jax.tree.map(one, cstate))
       return jax.tree.map(lambda x: x[None], out)
   else:
     # A sharding constraint needs a mesh axis; vmap's spmd_axis_name does
     # the rest.
-    run_chunk = jax.vmap(update, in_axes=(None, None, 0, 0),
+    run_chunk = jax.vmap(update, in_axes=(None, None, 0, 0, 0),
                          spmd_axis_name=clients_spmd)
 
-  def chunk_sums(c):
+  def chunk_sums(c, clients):
     ids, valid = cohort_ids(rkey, plan.num_clients, c * chunk
                             + jnp.arange(chunk), cohort_size)
     data = jax.tree.map(lambda x: x[ids], population)
-    local, weights, metrics = run_chunk(trainable, frozen, data,
-                                        client_keys(rkey, ids))
-    return server.client_sums(local, weights, metrics, valid)
+    local, weights, metrics, cstate = run_chunk(
+        trainable, frozen, data, client_keys(rkey, ids),
+        jax.tree.map(lambda x: x[ids], clients))
+    return (server.client_sums(local, weights, metrics, valid),
+            _scatter(clients, ids, valid, cstate))
 
   if num_chunks == 1:
-    sums = chunk_sums(0)
+    sums, clients = chunk_sums(0, state.clients)
   else:
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(chunk_sums, 0))
+                         jax.eval_shape(chunk_sums, 0, state.clients)[0])
     n = -(-cohort_size // chunk) if num_chunks is None else num_chunks
-    sums = jax.lax.fori_loop(
-        0, n, lambda c, acc: jax.tree.map(jnp.add, acc, chunk_sums(c)), zeros)
+
+    def body(c, carry):
+      sums, clients = chunk_sums(c, carry[1])
+      return jax.tree.map(jnp.add, carry[0], sums), clients
+
+    sums, clients = jax.lax.fori_loop(0, n, body, (zeros, state.clients))
   trained, opt_state, metrics = server.apply_sums(
       trainable, state.opt_state, sums, plan.server_tx(h))
   return ServerState({**state.params, **trained}, opt_state,
-                     state.round + 1), metrics
+                     state.round + 1, clients), metrics
+
+
+def _with_client_state(plan: StagePlan, h):
+  """(trainable, frozen, data, key, client state) -> (params, weights,
+  metrics, client state): the plan's client update, plus its
+  ClientState.update on the same inputs (state () when it has none)."""
+  def update(trainable, frozen, data, key, cstate):
+    local, weights, metrics = plan.client_update(h, trainable, frozen, data,
+                                                 key)
+    if plan.client_state is not None:
+      cstate, more = plan.client_state.update(h, cstate, trainable, frozen,
+                                              data, key)
+      metrics = {**metrics, **more}
+    return local, weights, metrics, cstate
+  return update
+
+
+def _scatter(clients, ids, valid, new):
+  """The population's client states with the cohort's (valid) new ones
+  written at their ids; pads (valid False) leave theirs as they were."""
+  def put(all_, rows):
+    keep = valid.reshape(-1, *[1] * (rows.ndim - 1))
+    return all_.at[ids].set(jnp.where(keep, rows, all_[ids]))
+  return jax.tree.map(put, clients, new)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,11 +307,17 @@ def sequential_round(plan: StagePlan, state: ServerState, population, key, h):
   ids, _ = cohort_ids(rkey, plan.num_clients, jnp.arange(plan.cohort),
                       plan.cohort)
   trainable, frozen = split_params(state.params, plan.groups)
-  outs = [update(h, trainable, frozen, jax.tree.map(lambda x: x[i], population),
-                 k) for i, k in zip(np.asarray(ids), client_keys(rkey, ids))]
+  clients = state.clients
+  outs = []
+  for i, k in zip(np.asarray(ids), client_keys(rkey, ids)):
+    one = lambda x, i=i: x[i]
+    outs.append(update(h, trainable, frozen, jax.tree.map(one, population), k,
+                       jax.tree.map(one, clients)))
+    clients = jax.tree.map(lambda a, v, i=i: a.at[i].set(v), clients,
+                           outs[-1][3])
   stack = lambda *xs: jnp.stack(xs)
   local, weights = (jax.tree.map(stack, *[o[j] for o in outs]) for j in (0, 1))
-  return aggregate(state, local, weights, h)
+  return aggregate(state._replace(clients=clients), local, weights, h)
 
 
 @functools.cache
@@ -290,7 +327,8 @@ def _sequential_parts(plan: StagePlan):
     trained, opt_state, metrics = server.aggregate(
         trainable, state.opt_state, local, weights, plan.server_tx(h))
     return ServerState({**state.params, **trained}, opt_state,
-                       state.round + 1), metrics
+                       state.round + 1, state.clients), metrics
   options = compiler_options(jax.devices()[0].platform)
-  return (jax.jit(plan.client_update, compiler_options=options),
+  update = lambda h, *args: _with_client_state(plan, h)(*args)
+  return (jax.jit(update, compiler_options=options),
           jax.jit(aggregate, compiler_options=options))

@@ -28,7 +28,6 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from fedrecon_jax.config import Config, GEN_STAGE
 
 
 class ServerState(NamedTuple):
@@ -36,22 +35,61 @@ class ServerState(NamedTuple):
   params: dict            # every group; those not trained this stage pass
   opt_state: Any          # the server optimizer's state (init_opt_state)
   round: jax.Array        # int32 scalar: rounds done (the last one's number)
+  # The method's per-client state (StagePlan.client_state), leaves [K, ...];
+  # () when it keeps none.
+  clients: Any = ()
 
 
 def init_opt_state(tx: optax.GradientTransformation, trained: dict):
   """The server optimizer's state over `trained` raveled into one vector:
-  `apply_sums` steps the raveled params (every server optimizer here is
-  elementwise, so this is exact), a few compiled loops instead of a few
-  per leaf."""
+  `apply_sums` steps the raveled params (exact for an elementwise
+  transformation, which `check_elementwise` makes sure of), a few compiled
+  loops instead of a few per leaf."""
   return tx.init(ravel_pytree(trained)[0])
 
 
-def init_state(plan, params: dict, h: dict, round_=0) -> ServerState:
-  """A stage's first state: `plan` (plan.StagePlan) names the trained groups
-  and the server transformation of h (Config.hparams())."""
+def init_state(plan, params: dict, h, round_=0) -> ServerState:
+  """A stage's first state: `plan` (plan.StagePlan) names the trained
+  groups, the server transformation of h (hparams.Hparams) and the
+  method's per-client state, if any."""
   trained = {g: params[g] for g in plan.groups}
+  clients = (() if plan.client_state is None else
+             plan.client_state.init(params, plan.num_clients))
   return ServerState(params, init_opt_state(plan.server_tx(h), trained),
-                     jnp.asarray(round_, jnp.int32))
+                     jnp.asarray(round_, jnp.int32), clients)
+
+
+# A small tree with leaves of different shapes and scales: a transformation
+# that reads a leaf as a whole (a per-leaf norm, trust ratio or RMS, a
+# factored second moment) treats it differently from the same entries in one
+# raveled vector.
+_PROBE = {'a': [0.3, -2.0, 5.0], 'b': [[1e-3, 4.0], [-0.5, 0.02]], 'c': 70.0}
+
+
+def check_elementwise(tx: optax.GradientTransformation, what: str) -> None:
+  """Refuses (ValueError naming `what`) a server transformation whose steps
+  on a tree differ from its steps on the tree raveled into one vector, the
+  way apply_sums runs it. Per-entry optimizers (SGD, momentum, Adam, Yogi,
+  Adagrad, FedOpt's) and ones that read the whole vector (global-norm
+  clipping) pass; per-leaf ones do not."""
+  probe = {k: jnp.asarray(v, jnp.float32) for k, v in _PROBE.items()}
+  flat = ravel_pytree(probe)[0]
+  tree_state, flat_state = tx.init(probe), tx.init(flat)
+  tree_params, flat_params = probe, flat
+  for scale in (1.0, -0.3):
+    grads = jax.tree.map(lambda p, s=scale: s * p + 0.1, probe)
+    tree_up, tree_state = tx.update(grads, tree_state, tree_params)
+    flat_up, flat_state = tx.update(ravel_pytree(grads)[0], flat_state,
+                                    flat_params)
+    tree_params = optax.apply_updates(tree_params, tree_up)
+    flat_params = optax.apply_updates(flat_params, flat_up)
+    want = np.asarray(ravel_pytree(tree_up)[0])
+    if not np.allclose(np.asarray(flat_up), want, rtol=1e-4, atol=1e-6):
+      raise ValueError(
+          f'{what}: the server transformation is not elementwise (its step '
+          'on a tree of params differs from its step on the same params '
+          'raveled into one vector, as server.apply_sums runs it); use a '
+          'per-entry optimizer (sgd, adam, yogi, adagrad, ...).')
 
 
 # ---------------------------------------------------------------- optimizers
@@ -101,27 +139,35 @@ def fedadagrad(learning_rate, *, b1=0.9, tau=1e-3):
   return _fedopt(learning_rate, lambda v, g2: v + g2, b1, tau)
 
 
-def server_optimizer(cfg: Config, stage: int,
-                     h: dict | None = None) -> optax.GradientTransformation:
-  """The server's transformation of the pseudo-gradient in a stage.
+# --server_optimizer: name -> (lr, b1, b2, tau) -> transformation. adam /
+# yogi / adagrad are Reddi et al. 2021, Algorithm 2; the optax_* versions
+# (bias-corrected, eps inside) are kept for comparison.
+OPTIMIZERS = {
+    'sgdm': lambda lr, b1, b2, tau: optax.sgd(lr, momentum=0.9),
+    'adam': lambda lr, b1, b2, tau: fedadam(lr, b1=b1, b2=b2, tau=tau),
+    'yogi': lambda lr, b1, b2, tau: fedyogi(lr, b1=b1, b2=b2, tau=tau),
+    'adagrad': lambda lr, b1, b2, tau: fedadagrad(lr, b1=b1, tau=tau),
+    'optax_adam': lambda lr, b1, b2, tau: optax.adam(lr, b1=b1, b2=b2,
+                                                     eps=tau),
+    'optax_yogi': lambda lr, b1, b2, tau: optax.yogi(lr, b1=b1, b2=b2,
+                                                     eps=tau),
+    'optax_adagrad': lambda lr, b1, b2, tau: optax.adagrad(lr, eps=tau),
+}
+# --server_opt: 'fedavg' takes the weighted mean; 'fedopt' feeds the
+# pseudo-gradient to one of OPTIMIZERS.
+AGGREGATIONS = ('fedavg', 'fedopt')
 
-  h: Config.hparams() (default cfg's), possibly traced: the learning rate,
-  b1, b2 and tau are inputs of the round program, not constants.
+
+def transformation(aggregation: str, optimizer: str, lr,
+                   h) -> optax.GradientTransformation:
+  """The server's transformation of the pseudo-gradient.
+
+  lr and h (hparams.Hparams: b1, b2, tau) may be traced: they are inputs of
+  the round program, not constants.
   """
-  h = cfg.hparams() if h is None else h
-  if cfg.server_opt == 'fedavg':
+  if aggregation == 'fedavg':
     return optax.sgd(1.0)       # params - (params - mean) = mean
-  lr = h['gen_server_lr'] if stage == GEN_STAGE else h['server_lr']
-  b1, b2, tau = h['server_b1'], h['server_b2'], h['server_eps']
-  return {
-      'sgdm': lambda: optax.sgd(lr, momentum=0.9),
-      'adam': lambda: fedadam(lr, b1=b1, b2=b2, tau=tau),
-      'yogi': lambda: fedyogi(lr, b1=b1, b2=b2, tau=tau),
-      'adagrad': lambda: fedadagrad(lr, b1=b1, tau=tau),
-      'optax_adam': lambda: optax.adam(lr, b1=b1, b2=b2, eps=tau),
-      'optax_yogi': lambda: optax.yogi(lr, b1=b1, b2=b2, eps=tau),
-      'optax_adagrad': lambda: optax.adagrad(lr, eps=tau),
-  }[cfg.server_optimizer]()
+  return OPTIMIZERS[optimizer](lr, h.server_b1, h.server_b2, h.server_eps)
 
 
 # --------------------------------------------------------------- aggregation

@@ -136,7 +136,9 @@ def _start(runs: list[_Run], primary: bool) -> server.ServerState:
   for run_ in runs:
     cfg, exp = run_.cfg, run_.exp
     evaluate = evaluation.make_evaluator(
-        cfg, exp.model, exp.test_xs, exp.test_y, exp.test_present,
+        plan.make_plan(cfg, exp.model, config.TASK_STAGE,
+                       exp.population.y.shape[0]),
+        exp.model, exp.test_xs, exp.test_y, exp.test_present,
         exp.test_complete)
     # The evaluator runs on this process's default device: replicated
     # params are fetched to the host first when the mesh spans processes.
@@ -226,9 +228,10 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
       round_fns[stage] = _make_round(runs, stage, mesh, state.params,
                                      population, h)
     round_fn, stage_population = round_fns[stage]
-    # A fresh run (no optimizer state; re-starting an empty one, as fedavg's,
-    # changes nothing), or a stage's first round.
-    if (r == start + 1 and not jax.tree.leaves(state.opt_state)
+    # A fresh run (no optimizer or client state; re-starting an empty one,
+    # as fedavg's, changes nothing), or a stage's first round.
+    if (r == start + 1 and not jax.tree.leaves((state.opt_state,
+                                                state.clients))
         or cfg.stage(r - 1) != stage):
       state = round_fn.init(state.params, h, r - 1)
     t0 = time.time()
@@ -337,8 +340,9 @@ def _summary(cfg: Config, exp: experiment.Experiment, last_eval: dict,
              seconds: float) -> dict:
   summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
              'wall_seconds': seconds, 'devices': _devices(), **last_eval}
-  if exp.unimodal_index is not None:
-    summary['unimodal_modality'] = exp.spec.modalities[exp.unimodal_index]
+  if exp.kept is not None:
+    summary['modalities_kept'] = [
+        m for m, k in zip(exp.spec.modalities, exp.kept) if k]
   if cfg.uses_generator:
     summary['zero_fill_mse'] = float(evaluation.fill_mse(
         exp.test_xs, [0.0] * len(exp.test_xs)).mean())

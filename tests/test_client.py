@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from fedrecon_jax import client, rounds, server
+from fedrecon_jax.methods import base, fedrecon
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 
 from toy import cfg_for, init_params, make_population, small_model
@@ -17,6 +18,11 @@ import toy
 # The jitted server step (the tests' hand-stacked updates): one program per
 # cohort size instead of an eager op-by-op step.
 aggregate = jax.jit(server.aggregate, static_argnames='tx')
+
+
+def fedavg(stage):
+  cfg = cfg_for(server_opt='fedavg')
+  return base.server_tx(cfg, stage)(cfg.hparams())
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +34,7 @@ def setup():
 def test_masked_aggregation_ignores_clients_without_the_modality(setup):
   model, params, population = setup
   cfg = cfg_for()
-  update = jax.jit(client.make_client_update(cfg, model, GEN_STAGE))
+  update = toy.stage_plan(cfg, GEN_STAGE).client_update
   trainable, frozen = rounds.split_params(params, ('gen', 'map'))
   take = lambda i: jax.tree.map(lambda x: x[i], population)
   key = jax.random.key(1)
@@ -38,7 +44,7 @@ def test_masked_aggregation_ignores_clients_without_the_modality(setup):
   enc = lambda params, i: model.member(params['gen']['enc'], i)
   assert float(outs[1][1]['gen']['enc']['mlp']['Dense_0']['kernel'][0]) == 0.0
   stack = lambda *xs: jnp.stack(xs)
-  tx = server.server_optimizer(cfg_for(server_opt='fedavg'), GEN_STAGE)
+  tx = fedavg(GEN_STAGE)
   both = aggregate(trainable, server.init_opt_state(tx, trainable),
                           jax.tree.map(stack, *[o[0] for o in outs]),
                           jax.tree.map(stack, *[o[1] for o in outs]), tx)[0]
@@ -61,7 +67,7 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
                                                          a_weight):
   model, params, population = setup
   cfg = cfg_for(method=method, task_encoder_weights=weights)
-  update = jax.jit(client.make_client_update(cfg, model, TASK_STAGE))
+  update = toy.stage_plan(cfg, TASK_STAGE).client_update
   trainable, frozen = rounds.split_params(params, ('task',))
   population = toy.filled(cfg, TASK_STAGE, params, population)
   take = lambda i: jax.tree.map(lambda x: x[i], population)
@@ -74,7 +80,7 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
   assert (float(w[0]), float(w[1])) == (12.0, a_weight)
   assert float(outs[1][1]['task']['head']['Dense_0']['kernel']) == 30.0
   # FedAvg of task encoder 'a': sample-weighted mean written out by hand.
-  tx = server.server_optimizer(cfg_for(server_opt='fedavg'), TASK_STAGE)
+  tx = fedavg(TASK_STAGE)
   stack = lambda *xs: jnp.stack(xs)
   got = aggregate(trainable, server.init_opt_state(tx, trainable),
                          jax.tree.map(stack, *[o[0] for o in outs]),
@@ -96,7 +102,7 @@ def test_padding_changes_nothing(setup):
     data = jax.tree.map(lambda x: x[2], toy.filled(cfg, stage, params,
                                                    population))
     padded = jax.tree.map(pad, data)
-    update = jax.jit(client.make_client_update(cfg, model, stage))
+    update = toy.stage_plan(cfg, stage).client_update
     trainable, frozen = rounds.split_params(params, groups)
     h = cfg.hparams()
     a = update(h, trainable, frozen, data, jax.random.key(5))
@@ -146,8 +152,7 @@ def test_one_step_clients_take_one_step_and_empty_ones_none(setup):
   np.testing.assert_array_equal(update({'w': w}, empty)['w'], w)
 
 
-def test_filling_once_per_stage_equals_completing_every_step(setup,
-                                                            monkeypatch):
+def test_filling_once_per_stage_equals_completing_every_step(setup):
   """A frozen generator's reconstructions computed once for the population
   (client.make_fill) train the task model as completing each batch at each
   step did; a round refuses the population it does not expect."""
@@ -159,12 +164,14 @@ def test_filling_once_per_stage_equals_completing_every_step(setup,
   filled = jax.tree.map(lambda x: x[1], toy.filled(cfg, TASK_STAGE, params,
                                                    population))
   assert not np.array_equal(filled.xs[0], data.xs[0])
-  update = lambda: jax.jit(client.make_client_update(cfg, model, TASK_STAGE))
-  got = update()(h, trainable, frozen, filled, key)
+  update = toy.stage_plan(cfg, TASK_STAGE).client_update
+  got = update(h, trainable, frozen, filled, key)
   with pytest.raises(ValueError, match='filled by rounds.fill_population'):
-    update()(h, trainable, frozen, data, key)
-  monkeypatch.setattr(client, 'fills_once', lambda *a: False)
-  want = update()(h, trainable, frozen, data, key)
+    update(h, trainable, frozen, data, key)
+  every_step = fedrecon.task_stage(cfg, model, toy.K, train_generator=False,
+                                   fill_once=False)
+  assert every_step.fill is None
+  want = every_step.client_update(h, trainable, frozen, data, key)
   chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -174,5 +181,6 @@ def test_filling_once_per_stage_equals_completing_every_step(setup,
     ('fedrecon_no_freeze', False, False), ('zero_fill', False, False)])
 def test_only_a_frozen_generator_fills_once(method, train_map, fills):
   cfg = cfg_for(method=method, train_mapping_in_stage2=train_map)
-  assert client.fills_once(cfg, TASK_STAGE) is fills
-  assert not client.fills_once(cfg, GEN_STAGE)
+  assert (toy.stage_plan(cfg, TASK_STAGE).fill is not None) is fills
+  if cfg.uses_generator:
+    assert toy.stage_plan(cfg, GEN_STAGE).fill is None

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedrecon_jax import client, rounds
+from fedrecon_jax import rounds
 from fedrecon_jax.config import GEN_STAGE
 from fedrecon_jax.models import (AttentionFusion, ConvDecoder, ConvEncoder,
                                  DataSpec, Head, MLP, Model, PatchConv,
@@ -104,7 +104,7 @@ def test_training_keeps_the_padding_zero():
   model = toy.small_model()       # sizes 5, 7, 4: padded to 7
   params = toy.init_params(model)
   cfg = toy.cfg_for(weight_decay=0.1, fedprox_mu=0.5)
-  update = jax.jit(client.make_client_update(cfg, model, GEN_STAGE))
+  update = toy.stage_plan(cfg, GEN_STAGE).client_update
   trainable, frozen = rounds.split_params(params, ('gen', 'map'))
   data = jax.tree.map(lambda x: x[0], toy.make_population())
   trained = update(cfg.hparams(), trainable, frozen, data,

@@ -43,7 +43,7 @@ def test_raw_kind_decodes_the_source_latent_itself():
   present = jnp.array([[True, False, False]] * 3 + [[False, True, True]] * 3)
   mu, _ = jax.jit(model.encode)(params['gen'], xs)
   infer = jax.jit(generator.infer_latents, static_argnums=(0, 1))
-  z = infer(generator.RAW, model, params, xs, present)
+  z = infer('raw', model, params, xs, present)
   np.testing.assert_allclose(z[0, :3], mu[0, :3])     # present: its own mu
   np.testing.assert_allclose(z[1, :3], mu[0, :3])     # b <- a (T = identity)
   np.testing.assert_allclose(z[2, :3], mu[0, :3])

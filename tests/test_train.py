@@ -84,7 +84,7 @@ def test_every_method_runs(tmp_path, data_dir, method, extra):
   if method == 'unimodal':
     # The ridge probe must pick the strong view, the middle one of
     # uci_multifeature_small's (kar .93 vs fou .79, mor .63).
-    assert summary['unimodal_modality'] == 'kar', summary
+    assert summary['modalities_kept'] == ['kar'], summary
     # Test samples lacking its modality are guesses; with none missing the
     # same model must do clearly better.
     assert summary['f1_macro_complete'] > summary['f1_macro'] + 0.05, summary

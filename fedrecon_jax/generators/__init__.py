@@ -1,0 +1,42 @@
+"""The registry of generator kinds: every module of this package (but
+`base`) lists its `base.Generator`s in `GENERATORS`; a new kind is one new
+module. Flags (--joint_posterior), Table 2 and the model builder read this
+registry, never a copied list of names."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from fedrecon_jax.generators.base import Generator
+
+
+def _discover() -> dict[str, Generator]:
+  found = {}
+  for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+    if info.name == 'base':
+      continue
+    module = importlib.import_module(f'{__name__}.{info.name}')
+    for gen in getattr(module, 'GENERATORS', ()):
+      if gen.name in found:
+        raise ValueError(f'generator kind {gen.name!r} is defined twice '
+                         f'(fedrecon_jax/generators/{info.name}.py).')
+      found[gen.name] = gen
+  return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+REGISTRY: dict[str, Generator] = _discover()
+# Kinds with an objective (trainable), and those of them without mappings:
+# the choices of --joint_posterior.
+TRAINABLE = tuple(n for n, g in REGISTRY.items() if g.trainable)
+JOINT = tuple(n for n in TRAINABLE if not REGISTRY[n].uses_mappings)
+
+
+def get(kind: str | Generator) -> Generator:
+  """The generator of a kind name (a Generator passes through)."""
+  if isinstance(kind, Generator):
+    return kind
+  if kind not in REGISTRY:
+    raise ValueError(f'generator kind {kind!r} is not one of '
+                     f'{tuple(REGISTRY)}.')
+  return REGISTRY[kind]

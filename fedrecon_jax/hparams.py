@@ -1,0 +1,38 @@
+"""`Hparams`: the numbers a run may differ in and still share its round
+programs with other runs (they enter those programs as traced inputs, not
+constants: rounds.make_round's runs axis stacks them)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import struct
+
+
+@struct.dataclass
+class Hparams:
+  """A run's per-run numbers, each a float32 scalar ([R] on a runs axis)."""
+  client_lr: jax.Array        # client learning rate, task stage
+  gen_lr: jax.Array           # client learning rate, generator stage
+  momentum: jax.Array
+  weight_decay: jax.Array
+  clip_norm: jax.Array
+  fedprox_mu: jax.Array
+  server_lr: jax.Array
+  gen_server_lr: jax.Array
+  server_eps: jax.Array
+  server_b1: jax.Array
+  server_b2: jax.Array
+  beta: jax.Array             # KL weight of the generator ELBOs
+  match_weight: jax.Array     # weight of L_match
+
+  @classmethod
+  def of(cls, source) -> 'Hparams':
+    """Each field read from `source`'s attribute of the same name (a
+    Config), as a float32 scalar."""
+    return cls(**{k: np.float32(getattr(source, k)) for k in NAMES})
+
+
+NAMES = tuple(f.name for f in dataclasses.fields(Hparams))
