@@ -19,7 +19,7 @@ Variants, each timed in this process after a warm-up (median of --rounds):
                  chunks of --clients_per_device x devices, one after another
                  inside one program, aggregation accumulated as it goes; the
                  program serves every N (compiled once per stage).
-  auto           memory_plan.make_round with --clients_per_device=auto: what
+  auto           memory_plan.choose_round with --clients_per_device=auto: what
                  a training run picks (all at once if XLA says it fits
                  --memory_fraction of the device, else the largest chunk
                  that does); the note says which.
@@ -41,7 +41,6 @@ run; one that would not finish within --budget_s is skipped, and both say so.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import platform
@@ -97,23 +96,6 @@ GB = 1e9
 
 
 # ------------------------------------------------------------ instruments
-
-
-class CompileCounter:
-  """Counts XLA backend compilations (jax.monitoring), by function name."""
-
-  def __init__(self):
-    self.events = collections.Counter()
-    # Listeners cannot be unregistered; this one lives for the process.
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-  def _on_event(self, event, duration, **kwargs):
-    del duration
-    if event == '/jax/core/compile/backend_compile_duration':
-      self.events[kwargs.get('fun_name', '?')] += 1
-
-  def total(self) -> int:
-    return sum(self.events.values())
 
 
 def reset_peak_rss() -> bool:
@@ -283,7 +265,7 @@ class Runner:
       # What train.py runs: the plan compiles its candidates; the chosen
       # program's jit call below reuses that compile.
       t = time.perf_counter()
-      plan = memory_plan.make_round(
+      plan = memory_plan.choose_round(
           self.plan, self.mesh, self.params, self.pop, self.h,
           cfg=dataclasses.replace(self.cfg, clients_per_device='auto'))
       self.round = plan.round
@@ -366,9 +348,9 @@ def main(argv):
   t_start = time.time()
   deadline = t_start + _BUDGET_S.value
   jax.config.update('jax_num_cpu_devices', _CPU_DEVICES.value)
-  from fedrecon_jax import distributed, rounds  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import compile_stats, distributed, rounds  # pylint: disable=g-import-not-at-top
 
-  counter = CompileCounter()
+  compile_stats.start()
   cohorts = sorted(int(n) for n in _COHORTS.value)
   stages = [int(s) for s in _STAGES.value]
   num_clients = _POPULATION.value or max(cohorts)
@@ -439,14 +421,14 @@ def main(argv):
             continue
           rounds_wanted = min(rounds_wanted, fit)
         reset_peak_rss()
-        before = counter.total()
+        before = compile_stats.snapshot().compiles
         runner = Runner(variant, run_cfg, model, stage, mesh, num_clients,
                         host_pop, device_pop, params)
         if _SAVE_HLO.value and variant == 'vmap' and n == max(cohorts):
           runner.save_hlo = os.path.join(_SAVE_HLO.value,
                                          f'stage{stage}_n{n}_vmap')
         info = runner.compile()
-        info['compiles_in_aot'] = counter.total() - before
+        info['compiles_in_aot'] = compile_stats.snapshot().compiles - before
         row.update(info)
         if info['xla_memory_gb'] and info['xla_memory_gb'] > _MEMORY_GB.value:
           row['skipped'] = (f'memory: XLA needs {info["xla_memory_gb"]:.1f} '
@@ -460,12 +442,13 @@ def main(argv):
         fresh = prev is None or info['compiles_in_aot'] > 0 or seq
         warm = min(_WARMUP.value if fresh else 0, rounds_wanted - 1)
         warm_times = [runner.run_round(r) for r in range(warm)]
-        after_warmup = counter.total()
+        after_warmup = compile_stats.snapshot().compiles
         timed = [runner.run_round(r) for r in range(warm, rounds_wanted)]
         row['warmup_times_s'] = warm_times
         row['round_times_s'] = timed
         row['compiles_setup'] = after_warmup - before
-        row['compiles_after_warmup'] = counter.total() - after_warmup
+        row['compiles_after_warmup'] = (compile_stats.snapshot().compiles
+                                        - after_warmup)
         row['jit_cache_size'] = runner.cache_size()
         round_s = statistics.median(timed)
         row['rounds_timed'] = len(timed)
@@ -527,7 +510,7 @@ def main(argv):
           'seq_max_clients', 'clients_per_device', 'cpu_devices',
           'memory_gb', 'budget_s')},
       'results': results,
-      'compiles_by_function': dict(counter.events),
+      'compiles_by_function': compile_stats.snapshot().by_function,
       'peak_rss_gb_process': max_rss_gb(),
       'wall_s': time.time() - t_start,
   }
