@@ -25,7 +25,6 @@ Parts (each skips finished runs, so re-running resumes where it stopped):
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -40,8 +39,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments import report, sweep, table2
-from fedrecon_jax import metrics_writer, workdir
+from experiments import report, table2
+from fedrecon_jax import grid as grid_lib
+from fedrecon_jax import metrics_writer, sweep, table2_scoring
 from fedrecon_jax.config import METHODS
 
 _ROOT = flags.DEFINE_string('root', 'workdirs',
@@ -85,7 +85,7 @@ def table1_runs(root: str, grid: str) -> list:
   """report.Run of every cell of Table 1's sweeps that exist."""
   runs = []
   for _, sweep_root in table1_sweeps(root, grid):
-    if os.path.exists(os.path.join(sweep_root, sweep.GRID_FILE)):
+    if os.path.exists(os.path.join(sweep_root, grid_lib.GRID_FILE)):
       runs += report.load_runs(sweep_root)[1]
   return runs
 
@@ -146,7 +146,7 @@ def ablation_section(root: str, runs) -> list[str]:
   lines = []
   for name, flag in ABLATIONS.items():
     sweep_root = os.path.join(root, name)
-    if not os.path.exists(os.path.join(sweep_root, sweep.GRID_FILE)):
+    if not os.path.exists(os.path.join(sweep_root, grid_lib.GRID_FILE)):
       continue
     abl = [r for r in report.load_runs(sweep_root)[1] if r.summary]
     if not abl:
@@ -221,8 +221,10 @@ def _pct(x) -> str:
   return f'{100 * x:.1f}'
 
 
-def table2_section(root: str, dataset: str, out: str) -> list[str]:
-  rows, refs = table2.load_results(root, dataset)
+def table2_section(root: str, dataset: str, out: str,
+                   scored: list[table2_scoring.Scored]) -> list[str]:
+  """Table 2 of `dataset` from its variants' files (table2.read_results)."""
+  rows, refs = table2_scoring.rows_and_refs(scored)
   if not rows:
     return [f'No Table 2 results for {dataset} yet.']
   off = lambda m: np.asarray(m)[~np.eye(len(m), dtype=bool)]  # pylint: disable=unnecessary-lambda-assignment
@@ -321,32 +323,11 @@ def _compute(summaries) -> str:
                    for dev, sec in sorted(by_device.items())) or 'none yet'
 
 
-def _table2_summaries(root, dataset):
-  out = []
-  for variant in table2.VARIANTS:
-    path = os.path.join(root, dataset, variant, workdir.SUMMARY)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-  return out
-
-
 def _header(title: str) -> list[str]:
   return [f'# {title}', '',
           f'Generated {datetime.date.today()} by `'
           + ' '.join(['python -m experiments.paper', *sys.argv[1:]])
           + f'` at commit {_commit()}.', '']
-
-
-def _table2_seconds(root, dataset) -> list[float]:
-  """Each variant's table2 wall time (training, probes, scoring)."""
-  out = []
-  for variant in table2.VARIANTS:
-    path = os.path.join(root, dataset, variant, table2.RESULTS_JSON)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f).get('seconds', 0.0))
-  return out
 
 
 def write_page(root: str, grid: str, datasets, out: str) -> str | None:
@@ -390,13 +371,16 @@ def write_table2_page(root: str, datasets, out: str) -> str:
   os.makedirs(out, exist_ok=True)
   t2 = os.path.join(root, 'table2')
   lines = _header('FedRecon on shipped data: Table 2, reconstruction')
+  scored = {d: table2.read_results(t2, d) for d in datasets}
   for d in datasets:
-    rows, _ = table2.load_results(t2, d)
+    rows, _ = table2_scoring.rows_and_refs(scored[d])
     per_round = ', '.join(f'{name} {r["seconds_per_round"]:.1f}'
                           for name, r in rows.items()
                           if 'seconds_per_round' in r)
-    total = sum(_table2_seconds(t2, d))
-    lines.append(f'- {d}: training time {_compute(_table2_summaries(t2, d))}'
+    # Each variant's table2 wall time (training, probes, scoring).
+    total = sum(s.scores.get('seconds', 0.0) for s in scored[d] if s.scores)
+    summaries = [s.summary for s in scored[d] if s.summary is not None]
+    lines.append(f'- {d}: training time {_compute(summaries)}'
                  + (f'; {total / 60:.1f} min in all with the probes and the '
                     'scoring' if total else '')
                  + (f'; median seconds per generator round: {per_round}'
@@ -405,7 +389,7 @@ def write_table2_page(root: str, datasets, out: str) -> str:
     lines += ['', 'How to read these numbers: [reading.md](reading.md).']
   for d in datasets:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
-    lines += table2_section(t2, d, out)
+    lines += table2_section(t2, d, out, scored[d])
   path = os.path.join(out, TABLE2_PAGE)
   metrics_writer.write_text_atomic(path, '\n'.join(lines) + '\n')
   return path
@@ -422,14 +406,15 @@ def main(argv):
   t0 = time.time()
   try:
     if 'table1' in _PARTS.value:
-      for name, sweep_root in table1_sweeps(_ROOT.value, _TABLE1.value):
-        failed = sweep.run_sweep(sweep.make_grid({}, {}, name), sweep_root)
+      sweeps = table1_sweeps(_ROOT.value, _TABLE1.value)
+      if _TABLE1.value == 'reduced':
+        sweeps += [(name, os.path.join(_ROOT.value, name))
+                   for name in ABLATIONS]
+      for name, sweep_root in sweeps:
+        failed = sweep.run_sweep(grid_lib.make_grid({}, {}, name), sweep_root)
+        print(f'report: {report.write_report(sweep_root)}', flush=True)
         if failed:
           print(f'{name}: {len(failed)} cell(s) failed: {failed}', flush=True)
-      if _TABLE1.value == 'reduced':
-        for name in ABLATIONS:
-          sweep.run_sweep(sweep.make_grid({}, {}, name),
-                          os.path.join(_ROOT.value, name))
     if 'table2' in _PARTS.value:
       for d in _DATASETS.value:
         for v in table2.VARIANTS:
@@ -440,7 +425,7 @@ def main(argv):
       print(page or f'No Table 1 runs in {_ROOT.value}: results.md left as '
             'it was.')
       print(write_table2_page(_ROOT.value, _DATASETS.value, _OUT.value))
-  except sweep.GridError as e:
+  except grid_lib.GridError as e:
     sys.exit(f'error: {e}')
   print(f'paper: done in {time.time() - t0:.0f} s', flush=True)
 
