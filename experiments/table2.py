@@ -4,9 +4,10 @@ For each dataset, trains the generator stage (only) of FedRecon (mapping MVAE)
 and of the joint-posterior generators PoE, MoE and MoPoE (`--method=
 fedrecon_no_map --joint_posterior=...`), federated with the same partition and
 schedule, then scores each on the test set (`fedrecon_jax.table2_scoring`,
-with `fedrecon_jax.recon_metrics`): cross-modal MSE, coherence (per-modality probes trained once on real data and
-cached) and, for FedRecon, retrieval with T(n<-m) vs raw latents. FedRecon's
-generator read with T = identity is the "no mapping" row.
+with `fedrecon_jax.recon_metrics`): cross-modal MSE, coherence
+(per-modality probes trained once on real data and cached) and, for
+FedRecon, retrieval with T(n<-m) vs raw latents. FedRecon's generator read
+with T = identity is the "no mapping" row.
 
   python -m experiments.table2 --root=workdirs/table2 \
       --datasets=uci_multifeature,polymnist_5k

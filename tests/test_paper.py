@@ -71,7 +71,8 @@ def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
   assert 'retrieval' in rows['fedrecon'] and 'retrieval' not in rows['moe']
   moe = os.path.join(t2, DATASET, 'moe')
   before = os.stat(os.path.join(moe, 'metrics.jsonl')).st_mtime_ns
-  os.remove(os.path.join(moe, table2_scoring.RESULTS_JSON))   # trained, not scored
+  # Trained, not scored:
+  os.remove(os.path.join(moe, table2_scoring.RESULTS_JSON))
   again = table2.run_variant(DATASET, 'moe', t2, probe_steps=30,
                              **tiny)
   assert os.stat(os.path.join(moe, 'metrics.jsonl')).st_mtime_ns == before

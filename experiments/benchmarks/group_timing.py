@@ -3,13 +3,14 @@ one process per cell, one cell at a time in one process (its cells share
 programs in memory: config.per_program), and --runs_per_program at a time,
 in one session.
 
-  python -m experiments.group_timing --config=table1_reduced \
+  python -m experiments.benchmarks.group_timing --config=table1_reduced \
       --runs_per_program=6 --gen_rounds=2 --rounds=3
 
 Each setting runs in fresh subprocesses (one per cell, or one for the whole
 grid) with its own empty compilation cache and sweep root, one after the
 other; the child counts XLA compiles and sums the seconds JAX spends
-producing programs (trace, lower, compile) with fedrecon_jax.compile_stats. Writes a JSON and a markdown table (--out).
+producing programs (trace, lower, compile) with fedrecon_jax.compile_stats.
+Writes a JSON and a markdown table (--out).
 """
 
 from __future__ import annotations
