@@ -7,7 +7,7 @@
 #
 # MANUAL_DIR holds the released files, <MANUAL_DIR>/{train,test}/m{0..4}/
 # <i>.<digit>.png (the device reaches no network: carry them). The machine
-# needs the same wheels as device_benchmark.sh (.whl, carried). GEN_ROUNDS,
+# needs the same wheels as benchmarks/device_benchmark.sh (.whl, carried). GEN_ROUNDS,
 # LOCAL_EPOCHS, VARIANTS and BUDGET_S (seconds for the whole call) set the
 # work; each variant writes its table2.json as it finishes, under
 # $OUT/table2 (copy it to workdirs/table2 here and run

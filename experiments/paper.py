@@ -25,7 +25,6 @@ Parts (each skips finished runs, so re-running resumes where it stopped):
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -40,9 +39,11 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments import report, sweep, table2
-from fedrecon_jax import metrics_writer, workdir
-from fedrecon_jax.config import METHODS
+from experiments import report, table2
+from experiments.table1_page import ABLATIONS, FREEZE_ALPHA, ablation_section
+from experiments.table1_page import freezing_figure, table1_section
+from fedrecon_jax import grid as grid_lib
+from fedrecon_jax import metrics_writer, sweep, table2_scoring
 
 _ROOT = flags.DEFINE_string('root', 'workdirs',
                             'Where the runs go (<root>/table1_reduced, ...).')
@@ -57,16 +58,10 @@ _DATASETS = flags.DEFINE_list('table2_datasets',
                               ['uci_multifeature', 'polymnist_5k'],
                               'Datasets of Table 2.')
 
-# The paper's headline: FedRecon minus FedOpt (unimodal), macro-F1 points.
-PAPER_MARGIN = {0.1: 2.81, 5.0: 3.84}
-FREEZE_ALPHA = 0.1
 TABLE2_PAGE = 'table2.md'
 # FedAvg rows of the reduced grid (config of the same name); the full grid
 # has a server_opt axis of its own.
 FEDAVG = 'table1_fedavg'
-# Ablation sweeps run with the reduced grid: config name -> the flag each
-# changes against Table 1's cells of the same method, alpha, p and seed.
-ABLATIONS = {'ablation_task_weights': 'task_encoder_weights'}
 
 
 def table1_root(root: str, grid: str) -> str:
@@ -85,133 +80,9 @@ def table1_runs(root: str, grid: str) -> list:
   """report.Run of every cell of Table 1's sweeps that exist."""
   runs = []
   for _, sweep_root in table1_sweeps(root, grid):
-    if os.path.exists(os.path.join(sweep_root, sweep.GRID_FILE)):
+    if os.path.exists(os.path.join(sweep_root, grid_lib.GRID_FILE)):
       runs += report.load_runs(sweep_root)[1]
   return runs
-
-
-# ------------------------------------------------------------------ table 1
-
-
-def table1_section(runs, metric: str = 'f1_macro') -> list[str]:
-  """Macro-F1 (x100) mean ± std over seeds: methods x (server, alpha, p);
-  then FedRecon's per-seed margins over the other methods."""
-  def _f1(run) -> float:
-    return 100 * run.summary[metric]
-  done = [r for r in runs if r.summary is not None and metric in r.summary]
-  cols = sorted({(r.cfg.server_opt, r.cfg.alpha, r.cfg.missing_rate)
-                 for r in done})
-  methods = [m for m in METHODS
-             if any(r.cfg.method == m for r in done)]
-  cells = report.group(done, ('method', 'server_opt', 'alpha',
-                              'missing_rate'))
-  head = ['method'] + [f'{s} α={a} p={p}' for s, a, p in cols]
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-  for m in methods:
-    row = [m]
-    for col in cols:
-      vals = [_f1(r) for r in cells.get((m, *col), [])]
-      row.append(f'{np.mean(vals):.1f} ± {np.std(vals):.1f} ({len(vals)})'
-                 if vals else '-')
-    lines.append('| ' + ' | '.join(row) + ' |')
-  lines += ['', 'Macro-F1 x 100 on the test set, mean ± std over seeds '
-            '(number of seeds).', '',
-            '**FedRecon\'s margin** (macro-F1 points, mean over seeds of the '
-            'per-seed difference; the paper reports +2.81 over FedOpt '
-            'unimodal at α=0.1 and +3.84 at α=5.0):', '',
-            '| server α p | vs unimodal | vs zero_fill | vs fedrecon_no_map '
-            '| vs fedrecon_no_freeze | paper vs unimodal |',
-            '|---|---|---|---|---|---|']
-  for col in cols:
-    ours = {r.cfg.seed: _f1(r) for r in cells.get(('fedrecon', *col), [])}
-    if not ours:
-      continue
-    row = [' '.join(map(str, col))]
-    for base in ('unimodal', 'zero_fill', 'fedrecon_no_map',
-                 'fedrecon_no_freeze'):
-      diffs = [ours[r.cfg.seed] - _f1(r)
-               for r in cells.get((base, *col), []) if r.cfg.seed in ours]
-      row.append(f'{np.mean(diffs):+.1f} ± {np.std(diffs):.1f}' if diffs
-                 else '-')
-    row.append(f'+{PAPER_MARGIN[col[1]]:.2f}' if col[1] in PAPER_MARGIN
-               and col[0] == 'fedopt' else '')
-    lines.append('| ' + ' | '.join(row) + ' |')
-  return lines
-
-
-def ablation_section(root: str, runs) -> list[str]:
-  """Each ablation sweep against its Table 1 cells, per seed."""
-  base = {(r.cfg.method, r.cfg.server_opt, r.cfg.alpha, r.cfg.missing_rate,
-           r.cfg.seed): r for r in runs if r.summary}
-  lines = []
-  for name, flag in ABLATIONS.items():
-    sweep_root = os.path.join(root, name)
-    if not os.path.exists(os.path.join(sweep_root, sweep.GRID_FILE)):
-      continue
-    abl = [r for r in report.load_runs(sweep_root)[1] if r.summary]
-    if not abl:
-      continue
-    pairs = report.group(abl, ('method', 'server_opt', 'alpha',
-                               'missing_rate'))
-    ours = getattr(abl[0].cfg, flag)
-    theirs = getattr(next(iter(base.values())).cfg, flag) if base else '?'
-    lines += [f'### --{flag}={ours} (`{name}`) vs --{flag}={theirs} '
-              '(Table 1)', '',
-              '| method server α p | metric | Table 1 | ablation '
-              '| ablation - Table 1 (per seed) |', '|---|---|---|---|---|']
-    for key, cell in sorted(pairs.items()):
-      for metric in ('f1_macro', 'f1_macro_complete'):
-        a = {r.cfg.seed: 100 * r.summary[metric] for r in cell}
-        b = {seed: 100 * base[(*key, seed)].summary[metric] for seed in a
-             if (*key, seed) in base}
-        if not b:
-          continue
-        d = [a[s] - b[s] for s in b]
-        fmt = lambda v: f'{np.mean(v):.1f} ± {np.std(v):.1f} ({len(v)})'
-        lines.append(f'| {" ".join(map(str, key))} | {metric} '
-                     f'| {fmt(list(b.values()))} | {fmt(list(a.values()))} '
-                     f'| {np.mean(d):+.1f} ± {np.std(d):.1f} |')
-    lines.append('')
-  return lines
-
-
-def freezing_figure(runs, out: str) -> list[str]:
-  """macro-F1 per task round with and without freezing at alpha=0.1.
-
-  Also reports the fluctuation: the std over seeds and rounds of the
-  round-to-round change of macro-F1 over the last half of the task stage.
-  """
-  done = [r for r in runs if r.summary is not None
-          and r.cfg.alpha == FREEZE_ALPHA
-          and r.cfg.method in ('fedrecon', 'fedrecon_no_freeze')]
-  if not done:
-    return []
-  lines = ['| server p | method | seeds | final F1 | mean abs Δ per round '
-           '(last half) | std of F1 (last half) |', '|---|---|---|---|---|---|']
-  panels = report.group(done, ('server_opt', 'missing_rate'))
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5),
-                           squeeze=False)
-  for ax, ((server, rate), panel) in zip(axes[0], sorted(panels.items())):
-    for (method,), line in sorted(report.group(panel, ('method',)).items()):
-      curves = [report.task_curve(r) for r in line]
-      rounds = sorted(set.intersection(*(set(c) for c in curves)))
-      ys = 100 * np.array([[c[t] for t in rounds] for c in curves])
-      ax.plot(rounds, ys.mean(0), label=f'{method} ({len(line)} seeds)')
-      ax.fill_between(rounds, ys.min(0), ys.max(0), alpha=0.2)
-      tail = ys[:, len(rounds) // 2:]
-      lines.append(
-          f'| {server} {rate} | {method} | {len(line)} | '
-          f'{tail[:, -1].mean():.1f} | {np.abs(np.diff(tail, axis=1)).mean():.2f}'
-          f' | {tail.std(axis=1).mean():.2f} |')
-    ax.set(xlabel='task-stage round', ylabel='macro-F1 x 100 (test)',
-           title=f'α={FREEZE_ALPHA}, p={rate}, {server}: mean, min-max band')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  os.makedirs(out, exist_ok=True)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, 'freezing.png'), dpi=100)
-  plt.close(fig)
-  return ['![freezing](freezing.png)', ''] + lines
 
 
 # ------------------------------------------------------------------ table 2
@@ -221,8 +92,10 @@ def _pct(x) -> str:
   return f'{100 * x:.1f}'
 
 
-def table2_section(root: str, dataset: str, out: str) -> list[str]:
-  rows, refs = table2.load_results(root, dataset)
+def table2_section(root: str, dataset: str, out: str,
+                   scored: list[table2_scoring.Scored]) -> list[str]:
+  """Table 2 of `dataset` from its variants' files (table2.read_results)."""
+  rows, refs = table2_scoring.rows_and_refs(scored)
   if not rows:
     return [f'No Table 2 results for {dataset} yet.']
   off = lambda m: np.asarray(m)[~np.eye(len(m), dtype=bool)]  # pylint: disable=unnecessary-lambda-assignment
@@ -321,32 +194,11 @@ def _compute(summaries) -> str:
                    for dev, sec in sorted(by_device.items())) or 'none yet'
 
 
-def _table2_summaries(root, dataset):
-  out = []
-  for variant in table2.VARIANTS:
-    path = os.path.join(root, dataset, variant, workdir.SUMMARY)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f))
-  return out
-
-
 def _header(title: str) -> list[str]:
   return [f'# {title}', '',
           f'Generated {datetime.date.today()} by `'
           + ' '.join(['python -m experiments.paper', *sys.argv[1:]])
           + f'` at commit {_commit()}.', '']
-
-
-def _table2_seconds(root, dataset) -> list[float]:
-  """Each variant's table2 wall time (training, probes, scoring)."""
-  out = []
-  for variant in table2.VARIANTS:
-    path = os.path.join(root, dataset, variant, table2.RESULTS_JSON)
-    if os.path.exists(path):
-      with open(path) as f:
-        out.append(json.load(f).get('seconds', 0.0))
-  return out
 
 
 def write_page(root: str, grid: str, datasets, out: str) -> str | None:
@@ -390,13 +242,16 @@ def write_table2_page(root: str, datasets, out: str) -> str:
   os.makedirs(out, exist_ok=True)
   t2 = os.path.join(root, 'table2')
   lines = _header('FedRecon on shipped data: Table 2, reconstruction')
+  scored = {d: table2.read_results(t2, d) for d in datasets}
   for d in datasets:
-    rows, _ = table2.load_results(t2, d)
+    rows, _ = table2_scoring.rows_and_refs(scored[d])
     per_round = ', '.join(f'{name} {r["seconds_per_round"]:.1f}'
                           for name, r in rows.items()
                           if 'seconds_per_round' in r)
-    total = sum(_table2_seconds(t2, d))
-    lines.append(f'- {d}: training time {_compute(_table2_summaries(t2, d))}'
+    # Each variant's table2 wall time (training, probes, scoring).
+    total = sum(s.scores.get('seconds', 0.0) for s in scored[d] if s.scores)
+    summaries = [s.summary for s in scored[d] if s.summary is not None]
+    lines.append(f'- {d}: training time {_compute(summaries)}'
                  + (f'; {total / 60:.1f} min in all with the probes and the '
                     'scoring' if total else '')
                  + (f'; median seconds per generator round: {per_round}'
@@ -405,7 +260,7 @@ def write_table2_page(root: str, datasets, out: str) -> str:
     lines += ['', 'How to read these numbers: [reading.md](reading.md).']
   for d in datasets:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
-    lines += table2_section(t2, d, out)
+    lines += table2_section(t2, d, out, scored[d])
   path = os.path.join(out, TABLE2_PAGE)
   metrics_writer.write_text_atomic(path, '\n'.join(lines) + '\n')
   return path
@@ -422,14 +277,15 @@ def main(argv):
   t0 = time.time()
   try:
     if 'table1' in _PARTS.value:
-      for name, sweep_root in table1_sweeps(_ROOT.value, _TABLE1.value):
-        failed = sweep.run_sweep(sweep.make_grid({}, {}, name), sweep_root)
+      sweeps = table1_sweeps(_ROOT.value, _TABLE1.value)
+      if _TABLE1.value == 'reduced':
+        sweeps += [(name, os.path.join(_ROOT.value, name))
+                   for name in ABLATIONS]
+      for name, sweep_root in sweeps:
+        failed = sweep.run_sweep(grid_lib.make_grid({}, {}, name), sweep_root)
+        print(f'report: {report.write_report(sweep_root)}', flush=True)
         if failed:
           print(f'{name}: {len(failed)} cell(s) failed: {failed}', flush=True)
-      if _TABLE1.value == 'reduced':
-        for name in ABLATIONS:
-          sweep.run_sweep(sweep.make_grid({}, {}, name),
-                          os.path.join(_ROOT.value, name))
     if 'table2' in _PARTS.value:
       for d in _DATASETS.value:
         for v in table2.VARIANTS:
@@ -440,7 +296,7 @@ def main(argv):
       print(page or f'No Table 1 runs in {_ROOT.value}: results.md left as '
             'it was.')
       print(write_table2_page(_ROOT.value, _DATASETS.value, _OUT.value))
-  except sweep.GridError as e:
+  except grid_lib.GridError as e:
     sys.exit(f'error: {e}')
   print(f'paper: done in {time.time() - t0:.0f} s', flush=True)
 

@@ -24,8 +24,8 @@ matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments import sweep
 from fedrecon_jax import metrics_writer, workdir
+from fedrecon_jax.grid import Cell, Grid, GridError, read_grid
 from fedrecon_jax.config import Config, TASK_STAGE
 
 RESULTS_FILE = 'results.md'
@@ -37,7 +37,7 @@ CELL_KEYS = ('method', 'server_opt', 'alpha', 'missing_rate', 'dataset')
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  cell: sweep.Cell
+  cell: Cell
   cfg: Config
   summary: dict | None       # None: not finished, or diverged
   records: list
@@ -47,18 +47,8 @@ class Run:
     return getattr(self.cfg, key)
 
 
-def load_grid(sweep_root: str) -> sweep.Grid:
-  path = os.path.join(sweep_root, sweep.GRID_FILE)
-  if not os.path.exists(path):
-    raise sweep.GridError(f'--sweep_root={sweep_root}: no {sweep.GRID_FILE}; '
-                          'not a sweep root (run experiments.sweep first).')
-  with open(path) as f:
-    data = json.load(f)
-  return sweep.Grid(data['grid'], data['flags'])
-
-
-def load_runs(sweep_root: str) -> tuple[sweep.Grid, list[Run]]:
-  grid = load_grid(sweep_root)
+def load_runs(sweep_root: str) -> tuple[Grid, list[Run]]:
+  grid = read_grid(sweep_root)
   runs = []
   for cell in grid.cells():
     cfg = grid.config(cell, sweep_root)
@@ -73,7 +63,7 @@ def load_runs(sweep_root: str) -> tuple[sweep.Grid, list[Run]]:
   return grid, runs
 
 
-def cell_keys(grid: sweep.Grid) -> tuple[str, ...]:
+def cell_keys(grid: Grid) -> tuple[str, ...]:
   extra = tuple(k for k in grid.axes if k not in CELL_KEYS and k != 'seed')
   return CELL_KEYS + extra
 
@@ -92,7 +82,7 @@ def mean_std(values) -> str:
   return f'{np.mean(values):.4f} ± {np.std(values):.4f}'
 
 
-def label(grid: sweep.Grid, run: Run) -> str:
+def label(grid: Grid, run: Run) -> str:
   """A curve's name: the method plus the axes (other than those on the
   plot's axes and title) that vary in this grid."""
   parts = [run.cfg.method]
@@ -186,7 +176,7 @@ def _save(fig, out_dir: str, name: str) -> str:
   return path
 
 
-def results_table(grid: sweep.Grid, runs: list[Run]) -> list[str]:
+def results_table(grid: Grid, runs: list[Run]) -> list[str]:
   keys = cell_keys(grid)
   head = list(keys) + ['seeds done'] + list(METRICS)
   lines = ['| ' + ' | '.join(head) + ' |',
@@ -245,9 +235,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
     if not flags.FLAGS.sweep_root:
-      raise sweep.GridError('--sweep_root is required.')
+      raise GridError('--sweep_root is required.')
     print(write_report(flags.FLAGS.sweep_root))
-  except sweep.GridError as e:
+  except GridError as e:
     sys.exit(f'error: {e}')
 
 

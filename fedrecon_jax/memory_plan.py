@@ -117,7 +117,7 @@ def plan_round(build: Callable[[int], Any], lower: Callable[[Any], Any], *,
     per_device = size = min(2 ** (guess.bit_length() - 1), size // 2)
 
 
-def make_round(stage_plan, mesh, params, population, h, *, runs: int = 0,
+def choose_round(stage_plan, mesh, params, population, h, *, runs: int = 0,
                cfg: Config) -> Plan:
   """The round program of a stage, chunked as cfg.clients_per_device says.
 

@@ -20,8 +20,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from fedrecon_jax import checkpoint, config, evaluation, experiment
-from fedrecon_jax import memory_plan, metrics_writer, partition, plan
+from fedrecon_jax import checkpoint, compile_stats, config, evaluation
+from fedrecon_jax import experiment, memory_plan, metrics_writer, partition
+from fedrecon_jax import plan
 from fedrecon_jax import preemption, progress, rounds, server, workdir
 from fedrecon_jax.config import Config
 
@@ -185,24 +186,6 @@ def _stack(trees: list, stacked: bool):
   return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
 
-# What JAX spends producing programs: tracing, lowering, XLA compiles and
-# persistent-cache loads.
-_COMPILE_EVENTS = frozenset({
-    '/jax/core/compile/jaxpr_trace_duration',
-    '/jax/core/compile/jaxpr_to_mlir_module_duration',
-    '/jax/core/compile/backend_compile_duration',
-    '/jax/compilation_cache/cache_retrieval_time_sec'})
-_compile_seconds = [0.0]   # this process's total, summed by the listener
-
-
-def _on_event(event: str, duration: float, **unused) -> None:
-  if event in _COMPILE_EVENTS:
-    _compile_seconds[0] += duration
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
 def _rounds(runs: list[_Run], mesh, state, stop, primary):
   """Runs rounds state.round + 1 .. total of every run; returns (state,
   the signal that stopped it or None)."""
@@ -223,10 +206,10 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
   start = int(_take(state, 0, stacked).round)
   for r in range(start + 1, cfg.total_rounds + 1):
     stage = cfg.stage(r)
-    compiled_before = _compile_seconds[0]
+    compiled_before = compile_stats.snapshot()
     if stage not in round_fns:
-      round_fns[stage] = _make_round(runs, stage, mesh, state.params,
-                                     population, h)
+      round_fns[stage] = _stage_round(runs, stage, mesh, state.params,
+                                      population, h)
     round_fn, stage_population = round_fns[stage]
     # A fresh run (no optimizer or client state; re-starting an empty one,
     # as fedavg's, changes nothing), or a stage's first round.
@@ -237,7 +220,8 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
     t0 = time.time()
     state, metrics = round_fn(state, stage_population, key, h)
     metrics = jax.device_get(metrics)
-    compile_s = _compile_seconds[0] - compiled_before
+    compile_s = (compile_stats.snapshot()
+                 - compiled_before).producing_seconds
     for i, run_ in enumerate(runs):
       if run_.diverged is None:
         _log_round(run_, r, stage, _take(metrics, i, stacked),
@@ -291,7 +275,7 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, params, t0: float,
     run_.diverged = (r, why)
 
 
-def _make_round(runs, stage, mesh, params, population, h):
+def _stage_round(runs, stage, mesh, params, population, h):
   """A stage's round program, chunked as --clients_per_device says, and
   the population it reads (filled by the frozen generator if it needs)."""
   cfg, exp = runs[0].cfg, runs[0].exp
@@ -300,7 +284,7 @@ def _make_round(runs, stage, mesh, params, population, h):
   num_runs = len(runs) if len(runs) > 1 else 0   # 0: no runs axis
   population = rounds.fill_population(stage_plan, mesh, num_runs, params,
                                       population)
-  chosen = memory_plan.make_round(stage_plan, mesh, params, population, h,
+  chosen = memory_plan.choose_round(stage_plan, mesh, params, population, h,
                                   runs=num_runs,
                                   cfg=cfg)
   if cfg.chunk_setting == 'auto' and jax.process_index() == 0:

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import sweep
-from fedrecon_jax import train
+from fedrecon_jax import sweep, train
+from fedrecon_jax import grid as grid_lib
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 
 import tiny
@@ -68,18 +68,18 @@ def test_grouped_sweep_cells_equal_solo_runs(env, tmp_path):
                   checkpoint_every=2, data_dir=env['TFDS_DATA_DIR'])
   axes = {'seed': [0, 1], 'client_lr': [0.05, 0.2]}
   root = str(tmp_path / 'sweep')
-  grid = sweep.Grid(axes, schedule)
+  grid = grid_lib.Grid(axes, schedule)
   assert len(sweep.groups([grid.config(c, root) for c in grid.cells()],
                           4)) == 1
-  assert sweep.run_sweep(grid, root, report=False, runs_per_program=4) == []
+  assert sweep.run_sweep(grid, root, runs_per_program=4) == []
   # As if killed between the runs' saves: one cell lacks its round-3
   # checkpoint, so the group goes back to round 2 for every run.
   first = grid.config(grid.cells()[0], root).workdir
   assert tiny.steps(first) == [2, 3]
   shutil.rmtree(os.path.join(first, 'checkpoints', '3'))
   # More rounds: the cells resume together, from round 2.
-  grid = sweep.Grid(axes, {**schedule, 'rounds': 2})
-  assert sweep.run_sweep(grid, root, report=False, runs_per_program=4) == []
+  grid = grid_lib.Grid(axes, {**schedule, 'rounds': 2})
+  assert sweep.run_sweep(grid, root, runs_per_program=4) == []
   for cell in grid.cells()[::3]:     # (seed 0, lr 0.05) and (seed 1, lr 0.2)
     cfg = grid.config(cell, root)
     solo = str(tmp_path / 'solo' / cell.name)
@@ -107,7 +107,7 @@ def test_runs_per_program_flag():
   assert sweep.parse_runs_per_program(' 4') == 4
   assert sweep.parse_runs_per_program('auto') == 'auto'
   for bad in ('0', '-2', 'all', '2.5'):
-    with pytest.raises(sweep.GridError, match='--runs_per_program'):
+    with pytest.raises(grid_lib.GridError, match='--runs_per_program'):
       sweep.parse_runs_per_program(bad)
   from fedrecon_jax.config import Config  # pylint: disable=g-import-not-at-top
   cfgs = [Config(workdir=f'/tmp/unused/{s}', seed=s) for s in range(3)]

@@ -33,7 +33,7 @@ def plan(big, **kw):
   model, params, population, mesh = big
   cfg = t.cfg_for(num_clients=K, server_opt='fedavg', **kw)
   stage_plan = plan_lib.make_plan(cfg, model, TASK_STAGE, K)
-  return memory_plan.make_round(
+  return memory_plan.choose_round(
       stage_plan, mesh, params,
       rounds.fill_population(stage_plan, mesh, 0, params, population),
       cfg.hparams(), cfg=cfg)

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import paper, report, sweep, table2
-from fedrecon_jax import generator
+from experiments import paper, report, table2
+from fedrecon_jax import generator, sweep, table2_scoring
+from fedrecon_jax import grid as grid_lib
 from fedrecon_jax.models import DataSpec, Model
 
 import tiny
@@ -59,18 +60,19 @@ def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
   for v in ('fedrecon', 'moe'):
     table2.run_variant(DATASET, v, t2, probe_steps=30, **tiny)
   rows, refs = table2.load_results(t2, DATASET)
-  assert set(rows) == {'fedrecon', table2.NO_MAPPING, 'moe'}
+  assert set(rows) == {'fedrecon', table2_scoring.NO_MAPPING, 'moe'}
   assert refs['zero_fill_mse'] > 0.9                  # standardised features
   for r in rows.values():
     assert np.shape(r['mse']) == (M, M) and np.all(np.isfinite(r['mse']))
     assert np.shape(r['coherence_loo']) == (M,)
   # One probe set shared by the variants; T matters for the mapping rows.
   assert rows['fedrecon']['probe_accuracy'] == rows['moe']['probe_accuracy']
-  assert rows['fedrecon']['mse'] != rows[table2.NO_MAPPING]['mse']
+  assert rows['fedrecon']['mse'] != rows[table2_scoring.NO_MAPPING]['mse']
   assert 'retrieval' in rows['fedrecon'] and 'retrieval' not in rows['moe']
   moe = os.path.join(t2, DATASET, 'moe')
   before = os.stat(os.path.join(moe, 'metrics.jsonl')).st_mtime_ns
-  os.remove(os.path.join(moe, table2.RESULTS_JSON))   # trained, not scored
+  # Trained, not scored:
+  os.remove(os.path.join(moe, table2_scoring.RESULTS_JSON))
   again = table2.run_variant(DATASET, 'moe', t2, probe_steps=30,
                              **tiny)
   assert os.stat(os.path.join(moe, 'metrics.jsonl')).st_mtime_ns == before
@@ -81,11 +83,11 @@ def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
 @pytest.mark.slow
 def test_page_reports_the_runs_margins_and_freezing(root, tiny):
   t1 = paper.table1_root(root, 'reduced')
-  grid = sweep.make_grid(
+  grid = grid_lib.make_grid(
       {'method': ['fedrecon', 'fedrecon_no_freeze', 'unimodal'],
        'alpha': ['0.1'], 'seed': ['0', '1'], 'dataset': [DATASET]},
       {**tiny, 'eval_every': 1, 'checkpoint_every': 0})
-  assert sweep.run_sweep(grid, t1, report=False) == []
+  assert sweep.run_sweep(grid, t1) == []
   path = paper.write_page(root, 'reduced', [DATASET],
                           os.path.join(root, 'out'))
   text = open(path).read()

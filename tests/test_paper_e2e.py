@@ -8,7 +8,9 @@ import os
 
 import numpy as np
 
-from experiments import paper, report, sweep, table2
+from experiments import paper, report, table2
+from fedrecon_jax import sweep, table2_scoring
+from fedrecon_jax import grid as grid_lib
 
 import tiny
 
@@ -25,11 +27,11 @@ IMAGE_RUN = dict(num_clients=2, clients_per_round=2, latent_dim=8,
 def test_table1_table2_and_page(tmp_path):
   root, data_dir = str(tmp_path / 'runs'), str(tmp_path / 'tfds')
   t1 = paper.table1_root(root, 'reduced')
-  grid = sweep.make_grid(
+  grid = grid_lib.make_grid(
       {'method': ['fedrecon', 'unimodal'], 'alpha': ['0.1'], 'seed': ['0'],
        'dataset': [VECTORS]},
       {**TINY, 'data_dir': data_dir, 'eval_every': 1, 'checkpoint_every': 0})
-  assert sweep.run_sweep(grid, t1, report=False) == []
+  assert sweep.run_sweep(grid, t1) == []
   t2 = os.path.join(root, 'table2')
   # One variant a dataset: the slow tier's test_paper scores the others.
   table2.run_variant(VECTORS, 'fedrecon', t2, probe_steps=20,
@@ -45,7 +47,7 @@ def test_table1_table2_and_page(tmp_path):
   assert all('f1_macro' not in r for r in records), records
   assert records[-1]['recon_mse'] > 0
   rows, refs = table2.load_results(t2, IMAGES)
-  assert set(rows) == {'fedrecon', table2.NO_MAPPING}
+  assert set(rows) == {'fedrecon', table2_scoring.NO_MAPPING}
   # The curve reads each kept checkpoint: rounds 1 and 2.
   curve = rows['fedrecon']['curve']
   assert [c['round'] for c in curve] == [1, 2]

@@ -1,6 +1,5 @@
 """Scale: no recompiles, chunked rounds, 2 processes."""
 
-import collections
 import json
 import os
 import socket
@@ -11,28 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from fedrecon_jax import rounds
+from fedrecon_jax import compile_stats, rounds
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 
 import tiny
 import toy
 
-_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
-_compiles = collections.Counter()
-
-
-def _on_event(event, duration, **kwargs):
-  del duration
-  if event == _COMPILE_EVENT:
-    _compiles[kwargs.get('fun_name', '?')] += 1
-
-
-# jax.monitoring has no public unregister: one listener for the module.
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
 def _compile_count() -> int:
-  return sum(_compiles.values())
+  return compile_stats.snapshot().compiles
 
 
 # Every client takes part, so the NaN client below is always in the cohort.
@@ -82,7 +67,8 @@ def test_no_compiles_after_warmup(setup, engine):
   schedule = [GEN_STAGE] * 3 + [TASK_STAGE] * 3
   after = _train_like(engine, params, population, schedule)
   new = np.diff([start + 1] + after)
-  assert list(new[[1, 2, 4, 5]]) == [0, 0, 0, 0], (new, dict(_compiles))
+  assert list(new[[1, 2, 4, 5]]) == [0, 0, 0, 0], (
+      new, compile_stats.snapshot().by_function)
 
 
 def test_chunked_round_one_program_for_every_cohort_size(setup):
@@ -96,7 +82,7 @@ def test_chunked_round_one_program_for_every_cohort_size(setup):
                                  cohort_size=n))
   # (jit's _cache_size() would also count the same executable once per
   # argument placement, so compiles are what is counted.)
-  assert _compile_count() == start, dict(_compiles)
+  assert _compile_count() == start, compile_stats.snapshot().by_function
 
 
 @pytest.mark.parametrize('stage', [GEN_STAGE, TASK_STAGE])

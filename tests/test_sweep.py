@@ -1,5 +1,6 @@
 """experiments.sweep and experiments.report: a real tiny sweep end to end,
-and the grid / sweep-root checks on fakes."""
+and the grid / sweep-root checks (fedrecon_jax.grid, fedrecon_jax.sweep) on
+fakes."""
 
 import json
 import os
@@ -8,8 +9,9 @@ import sys
 import matplotlib.image
 import pytest
 
-from experiments import report, sweep
-from fedrecon_jax import train, workdir
+from experiments import report
+from fedrecon_jax import sweep, train, workdir
+from fedrecon_jax import grid as grid_lib
 
 import tiny
 
@@ -105,7 +107,7 @@ def fake_run(calls, fail=()):
 
 def test_failed_cell_costs_no_finished_cell(monkeypatch, tmp_path):
   root = str(tmp_path)
-  grid = sweep.make_grid({'method': ['zero_fill'], 'seed': ['0', '1', '2']},
+  grid = grid_lib.make_grid({'method': ['zero_fill'], 'seed': ['0', '1', '2']},
                          {'rounds': 3})
   calls = []
   monkeypatch.setattr(train, 'run', fake_run(calls, fail=(1,)))
@@ -117,77 +119,77 @@ def test_failed_cell_costs_no_finished_cell(monkeypatch, tmp_path):
   assert calls == [failed[0]]  # only the unfinished cell ran again
   # More rounds (a harmless flag): same sweep root, every cell goes on.
   calls.clear()
-  more = sweep.make_grid({'method': ['zero_fill'], 'seed': ['0', '1', '2']},
+  more = grid_lib.make_grid({'method': ['zero_fill'], 'seed': ['0', '1', '2']},
                          {'rounds': 4})
   sweep.run_sweep(more, root)
   assert len(calls) == 3
+  report.write_report(root)
   with open(os.path.join(root, 'results.md')) as f:
     assert '| zero_fill | fedopt | 5.0 | 0.3 | uci_multifeature | 3/3 |' in (
         f.read())
 
 
 def test_shards_split_the_cells(monkeypatch, tmp_path):
-  grid = sweep.make_grid({'method': ['zero_fill', 'unimodal'],
+  grid = grid_lib.make_grid({'method': ['zero_fill', 'unimodal'],
                           'seed': ['0', '1', '2']}, {})
   got = []
   for i in range(4):
     calls = []
     monkeypatch.setattr(train, 'run', fake_run(calls))
-    sweep.run_sweep(grid, str(tmp_path), shard_index=i, num_shards=4,
-                    report=False)
+    sweep.run_sweep(grid, str(tmp_path), shard_index=i, num_shards=4)
     got += calls
   assert sorted(got) == sorted(c.name for c in grid.cells())
-  with pytest.raises(sweep.GridError, match='--shard_index'):
+  with pytest.raises(grid_lib.GridError, match='--shard_index'):
     sweep.shard(grid.cells(), 4, 4)
 
 
 def test_bad_grids_name_the_flag(tmp_path):
-  with pytest.raises(sweep.GridError, match='--methods.*empty'):
-    sweep.make_grid({'method': []}, {})
-  with pytest.raises(sweep.GridError, match='--alphas.*not a valid float'):
-    sweep.make_grid({'alpha': ['x']}, {})
-  with pytest.raises(sweep.GridError, match='--seeds.*more than once'):
-    sweep.make_grid({'seed': ['0', '0']}, {})
+  with pytest.raises(grid_lib.GridError, match='--methods.*empty'):
+    grid_lib.make_grid({'method': []}, {})
+  with pytest.raises(grid_lib.GridError, match='--alphas.*not a valid float'):
+    grid_lib.make_grid({'alpha': ['x']}, {})
+  with pytest.raises(grid_lib.GridError, match='--seeds.*more than once'):
+    grid_lib.make_grid({'seed': ['0', '0']}, {})
   config = tmp_path / 'bad.json'
   config.write_text(json.dumps({'grid': {'learning_rate': [0.1]}}))
-  with pytest.raises(sweep.GridError, match="'learning_rate'"):
-    sweep.make_grid({}, {}, str(config))
+  with pytest.raises(grid_lib.GridError, match="'learning_rate'"):
+    grid_lib.make_grid({}, {}, str(config))
   config.write_text(json.dumps({'grid': {'alpha': []}}))
-  with pytest.raises(sweep.GridError, match="alpha.*empty"):
-    sweep.make_grid({}, {}, str(config))
-  grid = sweep.make_grid({'alpha': ['-1']}, {})
-  with pytest.raises(sweep.GridError, match='--alpha=-1.0'):
-    sweep.validate_cells(grid, str(tmp_path))
+  with pytest.raises(grid_lib.GridError, match="alpha.*empty"):
+    grid_lib.make_grid({}, {}, str(config))
+  grid = grid_lib.make_grid({'alpha': ['-1']}, {})
+  with pytest.raises(grid_lib.GridError, match='--alpha=-1.0'):
+    grid_lib.validate_cells(grid, str(tmp_path))
 
 
 def test_root_with_cells_of_another_grid_is_refused(tmp_path):
   os.makedirs(tmp_path / 'method=unimodal,seed=7')
-  grid = sweep.make_grid({'method': ['zero_fill']}, {})
-  with pytest.raises(sweep.GridError, match='method=unimodal,seed=7'):
-    sweep.check_sweep_root(grid, str(tmp_path))
+  grid = grid_lib.make_grid({'method': ['zero_fill']}, {})
+  with pytest.raises(grid_lib.GridError, match='method=unimodal,seed=7'):
+    grid_lib.check_sweep_root(grid, str(tmp_path))
 
 
 def test_config_files_in_experiments_configs_load():
-  full = sweep.make_grid({}, {}, 'table1')
+  full = grid_lib.make_grid({}, {}, 'table1')
   assert len(full.cells()) == 5 * 2 * 2 * 3 * 3
   assert full.flags['eval_every'] == 1
-  reduced = sweep.make_grid({}, {}, 'table1_reduced')
+  reduced = grid_lib.make_grid({}, {}, 'table1_reduced')
   assert len(reduced.cells()) == 5 * 2 * 3
   assert reduced.axes['method'] == full.axes['method']
-  smoke = sweep.make_grid({'seed': ['3']}, {'rounds': 2}, 'smoke')
+  smoke = grid_lib.make_grid({'seed': ['3']}, {'rounds': 2}, 'smoke')
   assert [c.values['seed'] for c in smoke.cells()] == [3, 3]
   assert smoke.flags['rounds'] == 2 and smoke.flags['num_clients'] == 6
 
 
 def test_report_without_grid_is_a_clear_error(tmp_path):
-  with pytest.raises(sweep.GridError, match='grid.json'):
+  with pytest.raises(grid_lib.GridError, match='grid.json'):
     report.write_report(str(tmp_path))
 
 
 def test_report_marks_diverged_cells_and_does_not_average_them(
     monkeypatch, tmp_path, capsys):
   root = str(tmp_path)
-  grid = sweep.make_grid({'method': ['zero_fill', 'unimodal'],
+  grid = grid_lib.make_grid({'method': ['zero_fill', 'unimodal'],
                           'seed': ['0', '1']}, {'rounds': 3})
   calls = []
   finish = fake_run(calls)
@@ -205,6 +207,7 @@ def test_report_marks_diverged_cells_and_does_not_average_them(
   monkeypatch.setattr(train, 'run', run)
   assert sweep.run_sweep(grid, root) == []
   assert capsys.readouterr().out.count('DIVERGED') == 3
+  report.write_report(root)
   with open(os.path.join(root, 'results.md')) as f:
     text = f.read()
   assert ('| unimodal | fedopt | 5.0 | 0.3 | uci_multifeature | 1/2 '
@@ -215,13 +218,13 @@ def test_report_marks_diverged_cells_and_does_not_average_them(
   assert text.count('at round 2 (the global params are non-finite)') == 3
   # A diverged run is finished: a re-run does not train it again.
   calls.clear()
-  sweep.run_sweep(grid, root, report=False)
+  sweep.run_sweep(grid, root)
   assert not calls
 
 
 def test_cell_written_by_another_process_is_left_to_it(monkeypatch, tmp_path,
                                                        capsys):
-  grid = sweep.make_grid({'method': ['zero_fill'], 'seed': ['0', '1']}, {})
+  grid = grid_lib.make_grid({'method': ['zero_fill'], 'seed': ['0', '1']}, {})
   busy_cell = grid.config(grid.cells()[0], str(tmp_path)).workdir
   lock = workdir.Lock(busy_cell)   # as another sweep's run would hold it
   calls = []
@@ -233,7 +236,7 @@ def test_cell_written_by_another_process_is_left_to_it(monkeypatch, tmp_path,
 
   monkeypatch.setattr(train, 'run', run)
   try:
-    assert sweep.run_sweep(grid, str(tmp_path), report=False) == []
+    assert sweep.run_sweep(grid, str(tmp_path)) == []
   finally:
     lock.release()
   out = capsys.readouterr().out

@@ -20,5 +20,7 @@ def test_diverged_variant_is_a_row_not_a_crash(tmp_path):
       'poe': {'diverged_at_round': 7}}
   rows, _ = table2.load_results(root, 'uci_multifeature')
   assert rows == {'poe': {'diverged_at_round': 7}}
-  page = '\n'.join(paper.table2_section(root, 'uci_multifeature', root))
+  page = '\n'.join(paper.table2_section(
+      root, 'uci_multifeature', root,
+      table2.read_results(root, 'uci_multifeature')))
   assert '| poe | diverged at round 7 |' in page

@@ -1,6 +1,6 @@
 r"""Where one client update's time goes, op by op (jax.profiler).
 
-  python -m experiments.profile_step --stage=1 \
+  python -m experiments.benchmarks.profile_step --stage=1 \
       --out=experiments/results/profile_stage1_cpu.json
 
 Compiles one client's local update of the default config (uci_multifeature,

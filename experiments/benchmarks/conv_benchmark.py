@@ -7,7 +7,7 @@ of an encoder + decoder pair written both ways, with the same layer shapes
 (nn.Conv / nn.ConvTranspose at stride 2 vs PatchConv + depth_to_space), the
 two alternating so that a busy machine slows both alike.
 
-  python -m experiments.conv_benchmark --clients=1,10 --repeats=5
+  python -m experiments.benchmarks.conv_benchmark --clients=1,10 --repeats=5
 
 Writes experiments/results/conv_cpu.{json,md}.
 """
@@ -100,7 +100,8 @@ def main(argv):
   base = {r['clients']: r['median_s'] for r in rows
           if r['variant'].startswith('nn.Conv')}
   lines = ['# Image generator step on XLA:CPU: nn.Conv vs PatchConv', '',
-           f'`python -m experiments.conv_benchmark` at commit {_commit()} '
+           '`python -m experiments.benchmarks.conv_benchmark` at commit '
+           f'{_commit()} '
            f'on {jax.devices()[0]}, {time.strftime("%Y-%m-%d")}, '
            f'{_REPEATS.value} alternating steps each; one gradient step of '
            'encoder + decoder over clients x modalities x batch.', '',

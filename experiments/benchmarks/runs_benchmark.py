@@ -1,7 +1,7 @@
 r"""Experiments per second with R runs in one program (the runs axis).
 
-  python -m experiments.runs_benchmark          # CPU: R in {1, 8, 32}
-  python -m experiments.runs_benchmark --runs=1,8,32,64,128,256 \
+  python -m experiments.benchmarks.runs_benchmark      # CPU: R in {1, 8, 32}
+  python -m experiments.benchmarks.runs_benchmark --runs=1,8,32,64,128,256 \
       --stage1_chunk=0 --stage2_chunk=0 \
       --out=experiments/results/runs_benchmark_gpu.json       # an accelerator
 

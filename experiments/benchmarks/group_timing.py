@@ -3,14 +3,14 @@ one process per cell, one cell at a time in one process (its cells share
 programs in memory: config.per_program), and --runs_per_program at a time,
 in one session.
 
-  python -m experiments.group_timing --config=table1_reduced \
+  python -m experiments.benchmarks.group_timing --config=table1_reduced \
       --runs_per_program=6 --gen_rounds=2 --rounds=3
 
 Each setting runs in fresh subprocesses (one per cell, or one for the whole
 grid) with its own empty compilation cache and sweep root, one after the
-other; the child counts XLA compiles and sums
-the seconds JAX spends producing programs (trace, lower, compile) with
-jax.monitoring. Writes a JSON and a markdown table (--out).
+other; the child counts XLA compiles and sums the seconds JAX spends
+producing programs (trace, lower, compile) with fedrecon_jax.compile_stats.
+Writes a JSON and a markdown table (--out).
 """
 
 from __future__ import annotations
@@ -35,30 +35,22 @@ _OUT = flags.DEFINE_string('out', 'experiments/results/group_timing_cpu.json',
 
 _CHILD = r'''
 import json, sys, time
-import jax
-counts = {"compiles": 0, "compile_s": 0.0, "program_s": 0.0}
-PROGRAM = ("/jax/core/compile/jaxpr_trace_duration",
-           "/jax/core/compile/jaxpr_to_mlir_module_duration",
-           "/jax/core/compile/backend_compile_duration")
-def on_event(event, duration, **kw):
-  if event == "/jax/core/compile/backend_compile_duration":
-    counts["compiles"] += 1
-    counts["compile_s"] += duration
-  if event in PROGRAM:
-    counts["program_s"] += duration
-jax.monitoring.register_event_duration_secs_listener(on_event)
-from experiments import sweep
+from fedrecon_jax import compile_stats, grid as grid_lib, sweep
+compile_stats.start()
 root, config, rpp, gen_rounds, rounds = sys.argv[1:6]
 methods = [m for m in sys.argv[7].split(",") if m]
 shard, shards = int(sys.argv[8]), int(sys.argv[9])
-grid = sweep.make_grid({"method": methods} if methods else {}, {"gen_rounds": int(gen_rounds),
-                            "rounds": int(rounds), "eval_every": 5,
-                            "compilation_cache": sys.argv[6]}, config)
+grid = grid_lib.make_grid({"method": methods} if methods else {},
+                          {"gen_rounds": int(gen_rounds),
+                           "rounds": int(rounds), "eval_every": 5,
+                           "compilation_cache": sys.argv[6]}, config)
 t = time.time()
-failed = sweep.run_sweep(grid, root, shard, shards, report=False,
+failed = sweep.run_sweep(grid, root, shard, shards,
                          runs_per_program=int(rpp))
-counts.update(wall_s=time.time() - t, failed=failed,
-              cells=len(grid.cells()))
+stats = compile_stats.snapshot()
+counts = {"compiles": stats.compiles, "compile_s": stats.compile_seconds,
+          "program_s": stats.program_seconds, "wall_s": time.time() - t,
+          "failed": failed, "cells": len(grid.cells())}
 print("RESULT " + json.dumps(counts))
 '''
 
@@ -89,8 +81,8 @@ def measure(runs_per_program: int, processes: int = 1) -> dict:
 def main(argv):
   del argv
   t = time.strftime('%Y-%m-%d %H:%M')
-  from experiments import sweep  # pylint: disable=g-import-not-at-top
-  cells = len(sweep.make_grid(
+  from fedrecon_jax import grid as grid_lib  # pylint: disable=g-import-not-at-top
+  cells = len(grid_lib.make_grid(
       {'method': _METHODS.value} if _METHODS.value else {}, {},
       _CONFIG.value).cells())
   rows = [measure(1, processes=cells), measure(1), measure(_RPP.value)]

@@ -8,7 +8,7 @@ class the latents hold (a logistic regression on mu_m, train -> test). If
 this stays at chance too, the fault is in the model, likelihood or
 objective, not in the federated schedule.
 
-  python -m experiments.central_generator --kind=moe --epochs=6 --batch=16
+  python -m experiments.benchmarks.central_generator --kind=moe --epochs=6 --batch=16
 
 Measured on 2 CPU cores: experiments/results/central_generator_cpu.md.
 """
