@@ -460,12 +460,16 @@ def write_results(result: dict, path: str) -> None:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('root', None, 'Folder for the reference, the storm '
-                    'passes and the children\'s log.')
-flags.DEFINE_integer('faults', 20, 'Faults to inject, kinds in turn.')
-flags.DEFINE_integer('seed', 0, 'Seed of the fault order and timing.')
-flags.DEFINE_string('results', None, 'Write <results>.md and .json (e.g. '
-                    'experiments/results/fault_storm_cpu).')
+
+
+def define_flags() -> None:
+  # Not at import: the tests import this module beside other entry points.
+  flags.DEFINE_string('root', None, 'Folder for the reference, the storm '
+                      'passes and the children\'s log.')
+  flags.DEFINE_integer('faults', 20, 'Faults to inject, kinds in turn.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the fault order and timing.')
+  flags.DEFINE_string('results', None, 'Write <results>.md and .json (e.g. '
+                      'experiments/results/fault_storm_cpu).')
 
 
 def main(argv):
@@ -487,4 +491,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
