@@ -9,14 +9,12 @@ groups here and reads a modality's slice with `Model.member`.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-if TYPE_CHECKING:
-  from fedrecon_jax.models import DataSpec
+from fedrecon_jax.spec import DataSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,6 @@ modality kind (`LIKELIHOODS`).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import chex
@@ -28,26 +27,7 @@ import numpy as np
 from fedrecon_jax.modality_groups import (GEN_ARCH, TASK_ARCH, Group,
                                           group_modalities, own_fan_in,
                                           own_outputs, pad_last)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-  """Static description of a dataset's modalities."""
-  modalities: tuple[str, ...]
-  kinds: tuple[str, ...]                    # 'vector' | 'image' | 'sequence'
-  shapes: tuple[tuple[int, ...], ...]       # per-sample shape of each modality
-  num_classes: int
-
-  @property
-  def num_modalities(self) -> int:
-    return len(self.modalities)
-
-  @property
-  def pairs(self) -> np.ndarray:
-    """[P, 2] ordered pairs (dst n, src m), n != m, grouped by dst."""
-    m = self.num_modalities
-    return np.array([(n, s) for n in range(m) for s in range(m) if n != s],
-                    np.int32).reshape(-1, 2)
+from fedrecon_jax.spec import DataSpec
 
 
 # ----------------------------------------------------------------- generator
