@@ -269,8 +269,9 @@ class Model:
 
   def init_params(self, key: chex.PRNGKey) -> dict:
     """`init`, jitted and compiled once per Model; on CPU without LLVM
-    optimisation: it runs once per run, and -O0 halves its XLA:CPU compile
-    (uci_multifeature: 10.1 -> 4.5 s, run 0.1 -> 0.5 s). Every caller that
+    optimisation: it runs once per run, so its compile costs more than its
+    run, and -O0 shortens the compile far more than it slows the run
+    (experiments/results/benchmark_cpu.md). Every caller that
     needs a run's initial params uses this, so they agree bitwise."""
     if not hasattr(self, '_init_compiled'):
       options = ({'xla_backend_optimization_level': 0}

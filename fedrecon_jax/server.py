@@ -175,7 +175,8 @@ def transformation(aggregation: str, optimizer: str, lr,
 
 def _sum_clients(x):
   """[C, N] -> [N]: the sum over clients as a matrix-vector product; XLA:CPU
-  ran x.sum(0) as a column reduction 10-25x slower (13 ms for [10, 142K])."""
+  runs x.sum(0) as a column reduction, several times slower
+  (experiments/results/benchmark_cpu.md)."""
   return jnp.matmul(jnp.ones(x.shape[0], x.dtype), x,
                     precision=jax.lax.Precision.HIGHEST)
 
@@ -227,8 +228,8 @@ def client_sums(local, weights, metrics, valid) -> dict:
     left out, so one bad client cannot poison the model), metric sums over
     counted clients and their count.
   """
-  # Raveled: a handful of compiled loops instead of a few per leaf (about
-  # 1.2 s of XLA:CPU compile in a stage-1 round). Weights stay [C, S] (one
+  # Raveled: a handful of compiled loops instead of a few per leaf, which
+  # XLA:CPU compiles much faster. Weights stay [C, S] (one
   # per prefix entry) until the gather inside the product needs [C, N].
   chex.assert_trees_all_equal_structs(local, weights)
   shapes = tuple(x.shape[1:] for x in jax.tree.leaves(weights))
@@ -247,8 +248,8 @@ def client_sums(local, weights, metrics, valid) -> dict:
   return {
       # One client (the CPU default in stage 1) needs no sum over clients;
       # the den stays one per weight ([S], not [N]) until apply_sums spreads
-      # it. Both cut a client's share of the chunk loop's aggregation from
-      # ~37 to ~24 ms (stage 1: 10 clients 377 -> 237 ms a round).
+      # it. Both shrink a client's share of the chunk loop's aggregation
+      # (experiments/results/benchmark_cpu.md).
       'num': num[0] if len(valid) == 1 else _sum_clients(num),
       'den': WeightSums(_sum_clients(use), shapes),
       'skipped': jnp.sum(participated & ~ok),
