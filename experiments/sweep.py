@@ -33,7 +33,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from experiments import train as train_flags
 from fedrecon_jax import grid as grid_lib
@@ -80,10 +79,7 @@ def grid_from_flags() -> grid_lib.Grid:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  train_flags.start(argv)
   fl = flags.FLAGS
   try:
     if not fl.sweep_root:

@@ -30,7 +30,6 @@ from typing import Any
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from experiments import train as train_flags
 from fedrecon_jax import generators, table2_scoring, train, workdir
@@ -133,10 +132,7 @@ _NOT_PASSED = ('dataset', 'method', 'joint_posterior', 'rounds', 'workdir')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+  train_flags.start(argv)
   fl = flags.FLAGS
   # Only flags given explicitly, so DATASET_SETTINGS fill in the rest.
   overrides = {f.name: fl[f.name].value for f in dataclasses.fields(Config)

@@ -44,12 +44,18 @@ def config_from_flags() -> Config:
                    for f in dataclasses.fields(Config)}).validate()
 
 
-def main(argv):
-  del argv
-  # Progress goes to stdout one line per round; keep library INFO logs
-  # (orbax's per-save chatter) out of the console unless asked for.
+def start(argv) -> None:
+  """What every entry point's main does first: refuse stray arguments and,
+  unless --verbosity is given, keep library INFO logs (orbax's per-save
+  chatter) out of the console, where progress goes one line per round."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def main(argv):
+  start(argv)
   # pylint: disable=g-import-not-at-top
   from fedrecon_jax import distributed
   from fedrecon_jax import preemption

@@ -5,27 +5,11 @@ registry, never a copied list of names."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from fedrecon_jax import registry
 from fedrecon_jax.generators.base import Generator
 
-
-def _discover() -> dict[str, Generator]:
-  found = {}
-  for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-    if info.name == 'base':
-      continue
-    module = importlib.import_module(f'{__name__}.{info.name}')
-    for gen in getattr(module, 'GENERATORS', ()):
-      if gen.name in found:
-        raise ValueError(f'generator kind {gen.name!r} is defined twice '
-                         f'(fedrecon_jax/generators/{info.name}.py).')
-      found[gen.name] = gen
-  return dict(sorted(found.items(), key=lambda kv: (kv[1].order, kv[0])))
-
-
-REGISTRY: dict[str, Generator] = _discover()
+REGISTRY: dict[str, Generator] = registry.discover(__name__, __path__,
+                                                   'GENERATORS')
 # Kinds with an objective (trainable), and those of them without mappings:
 # the choices of --joint_posterior.
 TRAINABLE = tuple(n for n, g in REGISTRY.items() if g.trainable)
