@@ -120,9 +120,10 @@ class Config:
   match_weight: float = _f(1.0, 'Weight of L_match.')
   cross_decoding: str = _f(
       'all', 'Cross-modal decoding of the mapping / moe / mmvaeplus '
-      "objectives: 'all' decodes each source latent with every other present decoder; 'one' "
-      'with one random target per source and step, scaled by M-1 (unbiased, '
-      'M decodes instead of M(M-1); modalities of one kind and shape).',
+      "objectives: 'all' decodes each source latent with every other "
+      "present decoder; 'one' with one random target per source and step, "
+      'scaled by M-1 (unbiased, M decodes instead of M(M-1); modalities of '
+      'one kind and shape).',
       choices=('all', 'one'))
   gen_optimizer: str = _f('sgdm', "Client optimizer of the generator stage: "
                           "'sgdm' (SGD momentum, --momentum) or 'adam' (as "
