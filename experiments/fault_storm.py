@@ -21,9 +21,10 @@ rounds. The child processes run under experiments.fault_inject, which holds
 each save's commit and each metrics line open for a moment so the timed
 kills land inside them; it changes when bytes are written, not which.
 
-When every cell is finished, each cell's metrics.jsonl and final checkpoint
-are compared with an uninterrupted sweep's (<root>/reference): every round
-once, every value bitwise equal (timings aside), every checkpoint left in
+When every cell is finished, each cell's metrics.jsonl and checkpoints are
+compared with an uninterrupted sweep's (<root>/reference): every round once,
+every value bitwise equal (timings aside), the final checkpoint and every
+other step both keep bitwise equal, every checkpoint left in
 checkpoints/ readable (an unreadable one must have been quarantined). If
 faults remain, the finished storm root is set aside and a fresh pass starts.
 The table of faults by kind, restarts, cells finished, rounds lost and values
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -156,21 +158,38 @@ def _read_checkpoint(workdir: str, step: int):
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves}, meta
 
 
+@functools.lru_cache(maxsize=None)
+def _read_reference(reference: str, step: int):
+  # Every pass is compared with the same reference: read it once.
+  return _read_checkpoint(reference, step)
+
+
 def checkpoint_differences(workdir: str, reference: str) -> list[str]:
-  """What differs between two workdirs' final checkpoints (steps kept,
-  every array bitwise, the meta item), as readable lines."""
-  if _steps(workdir) != _steps(reference):
-    return [f'steps {_steps(workdir)} != {_steps(reference)}']
-  step = _steps(reference)[-1]
-  (got, got_meta), (want, want_meta) = (_read_checkpoint(w, step)
-                                        for w in (workdir, reference))
-  out = [f'{k}: differs' for k in sorted(set(got) | set(want))
-         if k not in got or k not in want or got[k].dtype != want[k].dtype
-         or got[k].tobytes() != want[k].tobytes()]
-  if json.dumps(got_meta, sort_keys=True) != json.dumps(want_meta,
-                                                        sort_keys=True):
-    out.append(f'checkpoint {step} meta differs')
+  """What differs between two workdirs' checkpoints, as readable lines: the
+  reference's final step missing, or any step both keep differing (every
+  array bitwise, the meta item). The steps kept may differ: a SIGTERM saves
+  its round off the schedule, and a kill between a save and orbax's removal
+  of the oldest step leaves one more (`extra_steps`)."""
+  final = _steps(reference)[-1]
+  if final not in _steps(workdir):
+    return [f'final step {final} missing (kept {_steps(workdir)})']
+  out = []
+  for step in sorted(set(_steps(workdir)) & set(_steps(reference))):
+    got, got_meta = _read_checkpoint(workdir, step)
+    want, want_meta = _read_reference(reference, step)
+    out += [f'checkpoint {step} {k}: differs'
+            for k in sorted(set(got) | set(want))
+            if k not in got or k not in want or got[k].dtype != want[k].dtype
+            or got[k].tobytes() != want[k].tobytes()]
+    if json.dumps(got_meta, sort_keys=True) != json.dumps(want_meta,
+                                                          sort_keys=True):
+      out.append(f'checkpoint {step} meta differs')
   return out
+
+
+def extra_steps(workdir: str, reference: str) -> int:
+  """Checkpoints kept that the reference does not keep (not a loss)."""
+  return len(set(_steps(workdir)) - set(_steps(reference)))
 
 
 def unreadable_checkpoints(workdir: str) -> list[str]:
@@ -191,7 +210,7 @@ def compare(root: str, reference: str) -> dict:
   """Every cell of `root` against its namesake in `reference`."""
   out = {'cells': 0, 'rounds_lost': 0, 'rounds_duplicated': 0,
          'torn_lines': 0, 'values_differing': 0, 'unreadable_left': 0,
-         'quarantined': 0, 'problems': []}
+         'quarantined': 0, 'extra_steps_kept': 0, 'problems': []}
   for ref in cells(reference):
     name = os.path.basename(ref)
     mine = os.path.join(root, name)
@@ -204,6 +223,7 @@ def compare(root: str, reference: str) -> dict:
     out['torn_lines'] += m['torn_lines']
     out['values_differing'] += len(m['differing']) + len(c)
     out['unreadable_left'] += len(bad)
+    out['extra_steps_kept'] += extra_steps(mine, ref)
     corrupt = os.path.join(mine, 'checkpoints_corrupt')
     out['quarantined'] += len(os.listdir(corrupt)) if os.path.isdir(
         corrupt) else 0
@@ -394,6 +414,25 @@ def storm(root: str, faults: int, seed: int, env: dict | None = None,
   return _totals(s, totals, passes, span, t0, seed)
 
 
+def rescore(root: str, result: dict) -> dict:
+  """`result` (a storm's totals) with every pass kept under `root`
+  compared again by this module's `compare`: for a storm whose passes were
+  compared by an older harness."""
+  passes = sorted(glob.glob(os.path.join(root, 'pass*')),
+                  key=lambda p: int(p.rsplit('pass', 1)[1]))
+  totals, problems = collections.Counter(), []
+  for i, d in enumerate(passes + [os.path.join(root, 'storm')], 1):
+    got = compare(d, os.path.join(root, 'reference'))
+    totals.update({k: v for k, v in got.items() if k != 'problems'})
+    problems += [f'pass {i}: {p}' for p in got['problems']]
+  return {**result, 'cells_finished': totals['cells'],
+          **{k: totals[k] for k in ('rounds_lost', 'rounds_duplicated',
+                                    'torn_lines', 'values_differing',
+                                    'unreadable_left', 'quarantined',
+                                    'extra_steps_kept')},
+          'problems': problems[:20], 'compared_at': _commit()}
+
+
 def _totals(s: Storm, totals, passes, span, t0, seed) -> dict:
   return {'faults': {k: s.injected[k] for k in KINDS},
           'faults_planned': totals['planned'],
@@ -403,7 +442,8 @@ def _totals(s: Storm, totals, passes, span, t0, seed) -> dict:
           'exit_codes': {str(k): v for k, v in sorted(s.exits.items())},
           'cells_finished': totals['cells'], **{k: totals[k] for k in (
               'rounds_lost', 'rounds_duplicated', 'torn_lines',
-              'values_differing', 'unreadable_left', 'quarantined')},
+              'values_differing', 'unreadable_left', 'quarantined',
+              'extra_steps_kept')},
           'sweep_seconds': span, 'wall_seconds': time.time() - t0,
           'seed': seed, 'problems': s.problems[:20]}
 
@@ -423,6 +463,8 @@ def table(result: dict) -> str:
           ('values differing', result['values_differing']),
           ('unreadable checkpoints left', result['unreadable_left']),
           ('saves quarantined', result['quarantined']),
+          ('checkpoints kept off the schedule (not a loss)',
+           result.get('extra_steps_kept', 0)),
           ('wall seconds', f'{result["wall_seconds"]:.0f}')]
   return '\n'.join(['| | |', '|---|---|'] +
                    [f'| {k} | {v} |' for k, v in rows])
@@ -440,12 +482,16 @@ def _commit() -> str:
 
 
 def write_results(result: dict, path: str) -> None:
+  # A rescored storm keeps the commit that injected its faults.
   result = {'commit': _commit(), 'cpu_count': os.cpu_count(), **result}
   with open(path + '.json', 'w') as f:
     json.dump(result, f, indent=1)
   with open(path + '.md', 'w') as f:
     f.write(
         f'# Fault storm on CPU (commit {result["commit"]})\n\n'
+        + (f'Passes compared again (`--rescore`) at commit '
+           f'{result["compared_at"]}.\n\n' if 'compared_at' in result
+           else '') +
         f'`python -m experiments.fault_storm --faults={result["faults_planned"]}'
         f' --seed={result["seed"]}` on {result["cpu_count"]} CPU cores '
         '(shared with other jobs, so times are upper bounds): 4 cells of '
@@ -470,6 +516,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'Seed of the fault order and timing.')
   flags.DEFINE_string('results', None, 'Write <results>.md and .json (e.g. '
                       'experiments/results/fault_storm_cpu).')
+  flags.DEFINE_bool('rescore', False, 'Inject nothing: compare the passes '
+                    'kept under --root again and rewrite --results.')
 
 
 def main(argv):
@@ -479,9 +527,16 @@ def main(argv):
   if FLAGS.faults < 1:
     sys.exit(f'error: --faults={FLAGS.faults} must be >= 1.')
   logging.set_verbosity(logging.WARNING)
-  result = storm(FLAGS.root, FLAGS.faults, FLAGS.seed, each_pass=(
-      None if not FLAGS.results else
-      lambda r: write_results(r, FLAGS.results)))
+  if FLAGS.rescore:
+    if not FLAGS.results:
+      sys.exit('error: --rescore needs --results (the storm\'s JSON).')
+    with open(FLAGS.results + '.json') as f:
+      result = json.load(f)
+    result = rescore(FLAGS.root, result)
+  else:
+    result = storm(FLAGS.root, FLAGS.faults, FLAGS.seed, each_pass=(
+        None if not FLAGS.results else
+        lambda r: write_results(r, FLAGS.results)))
   print(table(result))
   if FLAGS.results:
     write_results(result, FLAGS.results)
