@@ -88,6 +88,8 @@ class Config:
   weight_decay: float = _f(1e-5, 'Client weight decay.')
   clip_norm: float = _f(10.0, 'Client gradient clipping (global norm).')
   fedprox_mu: float = _f(0.0, 'FedProx proximal coefficient (0 = off).')
+  ditto_lambda: float = _f(0.1, "Ditto's pull of each personal task model "
+                           'towards the global one (--method=ditto).')
   # Server.
   server_opt: str = _f('fedopt', 'Server aggregation.', choices=SERVER_OPTS)
   server_optimizer: str = _f('adam', 'Server optimizer on the pseudo-gradient '
@@ -227,7 +229,8 @@ class Config:
       _check(0 <= getattr(self, name) < 1, name, getattr(self, name),
              'in [0, 1)')
     _check(self.server_eps > 0, 'server_eps', self.server_eps, '> 0')
-    for name in ('weight_decay', 'fedprox_mu', 'beta', 'match_weight'):
+    for name in ('weight_decay', 'fedprox_mu', 'ditto_lambda', 'beta',
+                 'match_weight'):
       _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
     _check(self.clip_norm > 0, 'clip_norm', self.clip_norm, '> 0')
     _check(self.natural_split or self.clients_per_round <= self.num_clients,
