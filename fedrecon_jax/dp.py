@@ -21,6 +21,9 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from fedrecon_jax import server
 
 
 def clip_update(update, clip):
@@ -78,3 +81,36 @@ def dp_fedavg_step(key, server_params, local_params, valid, clip,
                     noise_multiplier, denominator)
   return jax.tree.map(lambda s, m: (s + m).astype(s.dtype), server_params,
                       mean)
+
+
+# ------------------------------------------------- the round's server path
+
+
+def client_sums(local, weights, metrics, valid, trainable, clip) -> dict:
+  """server.client_sums with 'num' the sum of the clients' clipped deltas
+  ([N], over one client's trained params raveled) instead of their weighted
+  params: these add up across chunks as the weighted sums do. A client with
+  a non-finite update is left out, as server.client_sums leaves it out.
+
+  local: leaves [c, *shape]; trainable: the server's, leaves [*shape].
+  """
+  sums = server.client_sums(local, weights, metrics, valid)
+  deltas = (jax.vmap(lambda t: ravel_pytree(t)[0])(local)
+            - ravel_pytree(trainable)[0][None])                   # [c, N]
+  ok = jnp.isfinite(deltas.sum(1))
+  deltas = jnp.where(ok[:, None], deltas, 0.0)
+  return {**sums, 'num': clipped_sum(deltas, valid & ok, clip)}
+
+
+def finish_sums(key, trainable, sums, clip, noise_multiplier,
+                denominator) -> dict:
+  """Turns DP `client_sums` (added up over the cohort) into sums whose
+  quotient server.apply_sums takes as the mean: num = D * server + clipped
+  sum + N(0, (zC)^2), den = D on every entry, so num / den = server +
+  noisy_mean (D = denominator, the expected cohort size)."""
+  base = ravel_pytree(trainable)[0]
+  d = jnp.asarray(denominator, jnp.float32)
+  mean = noisy_mean(key, sums['num'], clip, noise_multiplier, d)
+  den = sums['den']
+  return {**sums, 'num': (base + mean) * d,
+          'den': server.WeightSums(jnp.full_like(den.sums, d), den.shapes)}

@@ -74,3 +74,37 @@ def check_target(stages: Sequence[Stage], delta: float,
         f' at delta={delta:.3g}; raise --dp_noise_multiplier or lower the '
         'rounds or cohort size.')
   return eps
+
+
+# ------------------------------------------------------------ a run's schedule
+
+
+def schedule(cfg, num_clients: int) -> list[Stage]:
+  """A Config's DP schedule over K = num_clients: the generator stage (if
+  the method has one) then the task stage, each with its cohort
+  (min(--clients_per_round, K)) and its rounds."""
+  cohort = min(cfg.clients_per_round, num_clients)
+  rounds = ((cfg.stage1_rounds,) if cfg.stage1_rounds else ()) + (cfg.rounds,)
+  return [Stage(num_clients, cohort, n, cfg.dp_noise_multiplier)
+          for n in rounds]
+
+
+def run_delta(cfg, num_clients: int) -> float:
+  """--dp_delta, or 1/K^1.1 when it is 0."""
+  return cfg.dp_delta or default_delta(num_clients)
+
+
+def epsilon_after(cfg, num_clients: int, round_: int) -> float:
+  """epsilon at the run's delta after its rounds 1..round_ (both stages)."""
+  stages = schedule(cfg, num_clients)
+  done, left = [], round_
+  for s in stages:
+    done.append(min(left, s.rounds))
+    left -= done[-1]
+  return epsilon(stages, run_delta(cfg, num_clients), done)
+
+
+def check_run(cfg, num_clients: int) -> float:
+  """The run's final epsilon; refuses one over --dp_target_epsilon."""
+  return check_target(schedule(cfg, num_clients),
+                      run_delta(cfg, num_clients), cfg.dp_target_epsilon)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fedrecon_jax import distributed, server
+from fedrecon_jax import distributed, dp, server
 from fedrecon_jax.plan import StagePlan
 from fedrecon_jax.server import ServerState
 
@@ -163,8 +163,10 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
     local, weights, metrics, cstate = run_chunk(
         trainable, frozen, data, client_keys(rkey, ids),
         jax.tree.map(lambda x: x[ids], clients))
-    return (server.client_sums(local, weights, metrics, valid),
-            _scatter(clients, ids, valid, cstate))
+    sums = (dp.client_sums(local, weights, metrics, valid, trainable,
+                           h.dp_clip) if plan.dp else
+            server.client_sums(local, weights, metrics, valid))
+    return sums, _scatter(clients, ids, valid, cstate)
 
   if num_chunks == 1:
     sums, clients = chunk_sums(0, state.clients)
@@ -178,6 +180,11 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
       return jax.tree.map(jnp.add, carry[0], sums), clients
 
     sums, clients = jax.lax.fori_loop(0, n, body, (zeros, state.clients))
+  if plan.dp:
+    # The noise from the round key (its own stream: fold_in 1 of it), so
+    # each run on a runs axis draws its own.
+    sums = dp.finish_sums(jax.random.fold_in(rkey, 1), trainable, sums,
+                          h.dp_clip, h.dp_noise_multiplier, cohort_size)
   trained, opt_state, metrics = server.apply_sums(
       trainable, state.opt_state, sums, plan.server_tx(h))
   return ServerState({**state.params, **trained}, opt_state,

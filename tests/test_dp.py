@@ -10,6 +10,7 @@ import pytest
 from dp_accounting import rdp
 
 from fedrecon_jax import dp, privacy
+import toy
 
 
 def _numpy_dp_fedavg(server, local, valid, clip, z, denom, noise):
@@ -107,3 +108,37 @@ def test_target_epsilon_refuses_naming_flag():
   stages = [privacy.Stage(100, 50, 500, 0.5)]
   with pytest.raises(ValueError, match='--dp_target_epsilon=1.0'):
     privacy.check_target(stages, 1e-5, 1.0)
+
+
+# ------------------------------------------------ inside the compiled round
+
+
+def _round(stage, **kw):
+  cfg = toy.cfg_for(server_opt='fedavg', **kw)
+  params = toy.init_params(toy.small_model())
+  got, metrics = toy.one_round(cfg, stage, params, toy.make_population(),
+                               jax.random.key(5))
+  return params, got, metrics
+
+
+def test_round_no_clip_no_noise_is_fedavg_of_one_client():
+  # One client a round: FedAvg's weighted mean is that client's params, and
+  # so is server + (its delta) / 1 with C = inf, z = 0.
+  _, fedavg, _ = _round(1, clients_per_round=1)
+  _, dpavg, _ = _round(1, clients_per_round=1, dp_clip=float('inf'))
+  for a, b in zip(jax.tree.leaves(fedavg), jax.tree.leaves(dpavg)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_round_noise_is_zc_over_cohort():
+  clip, z, cohort = 0.5, 2.0, 4
+  params, quiet, _ = _round(1, clients_per_round=cohort, dp_clip=clip)
+  _, noisy, _ = _round(1, clients_per_round=cohort, dp_clip=clip,
+                       dp_noise_multiplier=z)
+  diff = np.concatenate([
+      (np.asarray(a, np.float64) - np.asarray(b, np.float64)).ravel()
+      for a, b in zip(jax.tree.leaves(noisy), jax.tree.leaves(quiet))])
+  moved = diff[diff != 0]
+  assert moved.size > 1000
+  np.testing.assert_allclose(moved.std(), z * clip / cohort, rtol=0.05)
