@@ -10,6 +10,8 @@ One round of one stage, for R runs at once, is one jitted program:
       gather the chunk's rows of the population  [chunk, max_n, ...]
       jax.vmap(client_update) over the chunk (spmd axis `clients`)
       server.client_sums: weighted sums over the chunk's clients, added up
+    (with --dp_clip, dp.client_sums: clipped deltas, and dp.finish_sums:
+    noise from the round key, / the cohort size)
     server.apply_sums: the server step on the total
   -> state [R, ...]
 
@@ -77,6 +79,10 @@ def place(tree, mesh: jax.sharding.Mesh, runs: bool):
     return distributed.replicate(tree, mesh)
   sharding = NamedSharding(mesh, P(RUNS))
   return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+# fold_in index of the DP noise's key: above every client's (id + 1).
+_NOISE_STREAM = 2**32 - 1
 
 
 def client_keys(key, ids):
@@ -181,9 +187,10 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
 
     sums, clients = jax.lax.fori_loop(0, n, body, (zeros, state.clients))
   if plan.dp:
-    # The noise from the round key (its own stream: fold_in 1 of it), so
-    # each run on a runs axis draws its own.
-    sums = dp.finish_sums(jax.random.fold_in(rkey, 1), trainable, sums,
+    # The noise from the round key, so each run on a runs axis draws its
+    # own; its stream is apart from the cohort's (0) and clients' (id + 1).
+    sums = dp.finish_sums(jax.random.fold_in(rkey, _NOISE_STREAM), trainable,
+                          sums,
                           h.dp_clip, h.dp_noise_multiplier, cohort_size)
   trained, opt_state, metrics = server.apply_sums(
       trainable, state.opt_state, sums, plan.server_tx(h))
@@ -309,6 +316,9 @@ def sequential_round(plan: StagePlan, state: ServerState, population, key, h):
   FedJAX runs clients), then the same aggregation. Used by tests and the
   benchmark; not by training.
   """
+  if plan.dp:
+    raise ValueError('sequential_round does not implement DP-FedAvg '
+                     '(--dp_clip > 0); use make_round.')
   update, aggregate = _sequential_parts(plan)
   rkey = round_key(key, state)
   ids, _ = cohort_ids(rkey, plan.num_clients, jnp.arange(plan.cohort),
