@@ -190,8 +190,7 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
     # The noise from the round key, so each run on a runs axis draws its
     # own; its stream is apart from the cohort's (0) and clients' (id + 1).
     sums = dp.finish_sums(jax.random.fold_in(rkey, _NOISE_STREAM), trainable,
-                          sums,
-                          h.dp_clip, h.dp_noise_multiplier, cohort_size)
+                          sums, h.dp_clip, h.dp_noise_multiplier, cohort_size)
   trained, opt_state, metrics = server.apply_sums(
       trainable, state.opt_state, sums, plan.server_tx(h))
   return ServerState({**state.params, **trained}, opt_state,
