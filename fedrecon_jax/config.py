@@ -31,7 +31,8 @@ HPARAMS = hparams.NAMES
 # What runs that share one program may differ in: HPARAMS, and settings
 # that change only the data a run's clients hold (its partition, padded to
 # the group's largest client) or its keys.
-PER_RUN_FIELDS = HPARAMS + ('seed', 'missing_rate', 'alpha', 'workdir')
+PER_RUN_FIELDS = HPARAMS + ('seed', 'missing_rate', 'alpha', 'workdir',
+                             'dp_delta', 'dp_target_epsilon')
 
 # Fields whose change on resume is harmless (they do not define the experiment).
 RESUMABLE_OVERRIDES = ('rounds', 'workdir', 'data_dir', 'manual_dir',
@@ -90,6 +91,16 @@ class Config:
   fedprox_mu: float = _f(0.0, 'FedProx proximal coefficient (0 = off).')
   ditto_lambda: float = _f(0.1, "Ditto's pull of each personal task model "
                            'towards the global one (--method=ditto).')
+  # Client-level DP-FedAvg (dp.py, privacy.py); on when dp_clip > 0.
+  dp_clip: float = _f(0.0, 'DP-FedAvg: clip each client\'s update to this '
+                      'L2 norm (0 = DP off; inf = no clipping).')
+  dp_noise_multiplier: float = _f(0.0, 'DP-FedAvg: noise std on the sum of '
+                                  'clipped updates, in units of --dp_clip.')
+  dp_delta: float = _f(0.0, 'DP delta of the reported epsilon (0 = '
+                       '1/K^1.1, K the number of clients).')
+  dp_target_epsilon: float = _f(0.0, 'Refuse, before the first round, a DP '
+                                'schedule whose final epsilon exceeds this '
+                                '(0 = no limit).')
   # Server.
   server_opt: str = _f('fedopt', 'Server aggregation.', choices=SERVER_OPTS)
   server_optimizer: str = _f('adam', 'Server optimizer on the pseudo-gradient '
@@ -230,9 +241,14 @@ class Config:
              'in [0, 1)')
     _check(self.server_eps > 0, 'server_eps', self.server_eps, '> 0')
     for name in ('weight_decay', 'fedprox_mu', 'ditto_lambda', 'beta',
-                 'match_weight'):
+                 'match_weight', 'dp_clip', 'dp_noise_multiplier', 'dp_delta',
+                 'dp_target_epsilon'):
       _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
     _check(self.clip_norm > 0, 'clip_norm', self.clip_norm, '> 0')
+    _check(self.dp_clip > 0 or self.dp_noise_multiplier == 0,
+           'dp_noise_multiplier', self.dp_noise_multiplier,
+           '0 unless --dp_clip > 0')
+    _check(self.dp_delta < 1, 'dp_delta', self.dp_delta, 'in [0, 1)')
     _check(self.natural_split or self.clients_per_round <= self.num_clients,
            'clients_per_round', self.clients_per_round,
            f'<= --num_clients ({self.num_clients})')
@@ -251,7 +267,8 @@ class Config:
     compilation cache lives), plus whether FedProx's term is compiled in."""
     skip = PER_RUN_FIELDS + ('compilation_cache',)
     fields = {k: v for k, v in self.to_dict().items() if k not in skip}
-    return tuple(sorted(fields.items())) + (('fedprox', self.fedprox_mu > 0),)
+    return tuple(sorted(fields.items())) + (('fedprox', self.fedprox_mu > 0),
+                                            ('dp', self.dp_clip > 0))
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

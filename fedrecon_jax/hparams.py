@@ -27,6 +27,8 @@ class Hparams:
   server_b2: jax.Array
   beta: jax.Array             # KL weight of the generator ELBOs
   match_weight: jax.Array     # weight of L_match
+  dp_clip: jax.Array          # DP-FedAvg's C (used when the plan's dp is on)
+  dp_noise_multiplier: jax.Array  # DP-FedAvg's z
 
   @classmethod
   def of(cls, source) -> 'Hparams':

@@ -10,6 +10,8 @@ One round of one stage, for R runs at once, is one jitted program:
       gather the chunk's rows of the population  [chunk, max_n, ...]
       jax.vmap(client_update) over the chunk (spmd axis `clients`)
       server.client_sums: weighted sums over the chunk's clients, added up
+    (with --dp_clip, dp.client_sums: clipped deltas, and dp.finish_sums:
+    noise from the round key, / the cohort size)
     server.apply_sums: the server step on the total
   -> state [R, ...]
 
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fedrecon_jax import distributed, server
+from fedrecon_jax import distributed, dp, server
 from fedrecon_jax.plan import StagePlan
 from fedrecon_jax.server import ServerState
 
@@ -77,6 +79,10 @@ def place(tree, mesh: jax.sharding.Mesh, runs: bool):
     return distributed.replicate(tree, mesh)
   sharding = NamedSharding(mesh, P(RUNS))
   return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+# fold_in index of the DP noise's key: above every client's (id + 1).
+_NOISE_STREAM = 2**32 - 1
 
 
 def client_keys(key, ids):
@@ -163,8 +169,10 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
     local, weights, metrics, cstate = run_chunk(
         trainable, frozen, data, client_keys(rkey, ids),
         jax.tree.map(lambda x: x[ids], clients))
-    return (server.client_sums(local, weights, metrics, valid),
-            _scatter(clients, ids, valid, cstate))
+    sums = (dp.client_sums(local, weights, metrics, valid, trainable,
+                           h.dp_clip) if plan.dp else
+            server.client_sums(local, weights, metrics, valid))
+    return sums, _scatter(clients, ids, valid, cstate)
 
   if num_chunks == 1:
     sums, clients = chunk_sums(0, state.clients)
@@ -178,6 +186,11 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
       return jax.tree.map(jnp.add, carry[0], sums), clients
 
     sums, clients = jax.lax.fori_loop(0, n, body, (zeros, state.clients))
+  if plan.dp:
+    # The noise from the round key, so each run on a runs axis draws its
+    # own; its stream is apart from the cohort's (0) and clients' (id + 1).
+    sums = dp.finish_sums(jax.random.fold_in(rkey, _NOISE_STREAM), trainable,
+                          sums, h.dp_clip, h.dp_noise_multiplier, cohort_size)
   trained, opt_state, metrics = server.apply_sums(
       trainable, state.opt_state, sums, plan.server_tx(h))
   return ServerState({**state.params, **trained}, opt_state,
@@ -302,6 +315,9 @@ def sequential_round(plan: StagePlan, state: ServerState, population, key, h):
   FedJAX runs clients), then the same aggregation. Used by tests and the
   benchmark; not by training.
   """
+  if plan.dp:
+    raise ValueError('sequential_round does not implement DP-FedAvg '
+                     '(--dp_clip > 0); use make_round.')
   update, aggregate = _sequential_parts(plan)
   rkey = round_key(key, state)
   ids, _ = cohort_ids(rkey, plan.num_clients, jnp.arange(plan.cohort),

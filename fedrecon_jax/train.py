@@ -23,7 +23,8 @@ import numpy as np
 from fedrecon_jax import checkpoint, compile_stats, config, evaluation
 from fedrecon_jax import experiment, memory_plan, metrics_writer, partition
 from fedrecon_jax import plan
-from fedrecon_jax import preemption, progress, rounds, server, workdir
+from fedrecon_jax import preemption, privacy, progress, rounds, server
+from fedrecon_jax import workdir
 from fedrecon_jax.config import Config
 
 
@@ -146,6 +147,8 @@ def _start(runs: list[_Run], primary: bool) -> server.ServerState:
     run_.evaluate = (evaluate if jax.process_count() == 1 else
                      lambda params, stage, f=evaluate: f(jax.device_get(params),
                                                          stage))
+    if cfg.dp_clip > 0:   # refuses an over-budget schedule, writing nothing
+      privacy.check_run(cfg, exp.population.y.shape[0])
     if primary:  # before anything is written, not at the first save
       workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp, cfg),
                                cfg.keep_checkpoints)
@@ -253,6 +256,9 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, params, t0: float,
             **{k: float(v) for k, v in metrics.items()}}
   record['skipped_clients'] = int(metrics['skipped_clients'])
   record['participants'] = int(metrics['participants'])
+  if cfg.dp_clip > 0:
+    record['epsilon'] = privacy.epsilon_after(
+        cfg, run_.exp.population.y.shape[0], r)
   why = _divergence(params_finite, record['skipped_clients'],
                     record['participants'])
   end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
@@ -324,6 +330,10 @@ def _summary(cfg: Config, exp: experiment.Experiment, last_eval: dict,
              seconds: float) -> dict:
   summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
              'wall_seconds': seconds, 'devices': _devices(), **last_eval}
+  if cfg.dp_clip > 0:
+    k = exp.population.y.shape[0]
+    summary['epsilon'] = privacy.epsilon_after(cfg, k, cfg.total_rounds)
+    summary['dp_delta'] = privacy.run_delta(cfg, k)
   if exp.kept is not None:
     summary['modalities_kept'] = [
         m for m, k in zip(exp.spec.modalities, exp.kept) if k]

@@ -67,6 +67,10 @@ class StagePlan:
   # The generator whose params the run trains (evaluation's recon_mse).
   generator: Generator | None = None
   client_state: ClientState | None = None
+  # Client-level DP-FedAvg (dp.py) instead of the weighted mean: the
+  # server adds noise to the sum of clipped deltas (h.dp_clip, h.dp_noise_
+  # multiplier) and divides by the cohort size.
+  dp: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +140,8 @@ def stage_plan(cfg, stage: int, num_clients: int, *, groups, loss: LossFn,
   return StagePlan(stage=stage, groups=tuple(groups),
                    client_update=jax.jit(update),
                    server_tx=server_tx(cfg, stage), num_clients=num_clients,
-                   cohort=min(cfg.clients_per_round, num_clients), **fields)
+                   cohort=min(cfg.clients_per_round, num_clients),
+                   dp=cfg.dp_clip > 0, **fields)
 
 
 def generator_loss(cfg, model, gen: Generator) -> LossFn:
