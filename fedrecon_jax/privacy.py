@@ -15,10 +15,14 @@ round count) then the task stage's, as one ComposedDpEvent.
 
 from __future__ import annotations
 
+import importlib
 from typing import NamedTuple, Sequence
 
-import dp_accounting
-from dp_accounting import rdp
+
+def _dp_accounting():
+  # Imported on first use: it pulls in scipy and mpmath, which would slow
+  # every run's start-up (and a second writer's refusal) when DP is off.
+  return importlib.import_module('dp_accounting')
 
 
 class Stage(NamedTuple):
@@ -34,17 +38,19 @@ def default_delta(num_clients: int) -> float:
   return 1.0 / num_clients ** 1.1
 
 
-def round_event(stage: Stage) -> dp_accounting.DpEvent:
+def round_event(stage: Stage):
   """One round of `stage` as a dp_accounting event."""
+  dp_accounting = _dp_accounting()
   return dp_accounting.SampledWithoutReplacementDpEvent(
       source_dataset_size=stage.num_clients, sample_size=stage.cohort,
       event=dp_accounting.GaussianDpEvent(stage.noise_multiplier / 2.0))
 
 
 def schedule_event(stages: Sequence[Stage],
-                   done: Sequence[int] | None = None) -> dp_accounting.DpEvent:
-  """The stages composed in order; done[i] = rounds of stage i counted
-  (default: all of them)."""
+                   done: Sequence[int] | None = None):
+  """The stages composed in order (a dp_accounting event); done[i] = rounds
+  of stage i counted (default: all of them)."""
+  dp_accounting = _dp_accounting()
   done = [s.rounds for s in stages] if done is None else done
   return dp_accounting.ComposedDpEvent([
       dp_accounting.SelfComposedDpEvent(round_event(s), n)
@@ -57,7 +63,8 @@ def epsilon(stages: Sequence[Stage], delta: float,
   for s in stages:
     if s.noise_multiplier <= 0:
       return float('inf')
-  acc = rdp.RdpAccountant(
+  dp_accounting = _dp_accounting()
+  acc = dp_accounting.rdp.RdpAccountant(
       neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
   acc.compose(schedule_event(stages, done))
   return float(acc.get_epsilon(delta))
