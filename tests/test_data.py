@@ -268,22 +268,14 @@ def test_polymnist_from_manual_dir(tmp_path):
     np.testing.assert_allclose(x[0, :, 0, 0] * 255, [1, 2, 3], atol=1e-3)
 
 
-def test_polymnist_label_mismatch_raises(tmp_path):
+@pytest.mark.parametrize('train,moved,to,message', [
+    ({0: 3}, 'm2/0.3.png', 'm2/0.8.png', 'different digits'),
+    ({0: 3, 1: 4}, 'm4/1.4.png', 'm4/2.4.png', 'different sample indices')])
+def test_polymnist_mismatched_files_raise(tmp_path, train, moved, to, message):
   manual = tmp_path / 'manual'
-  write_polymnist(manual, {'train': {0: 3}, 'test': {0: 4}})
-  (manual / 'train' / 'm2' / '0.3.png').rename(manual / 'train' / 'm2' /
-                                               '0.8.png')
-  with pytest.raises(ValueError, match='different digits'):
-    data.load('polymnist', data_dir=str(tmp_path / 'tfds'),
-              manual_dir=str(manual))
-
-
-def test_polymnist_unpaired_index_raises(tmp_path):
-  manual = tmp_path / 'manual'
-  write_polymnist(manual, {'train': {0: 3, 1: 4}, 'test': {0: 4}})
-  (manual / 'train' / 'm4' / '1.4.png').rename(manual / 'train' / 'm4' /
-                                               '2.4.png')
-  with pytest.raises(ValueError, match='different sample indices'):
+  write_polymnist(manual, {'train': train, 'test': {0: 4}})
+  (manual / 'train' / moved).rename(manual / 'train' / to)
+  with pytest.raises(ValueError, match=message):
     data.load('polymnist', data_dir=str(tmp_path / 'tfds'),
               manual_dir=str(manual))
 
