@@ -69,23 +69,6 @@ def noisy_mean(key, summed, clip, noise_multiplier, denominator):
   return jax.tree.map(lambda s, n: (s + n) / denominator, summed, noise)
 
 
-def dp_fedavg_step(key, server_params, local_params, valid, clip,
-                   noise_multiplier, denominator):
-  """The server's new params: server + noisy mean of clipped deltas.
-
-  server_params: pytree [...]; local_params: same tree, leaves [c, ...].
-  """
-  deltas = jax.tree.map(lambda l, s: l - s[None], local_params,
-                        server_params)
-  mean = noisy_mean(key, clipped_sum(deltas, valid, clip), clip,
-                    noise_multiplier, denominator)
-  return jax.tree.map(lambda s, m: (s + m).astype(s.dtype), server_params,
-                      mean)
-
-
-# ------------------------------------------------- the round's server path
-
-
 def client_sums(local, weights, metrics, valid, trainable, clip) -> dict:
   """server.client_sums with 'num' the sum of the clients' clipped deltas
   ([N], over one client's trained params raveled) instead of their weighted

@@ -38,13 +38,31 @@ def _tree(rng, c):
   return server, local
 
 
+def dp_fedavg_step(key, server_params, local_params, valid, clip,
+                   noise_multiplier, denominator):
+  """The server's new params: server + noisy mean of clipped deltas (dp's
+  pieces as the round composes them, on whole pytrees).
+
+  server_params: pytree [...]; local_params: same tree, leaves [c, ...].
+  """
+  deltas = jax.tree.map(lambda l, s: l - s[None], local_params,
+                        server_params)
+  mean = dp.noisy_mean(key, dp.clipped_sum(deltas, valid, clip), clip,
+                    noise_multiplier, denominator)
+  return jax.tree.map(lambda s, m: (s + m).astype(s.dtype), server_params,
+                      mean)
+
+
+# ------------------------------------------------- the round's server path
+
+
 def test_clip_and_noise_match_numpy():
   rng = np.random.default_rng(0)
   server, local = _tree(rng, 6)
   valid = np.array([1, 1, 1, 1, 1, 0], bool)
   key = jax.random.key(3)
   clip, z, denom = 1.5, 0.7, 4.0
-  got = dp.dp_fedavg_step(key, server, local, jnp.asarray(valid), clip, z,
+  got = dp_fedavg_step(key, server, local, jnp.asarray(valid), clip, z,
                           denom)
   # The same standard normals, drawn the documented way: one key per leaf,
   # split from the round key in leaf order.
@@ -62,7 +80,7 @@ def test_clipping_is_per_client_not_after_aggregation():
   # summing would leave the sum nearly untouched.
   server = {'w': np.zeros(2, np.float32)}
   local = {'w': np.array([[10., 0.], [-9., 0.]], np.float32)}
-  got = dp.dp_fedavg_step(jax.random.key(0), server, local,
+  got = dp_fedavg_step(jax.random.key(0), server, local,
                           jnp.ones(2, bool), 1.0, 0.0, 2.0)
   np.testing.assert_allclose(np.asarray(got['w']), [0.0, 0.0], atol=1e-6)
 
@@ -72,7 +90,7 @@ def test_noise_std_is_zc_over_denominator():
   local = {'w': np.zeros((3, 50), np.float32)}
   clip, z, denom = 2.0, 1.3, 7.0
   step = jax.jit(jax.vmap(
-      lambda k: dp.dp_fedavg_step(k, server, local, jnp.ones(3, bool), clip,
+      lambda k: dp_fedavg_step(k, server, local, jnp.ones(3, bool), clip,
                                   z, denom)['w']))
   out = np.asarray(step(jax.random.split(jax.random.key(1), 2000)))
   np.testing.assert_allclose(out.std(), z * clip / denom, rtol=0.02)
@@ -81,7 +99,7 @@ def test_noise_std_is_zc_over_denominator():
 def test_inf_clip_zero_noise_is_unweighted_mean():
   rng = np.random.default_rng(1)
   server, local = _tree(rng, 4)
-  got = dp.dp_fedavg_step(jax.random.key(0), server, local,
+  got = dp_fedavg_step(jax.random.key(0), server, local,
                           jnp.ones(4, bool), jnp.inf, 0.0, 4.0)
   for k in server:
     np.testing.assert_allclose(np.asarray(got[k]), local[k].mean(0),

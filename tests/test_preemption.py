@@ -51,7 +51,11 @@ def reference(env, tmp_path_factory):
   """An uninterrupted run, and what a second writer started on its workdir
   while it ran got: (workdir, first run's pid, second's process, seconds)."""
   workdir_ = str(tmp_path_factory.mktemp('reference'))
-  first = tiny.popen(cmd(workdir_), env)
+  # Each metrics line held 0.5 s (experiments.fault_inject: same bytes,
+  # later): the first run must outlive the second's start-up on a busy CPU.
+  held = cmd(workdir_)
+  held[1:3] = ['-m', 'experiments.fault_inject', 'experiments.train']
+  first = tiny.popen(held, {**env, 'FAULT_INJECT': '{"append_seconds": 0.5}'})
   try:
     wait_for_round([first], workdir_, 1)   # it holds the lock by now
     t0 = time.time()
