@@ -56,7 +56,9 @@ class Config:
   data_dir: str = _f('', 'TFDS data_dir (default: $TFDS_DATA_DIR or '
                      '~/tensorflow_datasets).')
   manual_dir: str = _f('', 'Folder with user-provided files for polymnist / '
-                       'uci_har / original UCI mfeat files.')
+                       'uci_har / original UCI mfeat files; for files, the '
+                       'folder of your arrays (WORKSPACE.md, "Your own data '
+                       'with no code").')
   num_clients: int = _f(20, 'Population size K (ignored by --natural_split).')
   natural_split: bool = _f(False, 'One client per natural group (UCI-HAR '
                            'subject) instead of a Dirichlet split.')
@@ -215,6 +217,9 @@ class Config:
       value = getattr(self, f.name)
       if choices and value not in choices:
         raise ValueError(f'--{f.name}={value!r} is not one of {choices}.')
+    _check(bool(self.manual_dir) or not data.needs_manual_dir(self.dataset),
+           'manual_dir', self.manual_dir,
+           f'the folder of your arrays for --dataset={self.dataset}')
     _check(self.alpha > 0 and math.isfinite(self.alpha), 'alpha',
            self.alpha, 'a finite number > 0')
     _check(0 <= self.missing_rate < 1, 'missing_rate', self.missing_rate,

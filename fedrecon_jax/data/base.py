@@ -29,6 +29,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   GROUP_KEY: ClassVar[str | None] = None
   # Where it sits in --dataset's choices (then by name).
   order: ClassVar[int] = 100
+  # True: the builder is made from the user's folder (its __init__ takes
+  # manual_dir, which then has no default) and sets the attributes above
+  # per instance from it (files.py).
+  NEEDS_MANUAL_DIR: ClassVar[bool] = False
 
   def __init__(self, **kwargs: Any):
     # array_record is the only random-access format TFDS reads without TF.
