@@ -80,4 +80,5 @@ def missing_files_error(manual_dir: pathlib.Path | None,
   where = manual_dir if manual_dir is not None else '<manual_dir>'
   return FileNotFoundError(
       f'Missing input files in manual_dir {where}:\n  ' + '\n  '.join(shown)
-      + more + f'\n{how}\nPass the folder as load(..., manual_dir=...).')
+      + more + f'\n{how}\nPass the folder as --manual_dir (load(..., '
+      'manual_dir=...)).')
