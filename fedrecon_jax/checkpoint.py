@@ -2,8 +2,8 @@
 
 A checkpoint at round r (directory <workdir>/checkpoints/<r>) holds the
 server params and optimizer state ('state', StandardSave) and a JSON 'meta'
-item with the round, the config, a fingerprint of the partition and the
-metrics records written so far. Saves are asynchronous (orbax writes in a
+item with the round, the config, fingerprints of the partition and of the
+clients' features, and the metrics records written so far. Saves are asynchronous (orbax writes in a
 background thread while the next rounds run) and only the last
 --keep_checkpoints are kept; a preempted run also saves the round it
 stopped at. A save that fails (full disk) raises workdir.WorkdirError and
@@ -19,6 +19,10 @@ Safety on resume:
     so changed flags are refused even before the first checkpoint (which
     would otherwise truncate metrics.jsonl written under other flags). Flags
     in config.RESUMABLE_OVERRIDES (--rounds, ...) may change.
+  * The partition (who holds which samples and modalities) and the
+    clients' features must hash as the checkpoint's did. --manual_dir may
+    move, but files changed inside it (--dataset=files, a rebuilt
+    polymnist) are refused rather than trained on under the old state.
   * A checkpoint that cannot be read (truncated or missing files, bad
     JSON) is skipped with a warning and the one before it is used. Once a
     readable one is found, the bad ones are moved, not deleted, to
@@ -66,6 +70,14 @@ def partition_fingerprint(population) -> str:
   return h.hexdigest()
 
 
+def data_fingerprint(population) -> str:
+  """sha256 of the clients' feature arrays (padding included: it is zeros)."""
+  h = hashlib.sha256()
+  for x in population.xs:
+    h.update(memoryview(np.ascontiguousarray(x)).cast('B'))
+  return h.hexdigest()
+
+
 class Checkpointer:
   """Saves every cfg.checkpoint_every rounds, keeps cfg.keep_checkpoints."""
 
@@ -77,7 +89,7 @@ class Checkpointer:
         self.dir, options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_checkpoints, create=True,
             enable_async_checkpointing=True))
-    self.fingerprint = None
+    self.fingerprint = self.data = None
 
   def maybe_save(self, state: server.ServerState, round_: int, metrics=None,
                  force: bool = False) -> bool:
@@ -94,7 +106,8 @@ class Checkpointer:
       metrics = metrics_writer.read_metrics(
           os.path.join(self.workdir, metrics_writer.METRICS_FILE))
     meta = {'round': round_, 'config': self.cfg.to_dict(),
-            'partition': self.fingerprint, 'metrics': list(metrics)}
+            'partition': self.fingerprint, 'data': self.data,
+            'metrics': list(metrics)}
     tree = _tree(state)
     # save() also waits for the previous async save: either may fail.
     with self._write_errors(round_):
@@ -130,6 +143,7 @@ class Checkpointer:
     truncate metrics.jsonl, so that is left to the user).
     """
     self.fingerprint = partition_fingerprint(exp.population)
+    self.data = data_fingerprint(exp.population)
     self._check_config_file(cfg)
     self._set_aside_unfinished_saves()
     bad = []
@@ -179,6 +193,13 @@ class Checkpointer:
           f'Refusing to resume {cfg.workdir}: its partition differs from the '
           'one these flags produce (a changed dataset or partition code?). '
           'Use a new --workdir.')
+    # Checkpoints written before the data was fingerprinted have none.
+    if meta.get('data', self.data) != self.data:
+      raise IncompatibleRunError(
+          f'Refusing to resume {cfg.workdir}: the clients\' features differ '
+          f'from those it was trained on (--dataset={cfg.dataset}, '
+          f'--manual_dir={cfg.manual_dir or "(default)"}: were its files '
+          'changed?). Restore them, or use a new --workdir.')
     tree = self.mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract_state(exp, cfg, step))))
     got = tree['state']
