@@ -18,6 +18,13 @@ from fedrecon_jax.config import METHODS
 # The paper's headline: FedRecon minus FedOpt (unimodal), macro-F1 points.
 PAPER_MARGIN = {0.1: 2.81, 5.0: 3.84}
 FREEZE_ALPHA = 0.1
+# The page's layout (rows of Table 1 the paper compares; names from
+# fedrecon_jax.methods): FedRecon's margin over each baseline, and the
+# freezing figure's pair.
+OURS = 'fedrecon'
+MARGIN_BASELINES = ('unimodal', 'zero_fill', 'fedrecon_no_map',
+                    'fedrecon_no_freeze')
+FREEZE_PAIR = (OURS, 'fedrecon_no_freeze')
 # Ablation sweeps run with the reduced grid: config name -> the flag each
 # changes against Table 1's cells of the same method, alpha, p and seed.
 ABLATIONS = {'ablation_task_weights': 'task_encoder_weights'}
@@ -49,16 +56,15 @@ def table1_section(runs, metric: str = 'f1_macro') -> list[str]:
             '**FedRecon\'s margin** (macro-F1 points, mean over seeds of the '
             'per-seed difference; the paper reports +2.81 over FedOpt '
             'unimodal at α=0.1 and +3.84 at α=5.0):', '',
-            '| server α p | vs unimodal | vs zero_fill | vs fedrecon_no_map '
-            '| vs fedrecon_no_freeze | paper vs unimodal |',
-            '|---|---|---|---|---|---|']
+            '| server α p | ' + ' | '.join(f'vs {b}' for b in MARGIN_BASELINES)
+            + ' | paper vs unimodal |', '|---' * (len(MARGIN_BASELINES) + 2)
+            + '|']
   for col in cols:
-    ours = {r.cfg.seed: _f1(r) for r in cells.get(('fedrecon', *col), [])}
+    ours = {r.cfg.seed: _f1(r) for r in cells.get((OURS, *col), [])}
     if not ours:
       continue
     row = [' '.join(map(str, col))]
-    for base in ('unimodal', 'zero_fill', 'fedrecon_no_map',
-                 'fedrecon_no_freeze'):
+    for base in MARGIN_BASELINES:
       diffs = [ours[r.cfg.seed] - _f1(r)
                for r in cells.get((base, *col), []) if r.cfg.seed in ours]
       row.append(f'{np.mean(diffs):+.1f} ± {np.std(diffs):.1f}' if diffs
@@ -113,7 +119,7 @@ def freezing_figure(runs, out: str) -> list[str]:
   """
   done = [r for r in runs if r.summary is not None
           and r.cfg.alpha == FREEZE_ALPHA
-          and r.cfg.method in ('fedrecon', 'fedrecon_no_freeze')]
+          and r.cfg.method in FREEZE_PAIR]
   if not done:
     return []
   lines = ['| server p | method | seeds | final F1 | mean abs Δ per round '

@@ -138,3 +138,26 @@ def test_resumed_run_carries_personal_models(tmp_path, env):
   assert not np.allclose(_saved(whole, 2)['clients']['head']['Dense_0']
                          ['kernel'], want['clients']['head']['Dense_0']
                          ['kernel'])
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path, env):
+  """Ditto with local test splits as one --distributed run of 2 processes
+  (the cohort, and with it the personal models, split between them) logs
+  what one process logs, personal_f1_macro and local_f1_macro included
+  (up to the all-reduce's float order)."""
+  schedule = dict(method='ditto', gen_rounds=1, rounds=2, eval_every=1,
+                  checkpoint_every=0, local_test_fraction=0.2)
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  tiny.run(tiny.train_cmd(one, **schedule), env)
+  procs = tiny.two_processes(tiny.train_cmd(two, **schedule), env)
+  for p, log in zip(procs, tiny.finish(procs)):
+    assert p.returncode == 0, log[-3000:]
+  got, want = tiny.records(two), tiny.records(one)
+  assert [r['round'] for r in got] == [1, 2, 3]
+  assert {'personal_f1_macro', 'local_f1_macro'} <= want[-1].keys()
+  for g, w in zip(got, want):
+    assert g.keys() == w.keys()
+    for k in w:
+      if not k.endswith('seconds'):
+        assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-5), (g['round'], k)

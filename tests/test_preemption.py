@@ -157,28 +157,8 @@ def test_unwritable_workdir_is_a_clear_error_before_anything(env, tmp_path):
   assert 'Traceback' not in proc.stderr
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def _two_processes(env, workdir_):
-  address = f'localhost:{_free_port()}'
-  # LLVM -O0 halves these multi-device compiles (as in test_scale.py).
-  env = {**env, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
-  return [tiny.popen(
-      cmd(workdir_, '--distributed', f'--coordinator_address={address}',
-          '--num_processes=2', f'--process_id={pid}'), env,
-      stderr=subprocess.STDOUT) for pid in range(2)]
-
-
-def _finish(procs, timeout=600):
-  try:
-    return [p.communicate(timeout=timeout)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
+  return tiny.two_processes(cmd(workdir_), env)
 
 
 @pytest.mark.slow
@@ -193,7 +173,7 @@ def test_two_processes_stop_at_the_same_round_and_resume(env, reference,
     wait_for_round(procs, workdir_, 6)
     procs[1].send_signal(signal.SIGTERM)
   finally:
-    logs = _finish(procs)
+    logs = tiny.finish(procs)
   for p, log in zip(procs, logs):
     assert p.returncode == preemption.EXIT_REQUEUE, log[-3000:]
   stopped = records(workdir_)[-1]['round']
@@ -202,7 +182,7 @@ def test_two_processes_stop_at_the_same_round_and_resume(env, reference,
   assert not os.path.exists(os.path.join(workdir_, workdir.SUMMARY))
 
   procs = _two_processes(env, workdir_)
-  logs = _finish(procs)
+  logs = tiny.finish(procs)
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
   assert f'round {stopped + 1}/' in logs[0] and f'round {stopped}/' not in (

@@ -17,6 +17,7 @@ rounds takes ~22 s of CPU on it against ~31 s on the six views.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -82,3 +83,26 @@ def rounds_logged(workdir: str) -> int:
     return 0
   with open(path) as f:
     return f.read().count('\n')
+
+
+def two_processes(cmd, env) -> list[subprocess.Popen]:
+  """`cmd` (a list from train_cmd) as processes 0 and 1 of one
+  --distributed run on localhost, stdout and stderr together."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    address = f'localhost:{s.getsockname()[1]}'
+  # LLVM -O0 halves these multi-device compiles (as in test_scale.py).
+  env = {**env, 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  return [popen([*cmd, '--distributed', f'--coordinator_address={address}',
+                 '--num_processes=2', f'--process_id={pid}'], env,
+                stderr=subprocess.STDOUT) for pid in range(2)]
+
+
+def finish(procs, timeout=600) -> list[str]:
+  """Each process's output once all have ended (killed if still running
+  after `timeout` s or on an error)."""
+  try:
+    return [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
