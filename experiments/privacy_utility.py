@@ -9,10 +9,11 @@ without DP, as two sweeps (fedrecon_jax.sweep: cells that differ only in z
 and seed share one program, --runs_per_program of them trained at a time
 on the runs axis) under <root>/dp and <root>/no_dp. Each trained generator
 is then scored (fedrecon_jax.table2_scoring: coherence judged by probes
-trained once on real data per seed, cached in <root>/probes), and <out>.md, <out>.json
-and <out>.png get the final macro-F1 and reconstruction coherence against
-the final epsilon (dp-accounting's RDP accountant, both stages composed),
-mean ± std over seeds, with the commit and command in the header.
+trained once on real data per seed, cached in <root>/probes), and
+<out>.md, <out>.json and <out>.png get the final macro-F1 and
+reconstruction coherence against the final epsilon (dp-accounting's RDP
+accountant, both stages composed), mean ± std over seeds, with the commit
+and command in the header.
 
 SETTINGS are the schedule's defaults (flags given on the command line win).
 Re-running skips finished and scored cells.
@@ -190,13 +191,15 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
           label for label, _ in METRICS.values()) + ' | train s per run |',
       '|---' * (len(METRICS) + 5) + '|']
   for r in rows:
-    z = 'no DP' if r['noise_multiplier'] is None else f'{r["noise_multiplier"]:g}'
+    z = r['noise_multiplier']
+    z = 'no DP' if z is None else f'{z:g}'
     eps = r.get('epsilon', float('nan'))
     delta = f'{r["delta"]:.2g}' if r.get('delta') else '-'
     seeds = ','.join(map(str, r['seeds'])) + (
         f' ({len(r["diverged"])} diverged)' if r['diverged'] else '')
-    lines.append(f'| {z} | {eps:.3g} | {delta} | {seeds} | ' + ' | '.join(
-        _fmt(r.get(k)) for k in METRICS) + f' | {_fmt(r.get("train_seconds"))} |')
+    cols = [_fmt(r.get(k)) for k in (*METRICS, 'train_seconds')]
+    lines.append(f'| {z} | {eps:.3g} | {delta} | {seeds} | '
+                 + ' | '.join(cols) + ' |')
   with open(out + '.md', 'w') as f:
     f.write('\n'.join(lines) + '\n')
   return out + '.md'
@@ -232,8 +235,8 @@ def main(argv):
           'machine': fl.machine,
           'settings': {**Config(workdir='-', **fixed).to_dict(),
                        'workdir': fl.root}}
-  print(f'privacy_utility: {write_page(collect(fl.root, grids_), fl.out, meta)}',
-        flush=True)
+  page = write_page(collect(fl.root, grids_), fl.out, meta)
+  print(f'privacy_utility: {page}', flush=True)
   if failed:
     sys.exit(f'error: {len(failed)} cell(s) failed: {", ".join(failed)}')
 

@@ -216,24 +216,7 @@ def test_runs_axis_mixing_noise_levels_equals_each_run_alone():
   params = toy.init_params(toy.small_model())
   cfgs = [toy.cfg_for(seed=i, dp_clip=c, dp_noise_multiplier=z)
           for i, (c, z) in enumerate(((0.3, 0.5), (1.0, 0.0), (3.0, 2.0)))]
-  pops = [toy.make_population(seed=i) for i in range(3)]
-  keys = [jax.random.key(i) for i in range(3)]
-  want = []
-  for cfg, pop, key in zip(cfgs, pops, keys):
-    solo, h = toy.make_round(cfgs[0], GEN_STAGE), cfg.hparams()
-    state = solo.init(params, h)
-    for _ in range(2):
-      state, metrics = solo(state, solo.fill(params, solo.place(pop)), key,
-                            h)
-    want.append((state, metrics))
-  group = toy.make_round(cfgs[0], GEN_STAGE, runs=3)
-  h = toy.stacked(*[c.hparams() for c in cfgs])
-  key = jax.random.wrap_key_data(toy.stacked(*map(jax.random.key_data, keys)))
-  stacked_params = toy.stacked(*[params] * 3)
-  pop = group.fill(stacked_params, group.place(toy.stacked(*pops)))
-  state = group.init(stacked_params, h)
-  for _ in range(2):
-    state, metrics = group(state, pop, key, h)
+  want, (state, metrics), _ = toy.solo_and_grouped(cfgs, GEN_STAGE, params)
   for i, w in enumerate(want):
     toy.leaves_close(jax.tree.map(lambda x, i=i: x[i], (state, metrics)), w)
   # The runs' moves differ in scale as their noise does (z C: 0.15, 0, 6).
