@@ -64,7 +64,8 @@ def main(argv):
     cfg = config_from_flags()
     distributed.initialize_from_config(cfg)
     summary = train.run(cfg)
-  except ValueError as e:  # bad flags, a workdir in use or unwritable, ...
+  # Bad flags, a workdir in use or unwritable, bad data, missing data files.
+  except (ValueError, FileNotFoundError) as e:
     logging.debug('', exc_info=True)
     sys.exit(f'error: {e}')
   except preemption.Preempted as e:

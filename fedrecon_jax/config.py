@@ -56,7 +56,9 @@ class Config:
   data_dir: str = _f('', 'TFDS data_dir (default: $TFDS_DATA_DIR or '
                      '~/tensorflow_datasets).')
   manual_dir: str = _f('', 'Folder with user-provided files for polymnist / '
-                       'uci_har / original UCI mfeat files.')
+                       'uci_har / original UCI mfeat files; for files, the '
+                       'folder of your arrays (WORKSPACE.md, "Your own data '
+                       'with no code").')
   num_clients: int = _f(20, 'Population size K (ignored by --natural_split).')
   natural_split: bool = _f(False, 'One client per natural group (UCI-HAR '
                            'subject) instead of a Dirichlet split.')
@@ -68,6 +70,11 @@ class Config:
                                 'per client.')
   min_client_size: int = _f(5, 'Redraw the Dirichlet split until every client '
                             'has at least this many samples.')
+  local_test_fraction: float = _f(
+      0.0, "Share of each client's samples held out as its local test split "
+      '(floor(fraction x its samples)), on which the global model '
+      '(local_f1_macro) and personal models (personal_f1_macro; '
+      '--method=ditto needs > 0) are scored. 0 = off, in [0, 1).')
   # Method.
   method: str = _f('fedrecon', 'Training method.', choices=METHODS)
   joint_posterior: str = _f('poe', 'Generator of fedrecon_no_map.',
@@ -215,10 +222,19 @@ class Config:
       value = getattr(self, f.name)
       if choices and value not in choices:
         raise ValueError(f'--{f.name}={value!r} is not one of {choices}.')
+    _check(bool(self.manual_dir) or not data.needs_manual_dir(self.dataset),
+           'manual_dir', self.manual_dir,
+           f'the folder of your arrays for --dataset={self.dataset}')
     _check(self.alpha > 0 and math.isfinite(self.alpha), 'alpha',
            self.alpha, 'a finite number > 0')
     _check(0 <= self.missing_rate < 1, 'missing_rate', self.missing_rate,
            'in [0, 1)')
+    _check(0 <= self.local_test_fraction < 1, 'local_test_fraction',
+           self.local_test_fraction, 'in [0, 1)')
+    _check(self.local_test_fraction > 0 or not self.method_spec.local_test,
+           'local_test_fraction', self.local_test_fraction,
+           f'> 0 for --method={self.method}, which scores personal models on '
+           "each client's local test split (e.g. 0.2)")
     for name in ('num_clients', 'clients_per_round', 'local_epochs',
                  'batch_size', 'latent_dim', 'gen_width', 'map_width',
                  'task_width', 'min_client_size', 'keep_checkpoints'):

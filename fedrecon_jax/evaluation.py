@@ -1,4 +1,7 @@
-"""Evaluation on the global test set: classification and reconstruction.
+"""Evaluation on the global test set: classification and reconstruction;
+and on the clients' local test splits (local_split.py): the global model
+and, for methods with personal models (ClientState.predict), each client's
+own.
 
 Metric functions are pure numpy/jax functions of arrays; `make_evaluator`
 binds a task stage's plan, its model and the test set into one jitted
@@ -17,11 +20,16 @@ import functools
 
 from fedrecon_jax import recon_metrics
 from fedrecon_jax.methods import TASK_STAGE, StagePlan
+from fedrecon_jax.partition import ClientData
 from fedrecon_jax.methods.unimodal import ridge_probe_accuracy
 from fedrecon_jax.models import Model
 
 __all__ = ['accuracy', 'fill_mse', 'macro_f1', 'make_evaluator',
-           'ridge_probe_accuracy']
+           'make_local_evaluator', 'ridge_probe_accuracy']
+
+# Clients whose local test splits one vmapped pass scores (lax.map's
+# batch): bounds the evaluation's memory on large populations.
+_CLIENT_BATCH = 32
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -57,9 +65,52 @@ def _predictor(view, model: Model):
   return predict
 
 
+@functools.cache
+def _local_predictor(view, model: Model, personal):
+  """(params, clients, xs, present) -> (global, personal) predicted
+  classes [K, max_t] on each client's local test split: xs per modality
+  [K, max_t, ...], present [K, max_t, M], clients the personal models'
+  leaves [K, ...] (personal: ClientState.predict; None: global twice)."""
+  def one(params, v, xs, pres):
+    seen, attend = view(params, xs, pres)
+    glob = jnp.argmax(model.logits(params['task'], seen, attend), -1)
+    return glob, glob if personal is None else personal(params, v, xs, pres)
+
+  @jax.jit
+  def predict(params, clients, xs, pres):
+    return jax.lax.map(lambda c: one(params, *c), (clients, xs, pres),
+                       batch_size=min(_CLIENT_BATCH, pres.shape[0]))
+  return predict
+
+
+def make_local_evaluator(plan: StagePlan, model: Model, local: ClientData):
+  """Returns evaluate(params, clients) -> {'local_f1_macro', and with a
+  ClientState.predict 'personal_f1_macro'}: macro-F1 pooled over every
+  client's real local test samples (local: numpy ClientData [K, max_t,
+  ...]) of the global model and of each client's personal model (clients:
+  the ServerState.clients of the task stage, leaves [K, ...])."""
+  state = plan.client_state
+  personal = None if state is None else state.predict
+  predict = _local_predictor(plan.view, model, personal)
+  real = np.asarray(local.sample_mask, bool)
+  y_true = np.asarray(local.y)[real]
+  xs, pres = jax.device_put((tuple(local.xs), local.modality_mask))
+
+  def evaluate(params, clients) -> dict:
+    glob, own = jax.device_get(predict(params, clients, xs, pres))
+    out = {'local_f1_macro': macro_f1(y_true, glob[real])}
+    if personal is not None:
+      out['personal_f1_macro'] = macro_f1(y_true, own[real])
+    return out
+
+  return evaluate
+
+
 def make_evaluator(plan: StagePlan, model: Model, xs_test, y_test,
-                   present_test, present_complete=None, chunk: int = 500):
-  """Returns evaluate(params, stage=TASK_STAGE) -> dict of floats.
+                   present_test, present_complete=None, chunk: int = 500,
+                   local_test: ClientData | None = None):
+  """Returns evaluate(params, stage=TASK_STAGE, clients=()) -> dict of
+  floats (clients: ServerState.clients, the personal models if any).
 
   The task metrics (f1_macro, accuracy, ...) come only from a task-stage
   evaluation: in the generator stage the task model has not trained, and a
@@ -76,6 +127,8 @@ def make_evaluator(plan: StagePlan, model: Model, xs_test, y_test,
       with nothing missing (all, or the unimodal baseline's one); adds
       'f1_macro_complete' and 'accuracy_complete', the metrics without
       test-time missingness (the paper's setting for its unimodal baseline).
+    local_test: optional ClientData of the clients' local test splits; adds
+      make_local_evaluator's metrics to task-stage evaluations.
   """
   n = len(y_test)
   pad = -n % chunk
@@ -99,7 +152,10 @@ def make_evaluator(plan: StagePlan, model: Model, xs_test, y_test,
     return np.concatenate([np.asarray(predict(params, c[:-1], c[-1]))
                            for c in chunks([*xs, pres])])[:n]
 
-  def evaluate(params, stage: int = TASK_STAGE) -> dict:
+  local = (None if local_test is None else
+           make_local_evaluator(plan, model, local_test))
+
+  def evaluate(params, stage: int = TASK_STAGE, clients=()) -> dict:
     out = {}
     if stage == TASK_STAGE:
       preds = classify(params, xs_in, present)
@@ -109,6 +165,8 @@ def make_evaluator(plan: StagePlan, model: Model, xs_test, y_test,
       preds = classify(params, xs_complete, present_complete)
       out['f1_macro_complete'] = macro_f1(y_test, preds)
       out['accuracy_complete'] = accuracy(y_test, preds)
+    if stage == TASK_STAGE and local is not None:
+      out.update(local(params, clients))
     if gen is not None:
       # Mean over modalities n of the MSE of n rebuilt from all the others.
       rebuild = recon_metrics.reconstructor(gen.name, model, params)

@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from fedrecon_jax import data, partition
+from fedrecon_jax import data, local_split, partition
 from fedrecon_jax.data import validate
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
@@ -27,6 +27,9 @@ class Experiment:
   test_complete: np.ndarray           # [N_test, M] bool, nothing missing
   # [M] bool: the modalities the method keeps (Method.modalities), or None.
   kept: np.ndarray | None
+  # Each client's held-out samples (--local_test_fraction > 0), numpy
+  # [K, max_t, ...]; None when off.
+  local_test: partition.ClientData | None = None
 
 
 def _seed(cfg: Config, purpose: int) -> int:
@@ -85,13 +88,17 @@ def build(cfg: Config) -> Experiment:
     has = population.modality_mask.any(-1)
     population = population.replace(sample_mask=population.sample_mask & has,
                                     num_samples=has.sum(1).astype(np.int32))
+  local_test = None
+  if cfg.local_test_fraction > 0:
+    population, local_test = local_split.split(
+        population, cfg.local_test_fraction, cfg.seed)
   validate.report_empty_clients(population.num_samples, cfg.workdir)
   gen = cfg.generator
   model = _model(spec, cfg.latent_dim, cfg.gen_width, cfg.map_width,
                  cfg.task_width, gen.latent_sizes(cfg.latent_dim) if gen
                  else None)
   return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
-                    test_present, test_complete, keep)
+                    test_present, test_complete, keep, local_test)
 
 
 def train_means(exp: Experiment):

@@ -122,9 +122,10 @@ def _run_locked(runs: list[_Run], primary: bool) -> list[dict]:
     if run_.diverged is not None:
       summary = _diverged_summary(run_, seconds)
     else:
+      final = _take(state, i, stacked)
       summary = _summary(run_.cfg, run_.exp, run_.last_eval or run_.evaluate(
-          _take(state, i, stacked).params,
-          run_.cfg.stage(run_.cfg.total_rounds)), seconds)
+          final.params, run_.cfg.stage(run_.cfg.total_rounds),
+          final.clients), seconds)
     if primary:
       workdir.write_summary(run_.cfg.workdir, summary)
     summaries.append(summary)
@@ -141,12 +142,12 @@ def _start(runs: list[_Run], primary: bool) -> server.ServerState:
         plan.make_plan(cfg, exp.model, config.TASK_STAGE,
                        exp.population.y.shape[0]),
         exp.model, exp.test_xs, exp.test_y, exp.test_present,
-        exp.test_complete)
+        exp.test_complete, local_test=exp.local_test)
     # The evaluator runs on this process's default device: replicated
     # params are fetched to the host first when the mesh spans processes.
     run_.evaluate = (evaluate if jax.process_count() == 1 else
-                     lambda params, stage, f=evaluate: f(jax.device_get(params),
-                                                         stage))
+                     lambda params, stage, clients, f=evaluate: f(
+                         *jax.device_get((params, stage, clients))))
     if cfg.dp_clip > 0:   # refuses an over-budget schedule, writing nothing
       privacy.check_run(cfg, exp.population.y.shape[0])
     if primary:  # before anything is written, not at the first save
@@ -228,7 +229,7 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
     for i, run_ in enumerate(runs):
       if run_.diverged is None:
         _log_round(run_, r, stage, _take(metrics, i, stacked),
-                   _take(state, i, stacked).params, t0, compile_s,
+                   _take(state, i, stacked), t0, compile_s,
                    progress_.round_done(r) if i == 0 else None,
                    primary, stacked)
     if all(run_.diverged for run_ in runs):
@@ -245,7 +246,7 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
   return state, None
 
 
-def _log_round(run_: _Run, r: int, stage: int, metrics, params, t0: float,
+def _log_round(run_: _Run, r: int, stage: int, metrics, state, t0: float,
                compile_s: float, progress_text: str | None, primary: bool,
                stacked: bool) -> None:
   """Evaluates if due, writes and prints round r's record of one run."""
@@ -263,7 +264,7 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, params, t0: float,
                     record['participants'])
   end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
   if why is None and (r % cfg.eval_every == 0 or end_of_stage):
-    run_.last_eval = run_.evaluate(params, stage)
+    run_.last_eval = run_.evaluate(state.params, stage, state.clients)
     record.update(run_.last_eval)
     if all(math.isfinite(v) for v in run_.last_eval.values()):
       run_.last_finite_eval = {'round': r, **run_.last_eval}
@@ -314,7 +315,7 @@ def _divergence(params_finite: bool, skipped: int,
 
 # What an evaluation adds to a round's record (see evaluation.make_evaluator).
 _EVAL_KEYS = ('f1_macro', 'accuracy', 'f1_macro_complete', 'accuracy_complete',
-              'recon_mse')
+              'local_f1_macro', 'personal_f1_macro', 'recon_mse')
 
 
 def _last_eval(records) -> dict | None:

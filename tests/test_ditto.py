@@ -114,17 +114,23 @@ def _saved(workdir, round_):
 @pytest.mark.slow
 def test_resumed_run_carries_personal_models(tmp_path, env):
   """tiny.py's run, stopped after the first task round and resumed, ends
-  with the personal models (and params) of the uninterrupted run."""
+  with the personal models (and params) of the uninterrupted run, and
+  logs the same last record (personal_f1_macro, local_f1_macro included)."""
   def run(name, rounds):
     cfg = Config(workdir=str(tmp_path / name), data_dir=env['TFDS_DATA_DIR'],
                  method='ditto', gen_rounds=1, rounds=rounds,
-                 checkpoint_every=1, eval_every=10, **tiny.MODEL)
+                 checkpoint_every=1, eval_every=10, local_test_fraction=0.2,
+                 **tiny.MODEL)
     train.run(cfg)
     return str(tmp_path / name)
   whole = run('whole', 2)
   run('resumed', 1)
   resumed = run('resumed', 2)
   got, want = _saved(resumed, 3), _saved(whole, 3)
+  # Its last record too, with the personal models' scores on the local
+  # splits (the first leg also scored round 2, its last).
+  assert tiny.records(resumed)[-1] == tiny.records(whole)[-1]
+  assert 'personal_f1_macro' in tiny.records(whole)[-1]
   assert 'clients' in want
   toy.leaves_close(got['clients'], want['clients'], 0)
   toy.leaves_close(got['params'], want['params'], 0)

@@ -9,6 +9,7 @@ data_dir=...)` and `tfds.data_source(...)` work by name, without TensorFlow.
 from fedrecon_jax.data.loader import Dataset
 from fedrecon_jax.data.loader import DATASETS
 from fedrecon_jax.data.loader import load
+from fedrecon_jax.data.loader import needs_manual_dir
 from fedrecon_jax.data.loader import Split
 
-__all__ = ['DATASETS', 'Dataset', 'Split', 'load']
+__all__ = ['DATASETS', 'Dataset', 'Split', 'load', 'needs_manual_dir']

@@ -29,6 +29,10 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   GROUP_KEY: ClassVar[str | None] = None
   # Where it sits in --dataset's choices (then by name).
   order: ClassVar[int] = 100
+  # True: the builder is made from the user's folder (its __init__ takes
+  # manual_dir, which then has no default) and sets the attributes above
+  # per instance from it (files.py).
+  NEEDS_MANUAL_DIR: ClassVar[bool] = False
 
   def __init__(self, **kwargs: Any):
     # array_record is the only random-access format TFDS reads without TF.
@@ -76,4 +80,5 @@ def missing_files_error(manual_dir: pathlib.Path | None,
   where = manual_dir if manual_dir is not None else '<manual_dir>'
   return FileNotFoundError(
       f'Missing input files in manual_dir {where}:\n  ' + '\n  '.join(shown)
-      + more + f'\n{how}\nPass the folder as load(..., manual_dir=...).')
+      + more + f'\n{how}\nPass the folder as --manual_dir (load(..., '
+      'manual_dir=...)).')

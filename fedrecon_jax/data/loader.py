@@ -11,7 +11,7 @@ returns model-ready float32 arrays:
     of the TRAIN split (std floored at `STD_FLOOR`), applied to both splits.
   * 'sequence' modalities [N, T, C]: standardised per channel (statistics over
     train samples and time steps), same rule.
-  * 'image' modalities [N, 3, 28, 28] (CHW): uint8 / 255, in [0, 1].
+  * 'image' modalities [N, C, H, W]: uint8 / 255, in [0, 1].
 Samples are ordered by the builder's 'index' feature, so the order does not
 depend on how TFDS shuffled the records on disk.
 """
@@ -65,16 +65,29 @@ def _builders() -> dict[str, type[base.Builder]]:
 DATASETS = tuple(_builders())
 
 
-def builder(name: str, *, data_dir: str | os.PathLike[str] | None = None
+def needs_manual_dir(name: str) -> bool:
+  """Whether dataset `name` is made from the user's folder (no default)."""
+  return name in DATASETS and _builders()[name].NEEDS_MANUAL_DIR
+
+
+def builder(name: str, *, data_dir: str | os.PathLike[str] | None = None,
+            manual_dir: str | os.PathLike[str] | None = None
             ) -> base.Builder:
-  """Returns the (unprepared) TFDS builder of dataset `name`."""
+  """Returns the (unprepared) TFDS builder of dataset `name`; `manual_dir`
+  reaches the builders that are made from it (NEEDS_MANUAL_DIR)."""
   if name not in DATASETS:
     raise ValueError(
         f'Unknown dataset {name!r}: dataset must be one of {DATASETS}.')
   if data_dir is None:
     # Resolved per call: tfds freezes its DATA_DIR constant at import time.
     data_dir = tfds.core.constants.get_default_data_dir()
-  return _builders()[name](data_dir=os.fspath(data_dir))
+  cls, kwargs = _builders()[name], {}
+  if cls.NEEDS_MANUAL_DIR:
+    if manual_dir is None:
+      raise ValueError(f'Dataset {name!r} reads a folder of your files: pass '
+                       f'it as --manual_dir (load(..., manual_dir=...)).')
+    kwargs['manual_dir'] = manual_dir
+  return cls(data_dir=os.fspath(data_dir), **kwargs)
 
 
 def load(name: str, *, data_dir: str | None = None,
@@ -88,15 +101,16 @@ def load(name: str, *, data_dir: str | None = None,
     manual_dir: folder with the user's source files (for 'polymnist',
       'uci_har', optionally 'uci_multifeature(_small)'); default
       <data_dir>/downloads/manual. Read only when the dataset is not yet
-      prepared in `data_dir`.
+      prepared in `data_dir`. 'files' needs it: its arrays (files.py), and
+      a changed folder is prepared anew.
 
   Returns:
     A Dataset; see the module docstring for the preprocessing.
   """
-  b = builder(name, data_dir=data_dir)
+  b = builder(name, data_dir=data_dir, manual_dir=manual_dir)
   # The exists() check avoids tfds' warning about a not-yet-created folder.
   if b.data_path.exists() and b.is_prepared():
-    if manual_dir is not None:
+    if manual_dir is not None and not b.NEEDS_MANUAL_DIR:
       logging.warning(
           '%s is already prepared in %s; manual_dir=%s is not read again. '
           'Delete that folder or pass another data_dir to rebuild.',

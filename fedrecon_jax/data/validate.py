@@ -81,7 +81,7 @@ def _check_modality(x: np.ndarray, kind: str, n: int, where: str) -> None:
   if x.ndim != 1 + SAMPLE_NDIM[kind]:
     raise BadDataError(
         f'{where}: shape {x.shape} does not fit a {kind} modality, which '
-        f'is [N, {_LAYOUT[kind]}].')
+        f'is [N, {LAYOUT[kind]}].')
   if x.shape[0] != n:
     raise BadDataError(f'{where}: {x.shape[0]} samples, but the split has '
                        f'{n} labels.')
@@ -97,7 +97,7 @@ def _check_modality(x: np.ndarray, kind: str, n: int, where: str) -> None:
         f'{int(rows[0])}. Fix or drop those samples.')
 
 
-_LAYOUT = {'vector': 'd', 'sequence': 'T, C', 'image': 'C, H, W'}
+LAYOUT = {'vector': 'd', 'sequence': 'T, C', 'image': 'C, H, W'}
 
 
 def report_empty_clients(num_samples: np.ndarray, where: str) -> int:

@@ -45,6 +45,12 @@ class ClientState:
   # (no client axis); metrics are scalars, averaged over clients as the
   # client_update's are.
   update: Callable[..., tuple[Any, dict]]
+  # (params, state, xs, present [B, M]) -> [B] predicted classes: one
+  # client's personal model on its inputs (absent ones zeroed), given the
+  # server params (the generator completing them); evaluation vmaps it over
+  # the clients' local test splits (personal_f1_macro). None: no personal
+  # model to score.
+  predict: Callable[..., Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,9 @@ class Method:
   # (cfg, dataset) -> [M] bool, the modalities its clients and test set may
   # hold (the rest are dropped from the data); None: all of them.
   modalities: Callable | None = None
+  # Whether its evaluation needs each client's local test split (Config
+  # then requires --local_test_fraction > 0).
+  local_test: bool = False
   order: int = 0              # position in --method's choices (then name)
 
   def stages(self, cfg) -> tuple[int, ...]:

@@ -11,6 +11,10 @@ towards w^t, the global model the round starts from. Unselected clients'
 v_k are untouched; v_k starts as the stage's initial task model.
 Simplification: each personal step is full-batch on the client's real
 samples (the paper's s steps are minibatch SGD): one step per epoch.
+As in the paper, each v_k is scored on its own client's local test split
+(--local_test_fraction > 0, required), its absent inputs completed as the
+task stage's view completes them: personal_f1_macro, beside the global w's
+local_f1_macro on the same splits (evaluation.make_local_evaluator).
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ def personal_loss(model, v, w, data, lam):
   return mean_ce + 0.5 * lam * sq, mean_ce
 
 
-def client_state(model, lam: float, steps: int) -> base.ClientState:
-  """The personal models, leaves [K, ...], and their proximal update."""
+def client_state(model, lam: float, steps: int,
+                 view: base.View) -> base.ClientState:
+  """The personal models, leaves [K, ...], their proximal update, and
+  their predictions on inputs the task stage's view completes."""
   def init(params, num_clients):
     return jax.tree.map(
         lambda x: jnp.broadcast_to(x, (num_clients, *x.shape)),
@@ -56,7 +62,11 @@ def client_state(model, lam: float, steps: int) -> base.ClientState:
     _, ce = personal_loss(model, v, w, data, lam)
     return v, {'personal_ce': ce}
 
-  return base.ClientState(init, update)
+  def predict(params, v, xs, present):
+    xs, attend = view(params, xs, present)
+    return jnp.argmax(model.logits(v, xs, attend), -1)
+
+  return base.ClientState(init, update, predict)
 
 
 def plan(cfg, model, stage, num_clients) -> base.StagePlan:
@@ -64,8 +74,10 @@ def plan(cfg, model, stage, num_clients) -> base.StagePlan:
     return base.generator_stage(cfg, model, num_clients)
   task = fedrecon.task_stage(cfg, model, num_clients, train_generator=False)
   return dataclasses.replace(task, client_state=client_state(
-      model, cfg.ditto_lambda, cfg.local_epochs))
+      model, cfg.ditto_lambda, cfg.local_epochs, task.view))
 
 
+# Scored on each client's local test split (--local_test_fraction > 0):
+# personal_f1_macro (the v_k) beside local_f1_macro (the global w).
 METHODS = (base.Method('ditto', plan, lambda cfg: mapping.MAPPING,
-                       order=20),)
+                       local_test=True, order=20),)
