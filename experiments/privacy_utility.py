@@ -1,10 +1,11 @@
 r"""Privacy against utility: FedRecon under client-level DP-FedAvg.
 
   python -m experiments.privacy_utility --root=workdirs/privacy_utility \
-      --noise_multipliers=0.1,0.3,1 --seeds=0,1,2 --runs_per_program=3
+      --noise_multipliers=0,0.3,1,3 --seeds=0,1,2 --runs_per_program=3
 
 Trains FedRecon on uci_multifeature at each --noise_multipliers level z
-(DP-FedAvg in both stages, clip --dp_clip) x --seeds, and the same schedule
+(DP-FedAvg in both stages, clip --dp_clip; z = 0 clips without noise, which
+separates what clipping costs from what noise costs) x --seeds, and the same schedule
 without DP, as two sweeps (fedrecon_jax.sweep: cells that differ only in z
 and seed share one program, --runs_per_program of them trained at a time
 on the runs axis) under <root>/dp and <root>/no_dp. Each trained generator
@@ -144,8 +145,10 @@ def _fmt(x: dict) -> str:
 def figure(rows: list[dict], path: str) -> None:
   """Each METRICS entry against epsilon (log axis); no DP as a band."""
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
-  dp_rows = sorted((r for r in rows if r['noise_multiplier'] is not None
+  dp_rows = sorted((r for r in rows if r['noise_multiplier']
                     and 'f1_macro' in r), key=lambda r: r['epsilon'])
+  # Epsilon is infinite without noise: with and without clipping, bands.
+  bands = {None: ('--', 'no DP (ε = ∞)'), 0.0: (':', 'clip only, z = 0')}
   for ax, (key, (label, _)) in zip(axes, METRICS.items()):
     eps = [r['epsilon'] for r in dp_rows]
     ax.errorbar(eps, [r[key]['mean'] for r in dp_rows],
@@ -156,9 +159,10 @@ def figure(rows: list[dict], path: str) -> None:
                                                    r[key]['mean']),
                   textcoords='offset points', xytext=(4, 4), fontsize=8)
     for r in rows:
-      if r['noise_multiplier'] is None and key in r:
+      if r['noise_multiplier'] in bands and key in r:
         m, s = r[key]['mean'], r[key]['std']
-        ax.axhline(m, color='k', ls='--', lw=1, label='no DP (ε = ∞)')
+        ls, name = bands[r['noise_multiplier']]
+        ax.axhline(m, color='k', ls=ls, lw=1, label=name)
         ax.axhspan(m - s, m + s, color='k', alpha=0.1)
     ax.set_xscale('log')
     ax.set_xlabel('final ε')
@@ -196,7 +200,8 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
       '|---' * (len(METRICS) + 5) + '|']
   for r in rows:
     z = r['noise_multiplier']
-    z = 'no DP' if z is None else f'{z:g}'
+    z = ('no DP' if z is None else
+         f'{z:g}' + (' (clip only)' if z == 0 else ''))
     eps = r.get('epsilon', float('nan'))
     delta = f'{r["delta"]:.2g}' if r.get('delta') else '-'
     seeds = ','.join(map(str, r['seeds'])) + (
@@ -248,7 +253,7 @@ def main(argv):
 def define_flags() -> None:
   flags.DEFINE_string('root', 'workdirs/privacy_utility',
                       'Folder of the runs (dp/, no_dp/) and probes/.')
-  flags.DEFINE_list('noise_multipliers', ['0.3', '1', '3'],
+  flags.DEFINE_list('noise_multipliers', ['0', '0.3', '1', '3'],
                     'DP noise multipliers z, one level each.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every level.')
   flags.DEFINE_string('runs_per_program', '3', 'Cells trained at a time as '

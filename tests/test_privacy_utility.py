@@ -12,7 +12,7 @@ import numpy as np
 
 import tiny
 
-ZS = (1.0, 2.0)
+ZS = (0.0, 1.0, 2.0)  # 0: clipped, no noise
 
 
 def test_privacy_utility_page(env, tmp_path):
@@ -20,12 +20,13 @@ def test_privacy_utility_page(env, tmp_path):
   cmd = [sys.executable, '-m', 'experiments.privacy_utility',
          f'--root={root}', f'--out={out}', '--seeds=0', '--probe_steps=20',
          '--noise_multipliers=' + ','.join(map(str, ZS)),
-         '--runs_per_program=2',
+         '--runs_per_program=3',
          *tiny.flags(gen_rounds=1, rounds=1, dp_clip=0.5)]
   proc = tiny.run(cmd, env)
-  # Both noise levels trained as one program (a runs axis of 2).
-  assert ('[1-2/2] running dp_noise_multiplier=1.0,seed=0, '
-          'dp_noise_multiplier=2.0,seed=0') in proc.stdout, proc.stdout
+  # The noise levels trained as one program (a runs axis of 3).
+  assert ('[1-3/3] running dp_noise_multiplier=0.0,seed=0, '
+          'dp_noise_multiplier=1.0,seed=0, dp_noise_multiplier=2.0,seed=0'
+          ) in proc.stdout, proc.stdout
   with open(out + '.json') as f:
     page = json.load(f)
   sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=tiny.REPO,
@@ -52,3 +53,4 @@ def test_privacy_utility_page(env, tmp_path):
         [np.mean(scored['coherence_single_mean'])], rtol=1e-12)
   # More noise, less epsilon.
   assert rows[2.0]['epsilon'] < rows[1.0]['epsilon'] < math.inf
+  assert math.isinf(rows[0.0]['epsilon']) and '0 (clip only)' in text
