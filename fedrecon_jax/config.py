@@ -264,6 +264,9 @@ class Config:
     _check(self.dp_clip > 0 or self.dp_noise_multiplier == 0,
            'dp_noise_multiplier', self.dp_noise_multiplier,
            '0 unless --dp_clip > 0')
+    _check(math.isfinite(self.dp_clip) or self.dp_noise_multiplier == 0,
+           'dp_noise_multiplier', self.dp_noise_multiplier,
+           '0 when --dp_clip=inf (noise z C would be infinite)')
     _check(self.dp_delta < 1, 'dp_delta', self.dp_delta, 'in [0, 1)')
     _check(self.natural_split or self.clients_per_round <= self.num_clients,
            'clients_per_round', self.clients_per_round,

@@ -10,8 +10,8 @@ One round of one stage, for R runs at once, is one jitted program:
       gather the chunk's rows of the population  [chunk, max_n, ...]
       jax.vmap(client_update) over the chunk (spmd axis `clients`)
       server.client_sums: weighted sums over the chunk's clients, added up
-    (with --dp_clip, dp.client_sums: clipped deltas, and dp.finish_sums:
-    noise from the round key, / the cohort size)
+    (with --dp_clip, dp.client_sums: each client weighted by its clip
+    scale, and dp.finish_sums: noise from the round key, / the cohort size)
     server.apply_sums: the server step on the total
   -> state [R, ...]
 

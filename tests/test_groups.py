@@ -25,25 +25,7 @@ def test_runs_axis_equals_each_run_alone(stage):
   params = toy.init_params(toy.small_model())
   cfgs = [toy.cfg_for(seed=i, client_lr=0.05 * (i + 1), gen_lr=0.01 * (i + 1))
           for i in range(R)]
-  pops = [toy.make_population(seed=i) for i in range(R)]
-  keys = [jax.random.key(i) for i in range(R)]
-  want = []
-  for cfg, pop, key in zip(cfgs, pops, keys):
-    solo, h = toy.make_round(cfgs[0], stage), cfg.hparams()
-    state = solo.init(params, h)
-    for _ in range(2):
-      state, metrics = solo(state, solo.fill(params, solo.place(pop)), key,
-                            h)
-    want.append((state, metrics))
-
-  group = toy.make_round(cfgs[0], stage, runs=R)
-  h = toy.stacked(*[c.hparams() for c in cfgs])
-  key = jax.random.wrap_key_data(toy.stacked(*map(jax.random.key_data, keys)))
-  stacked_params = toy.stacked(*[params] * R)
-  pop = group.fill(stacked_params, group.place(toy.stacked(*pops)))
-  state = group.init(stacked_params, h)
-  for _ in range(2):
-    state, metrics = group(state, pop, key, h)
+  want, (state, metrics), group = toy.solo_and_grouped(cfgs, stage, params)
   assert group.jitted._cache_size() == 1
   for i, w in enumerate(want):
     toy.leaves_close(jax.tree.map(lambda x, i=i: x[i], (state, metrics)), w)

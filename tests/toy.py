@@ -103,6 +103,35 @@ def runs_round(r, stage, params, num_devices=1):
   return round_(state, pop, key, h)[0].params
 
 
+def solo_and_grouped(cfgs, stage, params, rounds=2):
+  """Run i (cfgs[i]'s hparams, population and key of seed i) alone, and all
+  of them as one program on a runs axis, `rounds` rounds each.
+
+  Returns (solo: [(state, metrics)] per run, grouped: (state, metrics) with
+  a leading runs axis, the grouped Round).
+  """
+  r = len(cfgs)
+  pops = [make_population(seed=i) for i in range(r)]
+  keys = [jax.random.key(i) for i in range(r)]
+  solo = []
+  for cfg, pop, key in zip(cfgs, pops, keys):
+    round_, h = make_round(cfgs[0], stage), cfg.hparams()
+    state = round_.init(params, h)
+    for _ in range(rounds):
+      state, metrics = round_(state, round_.fill(params, round_.place(pop)),
+                              key, h)
+    solo.append((state, metrics))
+  group = make_round(cfgs[0], stage, runs=r)
+  h = stacked(*[c.hparams() for c in cfgs])
+  key = jax.random.wrap_key_data(stacked(*map(jax.random.key_data, keys)))
+  stacked_params = stacked(*[params] * r)
+  pop = group.fill(stacked_params, group.place(stacked(*pops)))
+  state = group.init(stacked_params, h)
+  for _ in range(rounds):
+    state, metrics = group(state, pop, key, h)
+  return solo, (state, metrics), group
+
+
 def sequential_round(cfg, stage, params, population, key):
   """The same round, clients one after another (rounds.sequential_round)."""
   h = cfg.hparams()

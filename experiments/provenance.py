@@ -1,0 +1,28 @@
+"""Where a results page came from: the commit and the command. No JAX."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def commit() -> str:
+  """HEAD's short hash, '-dirty' when tracked files differ from it;
+  'unknown' outside a git checkout."""
+  try:
+    sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    dirty = subprocess.run(
+        ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
+        capture_output=True, text=True).stdout
+    return sha.strip() + ('-dirty' if dirty.strip() else '')
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def command(module: str) -> str:
+  """`python -m module` with this process's arguments."""
+  return ' '.join(['python -m', module, *sys.argv[1:]])
