@@ -5,8 +5,8 @@ r"""Privacy against utility: FedRecon under client-level DP-FedAvg.
 
 Trains FedRecon on uci_multifeature at each --noise_multipliers level z
 (DP-FedAvg in both stages, clip --dp_clip; z = 0 clips without noise, which
-separates what clipping costs from what noise costs) x --seeds, and the same schedule
-without DP, as two sweeps (fedrecon_jax.sweep: cells that differ only in z
+separates what clipping costs from what noise costs) x --seeds, and the
+same schedule without DP, as two sweeps (fedrecon_jax.sweep: cells that differ only in z
 and seed share one program, --runs_per_program of them trained at a time
 on the runs axis) under <root>/dp and <root>/no_dp. Each trained generator
 is then scored (fedrecon_jax.table2_scoring: coherence judged by probes

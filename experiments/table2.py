@@ -90,7 +90,8 @@ DATASET_SETTINGS = {'uci_multifeature': _VECTOR_SETTINGS,
 # (experiments/results/paper/table2_tuning.md).
 _IMAGE_VARIANT_SETTINGS = {'fedrecon': {'match_weight': 10.0}}
 VARIANT_SETTINGS = {name: _IMAGE_VARIANT_SETTINGS
-                    for name in ('polymnist_5k', 'polymnist_5k_small', 'polymnist')}
+                    for name, s in DATASET_SETTINGS.items()
+                    if s is _IMAGE_SETTINGS}
 # Generator rounds between the checkpoints the coherence curve scores.
 CURVE_EVERY = 5
 

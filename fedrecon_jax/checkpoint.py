@@ -3,11 +3,11 @@
 A checkpoint at round r (directory <workdir>/checkpoints/<r>) holds the
 server params and optimizer state ('state', StandardSave) and a JSON 'meta'
 item with the round, the config, fingerprints of the partition and of the
-clients' features, and the metrics records written so far. Saves are asynchronous (orbax writes in a
-background thread while the next rounds run) and only the last
---keep_checkpoints are kept; a preempted run also saves the round it
-stopped at. A save that fails (full disk) raises workdir.WorkdirError and
-leaves the checkpoints before it in place.
+clients' features, and the metrics records written so far. Saves are
+asynchronous (orbax writes in a background thread while the next rounds
+run) and only the last --keep_checkpoints are kept; a preempted run also
+saves the round it stopped at. A save that fails (full disk) raises
+workdir.WorkdirError and leaves the checkpoints before it in place.
 
 Every PRNG key of the run is `fold_in(key(seed), round)`-derived, so seed +
 round restore them all: a resumed run repeats the uninterrupted one exactly.

@@ -5,8 +5,8 @@ file and the field."""
 from __future__ import annotations
 
 import json
-import shutil
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
