@@ -94,6 +94,16 @@ _IMAGE_VARIANT_SETTINGS = {'fedrecon': {'match_weight': 10.0}}
 VARIANT_SETTINGS = {name: _IMAGE_VARIANT_SETTINGS
                     for name, s in DATASET_SETTINGS.items()
                     if s is _IMAGE_SETTINGS}
+# uci_multifeature: what experiments.table2_tuning chose on the validation
+# split, the same budget for every generator (beta x lr, then its own knob;
+# experiments/results/paper/table2_tuning.md; tests/test_table2_tuning.py
+# checks these against its JSON).
+VARIANT_SETTINGS['uci_multifeature'] = {
+    'fedrecon': {'beta': 1.0, 'gen_lr': 3e-3, 'match_weight': 3.0},
+    'poe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
+    'moe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
+    'mopoe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
+    'mmvaeplus': {'beta': 1.0, 'gen_lr': 1e-3, 'latent_dim': 16}}
 # Generator rounds between the checkpoints the coherence curve scores.
 CURVE_EVERY = 5
 # Seeds of every variant: Table 2 reports their mean and std.

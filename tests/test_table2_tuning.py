@@ -1,0 +1,57 @@
+"""Table 2's settings are the ones the validation tuning chose, and the
+tuning never reads the test set."""
+
+import collections
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import table2, table2_tuning
+from fedrecon_jax import experiment
+
+TUNING_JSON = os.path.join(os.path.dirname(__file__), '..', 'experiments',
+                           'results', 'paper', 'table2_tuning.json')
+
+
+def test_variant_settings_are_the_tuning_choices():
+  with open(TUNING_JSON) as f:
+    tuned = json.load(f)
+  assert tuned, 'no tuned dataset'
+  for dataset, per_variant in tuned.items():
+    for variant, res in per_variant.items():
+      cfg = table2.variant_config(dataset, variant, '/unused')
+      for field, value in res['chosen'].items():
+        assert getattr(cfg, field) == pytest.approx(value), (
+            dataset, variant, field)
+      # The chosen trial is the best by validation coherence.
+      best = max((t for t in res['trials'] if t['one_input'] is not None),
+                 key=lambda t: t['one_input'])
+      assert {k: best[k] for k in res['chosen']} == res['chosen']
+      # Every variant had the same number of trials.
+      assert len(res['trials']) == (len(table2_tuning.BETAS)
+                                    * len(table2_tuning.LRS)
+                                    + table2_tuning.EXTRA_TRIALS)
+
+
+def test_trials_evaluate_on_a_validation_split_carved_from_train():
+  cfg = table2_tuning.trial_config('uci_multifeature_small', 'moe', '/tmp/x',
+                                   beta=1.0, gen_lr=1e-3)
+  assert cfg.validation_fraction == table2_tuning.VALIDATION_FRACTION
+  full = experiment.load_data(dataclasses.replace(cfg,
+                                                  validation_fraction=0.0))
+  val = experiment.load_data(cfg)
+  n = len(full.train.y)
+  # Validation samples come out of train, and the test split is not read.
+  assert len(val.train.y) + len(val.test.y) == n
+  assert len(val.test.y) == pytest.approx(0.2 * n, abs=10)
+  # A partition of train (as multisets: the data may repeat a row).
+  rows = lambda split: collections.Counter(
+      r.tobytes() for r in np.concatenate(split.xs, 1))
+  assert rows(val.train) + rows(val.test) == rows(full.train)
+  # The same samples for every seed (its own fixed key).
+  other = experiment.load_data(dataclasses.replace(cfg, seed=7))
+  np.testing.assert_array_equal(other.test.y, val.test.y)
+  np.testing.assert_array_equal(other.test.xs[0], val.test.xs[0])
