@@ -74,9 +74,12 @@ def infer_latents(kind, model: Model, params: dict, xs, present):
 
 
 def reconstruct(kind, model: Model, params: dict, xs, present):
-  """Reconstruction of every modality from the present ones: per modality [B, ...]."""
+  """Reconstruction of every modality from the present ones: per modality
+  [B, ...], each in its data's form (`Model.as_data`: a masked sequence's
+  mask logits become its 0/1 frame mask)."""
   z = infer_latents(kind, model, params, xs, present)
-  return tuple(model.decode_all(params['gen'], z))
+  return tuple(model.as_data(n, x_hat) for n, x_hat in
+               enumerate(model.decode_all(params['gen'], z)))
 
 
 def complete(kind, model: Model, params: dict, xs, present):
