@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,6 @@ import pytest
 
 from fedrecon_jax import data, probes
 from fedrecon_jax.data import av_mnist, loader
-import flax.linen as nn
-
 from fedrecon_jax.models import (MaskedSeqEncoder, Model, PatchConv1D,
                                  masked_sequence_data)
 from fedrecon_jax.spec import DataSpec
