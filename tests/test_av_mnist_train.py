@@ -80,3 +80,4 @@ def test_train_cli_runs_both_stages_and_learns(tmp_path, env):
     summary = json.load(f)
   assert math.isfinite(summary['recon_mse']), summary
   assert summary['f1_macro'] >= 0.18, summary
+
