@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,12 +33,9 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments import report, table2
+from experiments import report, table2, table2_page
 from experiments.table1_page import ABLATIONS, FREEZE_ALPHA, ablation_section
 from experiments.table1_page import freezing_figure, table1_section
 from fedrecon_jax import grid as grid_lib
@@ -83,90 +79,6 @@ def table1_runs(root: str, grid: str) -> list:
     if os.path.exists(os.path.join(sweep_root, grid_lib.GRID_FILE)):
       runs += report.load_runs(sweep_root)[1]
   return runs
-
-
-# ------------------------------------------------------------------ table 2
-
-
-def _pct(x) -> str:
-  return f'{100 * x:.1f}'
-
-
-def table2_section(root: str, dataset: str, out: str,
-                   scored: list[table2_scoring.Scored]) -> list[str]:
-  """Table 2 of `dataset` from its variants' files (table2.read_results)."""
-  rows, refs = table2_scoring.rows_and_refs(scored)
-  if not rows:
-    return [f'No Table 2 results for {dataset} yet.']
-  off = lambda m: np.asarray(m)[~np.eye(len(m), dtype=bool)]  # pylint: disable=unnecessary-lambda-assignment
-  lines = [f'Reference MSE of filling a missing modality with zeros '
-           f'{refs["zero_fill_mse"]:.4f} or the training mean '
-           f'{refs["mean_fill_mse"]:.4f}.' if refs else '', '',
-           '| generator | MSE n←m (mean over pairs) | MSE n←all others | '
-           'coherence n←m % | coherence n←all others % | probe on real % |',
-           '|---|---|---|---|---|---|']
-  for name, r in rows.items():
-    if 'diverged_at_round' in r:
-      lines.append(f'| {name} | diverged at round {r["diverged_at_round"]} '
-                   '| | | | |')
-      continue
-    lines.append(
-        f'| {name} | {off(r["mse"]).mean():.4f} | {np.mean(r["mse_loo"]):.4f}'
-        f' | {_pct(np.mean(r["coherence_single_mean"]))} | '
-        f'{_pct(np.mean(r["coherence_loo"]))} | '
-        f'{_pct(np.mean(r["probe_accuracy"]))} |')
-  ret = rows.get('fedrecon', {}).get('retrieval')
-  if ret:
-    lines += ['', 'Cross-modal retrieval on the test set (mean over ordered '
-              'pairs n←m; chance Top@1 = 1/N):', '',
-              '| query | Top@1 % | Top@5 % | Top@10 % | median rank | '
-              'mean rank |', '|---|---|---|---|---|---|']
-    for kind, label in (('mapping', 'T(n←m)(μ_m)'), ('raw', 'μ_m (no mapping)')):
-      s = ret[kind]['mean']
-      lines.append(f'| {label} | {_pct(s["top1"])} | {_pct(s["top5"])} | '
-                   f'{_pct(s["top10"])} | {s["median_rank"]:.1f} | '
-                   f'{s["mean_rank"]:.1f} |')
-  lines += coherence_figure(rows, dataset, out)
-  for name in rows:
-    src = os.path.join(root, dataset, f'grid_{name}.png')
-    if os.path.exists(src):
-      dst = f'grid_{dataset}_{name}.png'
-      shutil.copyfile(src, os.path.join(out, dst))
-      lines += ['', f'{name}: row 0 true test images of each modality '
-                '(columns: modalities); row 1+m rebuilt from modality m '
-                f'alone.', '', f'![{name}]({dst})']
-  return lines
-
-
-def coherence_figure(rows: dict, dataset: str, out: str) -> list[str]:
-  """One-input coherence against generator round and against training time,
-  one curve per generator, from the checkpoints table2 scored."""
-  curves = {name: r['curve'] for name, r in rows.items() if r.get('curve')}
-  if not curves:
-    return []
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
-  for name, curve in curves.items():
-    coh = [100 * c['coherence_single_mean'] for c in curve]
-    axes[0].plot([c['round'] for c in curve], coh, marker='o', label=name)
-    axes[1].plot([c['train_seconds'] / 60 for c in curve], coh, marker='o',
-                 label=name)
-  axes[0].set(xlabel='generator round',
-              ylabel='one-input coherence % (test)')
-  axes[1].set(xlabel='training wall-clock (min, compile included)')
-  for ax in axes:
-    ax.axhline(10, color='gray', lw=0.8, ls=':')   # chance: 10 classes
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
-  fig.suptitle(f'{dataset}: coherence of x_n rebuilt from one x_m, n != m')
-  fig.tight_layout()
-  name = f'coherence_{dataset}.png'
-  fig.savefig(os.path.join(out, name), dpi=100)
-  plt.close(fig)
-  rounds = sorted({c['round'] for curve in curves.values() for c in curve})
-  return ['', f'One-input coherence against generator round (left) and '
-          'training time (right), scored from the checkpoints of rounds '
-          f'{", ".join(map(str, rounds))} (dotted: chance).', '',
-          f'![coherence]({name})']
 
 
 # ------------------------------------------------------------------- header
@@ -244,23 +156,30 @@ def write_table2_page(root: str, datasets, out: str) -> str:
   lines = _header('FedRecon on shipped data: Table 2, reconstruction')
   scored = {d: table2.read_results(t2, d) for d in datasets}
   for d in datasets:
-    rows, _ = table2_scoring.rows_and_refs(scored[d])
-    per_round = ', '.join(f'{name} {r["seconds_per_round"]:.1f}'
-                          for name, r in rows.items()
-                          if 'seconds_per_round' in r)
-    # Each variant's table2 wall time (training, probes, scoring).
-    total = sum(s.scores.get('seconds', 0.0) for s in scored[d] if s.scores)
-    summaries = [s.summary for s in scored[d] if s.summary is not None]
-    lines.append(f'- {d}: training time {_compute(summaries)}'
-                 + (f'; {total / 60:.1f} min in all with the probes and the '
-                    'scoring' if total else '')
+    rows, _ = table2_scoring.rows_and_refs(
+        [s for per in scored[d].values() for s in per])
+    per_round = ', '.join(
+        f'{name} {np.median([r["seconds_per_round"] for r in per]):.1f}'
+        for name, per in rows.items()
+        if all('seconds_per_round' in r for r in per))
+    # The seeds of a variant train as one group, whose wall time each
+    # seed's summary holds: count it once per variant.
+    summaries = [max((s.summary for s in per if s.summary is not None),
+                     key=lambda x: x['wall_seconds'], default=None)
+                 for per in scored[d].values()]
+    scoring = sum(s.scores.get('seconds', 0.0) for per in scored[d].values()
+                  for s in per if s.scores)
+    lines.append(f'- {d}: training time {_compute([s for s in summaries if s])}'
+                 ' (each variant\'s seeds as one program)'
+                 + (f'; scoring {scoring / 60:.1f} min (probes, draws, '
+                    'curves)' if scoring else '')
                  + (f'; median seconds per generator round: {per_round}'
                     if per_round else '') + '.')
   if os.path.exists(os.path.join(out, 'reading.md')):
     lines += ['', 'How to read these numbers: [reading.md](reading.md).']
   for d in datasets:
     lines += ['', f'## Table 2: reconstruction, {d}', '']
-    lines += table2_section(t2, d, out, scored[d])
+    lines += table2_page.section(t2, d, out, scored[d])
   path = os.path.join(out, TABLE2_PAGE)
   metrics_writer.write_text_atomic(path, '\n'.join(lines) + '\n')
   return path

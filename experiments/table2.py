@@ -23,16 +23,18 @@ the results page.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 
 from experiments import train as train_flags
-from fedrecon_jax import generators, table2_scoring, train, workdir
+from fedrecon_jax import generators, recon_metrics, table2_scoring, train
+from fedrecon_jax import workdir
 from fedrecon_jax.config import Config
 
 # Variant name -> the Config fields that make it.
@@ -94,11 +96,14 @@ VARIANT_SETTINGS = {name: _IMAGE_VARIANT_SETTINGS
                     if s is _IMAGE_SETTINGS}
 # Generator rounds between the checkpoints the coherence curve scores.
 CURVE_EVERY = 5
+# Seeds of every variant: Table 2 reports their mean and std.
+SEEDS = (0, 1, 2)
 
 
-def variant_config(dataset: str, variant: str, root: str,
+def variant_config(dataset: str, variant: str, root: str, seed: int = 0,
                    **overrides) -> Config:
-  """Generator stage only (rounds=0); checkpointed at its last round.
+  """Generator stage only (rounds=0); checkpointed at its last round; its
+  workdir <root>/<dataset>/<variant>/seed<seed>.
 
   Fields: Config's defaults, then DATASET_SETTINGS[dataset], then
   VARIANT_SETTINGS[dataset][variant], then overrides.
@@ -110,7 +115,8 @@ def variant_config(dataset: str, variant: str, root: str,
             **DATASET_SETTINGS.get(dataset, {}),
             **VARIANT_SETTINGS.get(dataset, {}).get(variant, {}), **overrides,
             **VARIANTS[variant], 'dataset': dataset, 'rounds': 0,
-            'workdir': os.path.join(root, dataset, variant)}
+            'seed': seed,
+            'workdir': os.path.join(root, dataset, variant, f'seed{seed}')}
   # The scoring reads the last round's checkpoint, the coherence curve every
   # checkpoint: keep them all.
   fields['checkpoint_every'] = fields['checkpoint_every'] or CURVE_EVERY
@@ -122,46 +128,68 @@ def variant_config(dataset: str, variant: str, root: str,
 
 
 def run_variant(dataset: str, variant: str, root: str,
-                probe_steps: int = 1500, **overrides) -> dict[str, Any]:
-  """Trains (or resumes) one variant on `dataset`, then scores it.
+                seeds: Sequence[int] = SEEDS, probe_steps: int = 1500,
+                draws: int = recon_metrics.DRAWS,
+                **overrides) -> list[dict[str, Any]]:
+  """Trains (or resumes) one variant on `dataset` for each seed, then
+  scores each.
 
-  Returns (and writes to <workdir>/table2.json) `table2_scoring.score`'s
-  rows; a variant already scored is read back, not scored again.
+  The unfinished seeds train as one group (train.run_group: one compiled
+  program with the seeds on its runs axis; each keeps its own workdir).
+  Returns, per seed, `table2_scoring.score`'s rows (also written to the
+  seed's table2.json); a seed already scored is read back, not scored
+  again.
   """
-  cfg = variant_config(dataset, variant, root, **overrides)
-  started = time.time()
-  if workdir.is_finished(cfg):
+  cfgs = [variant_config(dataset, variant, root, seed=s, **overrides)
+          for s in seeds]
+  todo = [cfg for cfg in cfgs if not workdir.is_finished(cfg)]
+  if todo:
+    started = time.time()
+    print(f'table2: training {dataset}/{variant} seeds '
+          f'{[c.seed for c in todo]}', flush=True)
+    train.run_group(todo)
+    print(f'table2: {dataset}/{variant} trained in '
+          f'{time.time() - started:.0f} s', flush=True)
+  results = []
+  for cfg in cfgs:
     scores = table2_scoring.read_scored(cfg.workdir, variant).scores
-    if scores is not None:
-      return scores
-  else:
-    print(f'table2: training {dataset}/{variant}', flush=True)
-    train.run(cfg)
-  results = table2_scoring.score(cfg, variant, os.path.join(root, dataset),
-                                 probe_steps=probe_steps, started=started)
-  diverged = results[variant].get('diverged_at_round')
-  if diverged is not None:
-    print(f'table2: {dataset}/{variant} diverged at round {diverged}',
-          flush=True)
-  else:
-    print(f'table2: {dataset}/{variant} done in {time.time() - started:.0f} s',
-          flush=True)
+    if scores is None:
+      scores = table2_scoring.score(
+          cfg, variant, os.path.join(root, dataset), probe_steps=probe_steps,
+          started=time.time(), draws=draws)
+      diverged = scores[variant].get('diverged_at_round')
+      print(f'table2: {dataset}/{variant} seed {cfg.seed} '
+            + (f'diverged at round {diverged}' if diverged is not None else
+               f'scored in {scores.get("seconds", 0):.0f} s'), flush=True)
+    results.append(scores)
   return results
 
 
-def read_results(root: str, dataset: str) -> list[table2_scoring.Scored]:
-  """What each variant of `dataset` holds so far, in VARIANTS order."""
-  return [table2_scoring.read_scored(os.path.join(root, dataset, v), v)
-          for v in VARIANTS]
+def read_results(root: str, dataset: str
+                 ) -> dict[str, list[table2_scoring.Scored]]:
+  """What each variant of `dataset` holds so far, in VARIANTS order: per
+  variant, one Scored per seed folder found (in seed order)."""
+  out = {}
+  for v in VARIANTS:
+    found = glob.glob(os.path.join(root, dataset, v, 'seed*'))
+    seeds = sorted(int(os.path.basename(p)[4:]) for p in found
+                   if os.path.basename(p)[4:].isdigit())
+    out[v] = [table2_scoring.read_scored(
+        os.path.join(root, dataset, v, f'seed{s}'), v) for s in seeds]
+  return out
 
 
 def load_results(root: str, dataset: str) -> tuple[dict, dict]:
-  """(rows, refs) of `dataset` scored so far (table2_scoring.rows_and_refs)."""
-  return table2_scoring.rows_and_refs(read_results(root, dataset))
+  """(rows, refs) of `dataset` scored so far: rows maps a row name to its
+  metrics per seed (table2_scoring.rows_and_refs)."""
+  return table2_scoring.rows_and_refs(
+      [s for per_seed in read_results(root, dataset).values()
+       for s in per_seed])
 
 
 # Set per variant and dataset; every other training flag passes through.
-_NOT_PASSED = ('dataset', 'method', 'joint_posterior', 'rounds', 'workdir')
+_NOT_PASSED = ('dataset', 'method', 'joint_posterior', 'rounds', 'workdir',
+               'seed')
 
 
 def main(argv):
@@ -171,10 +199,14 @@ def main(argv):
   overrides = {f.name: fl[f.name].value for f in dataclasses.fields(Config)
                if f.name not in _NOT_PASSED and fl[f.name].present}
   try:
+    seeds = [int(s) for s in fl.seeds]
+  except ValueError:
+    sys.exit(f'error: --seeds={",".join(fl.seeds)!r} must be integers.')
+  try:
     for dataset in fl.datasets:
       for variant in fl.variants:
-        run_variant(dataset, variant, fl.root, probe_steps=fl.probe_steps,
-                    **overrides)
+        run_variant(dataset, variant, fl.root, seeds=seeds,
+                    probe_steps=fl.probe_steps, draws=fl.draws, **overrides)
   except ValueError as e:
     sys.exit(f'error: {e}')
 
@@ -188,6 +220,10 @@ def define_flags() -> None:
                     f'Generators, from {tuple(VARIANTS)}.')
   flags.DEFINE_integer('probe_steps', 1500,
                        'Training steps of each coherence probe.')
+  flags.DEFINE_list('seeds', [str(s) for s in SEEDS],
+                    'Seeds of every variant (trained as one program).')
+  flags.DEFINE_integer('draws', recon_metrics.DRAWS,
+                       'Draws of sampled latents coherence averages over.')
   train_flags.define_flags(exclude=_NOT_PASSED,
                            help_prefix='Passed to every run: ')
 

@@ -70,6 +70,12 @@ class Config:
                                 'per client.')
   min_client_size: int = _f(5, 'Redraw the Dirichlet split until every client '
                             'has at least this many samples.')
+  validation_fraction: float = _f(
+      0.0, 'Share of each class of the training data held out as a '
+      'validation set, which then replaces the test set in every evaluation '
+      '(tune on it; the test set is scored once per final run). Drawn from '
+      'its own fixed key: the same samples for every --seed. 0 = off, in '
+      '[0, 1).')
   local_test_fraction: float = _f(
       0.0, "Share of each client's samples held out as its local test split "
       '(floor(fraction x its samples)), on which the global model '
@@ -229,6 +235,8 @@ class Config:
            self.alpha, 'a finite number > 0')
     _check(0 <= self.missing_rate < 1, 'missing_rate', self.missing_rate,
            'in [0, 1)')
+    _check(0 <= self.validation_fraction < 1, 'validation_fraction',
+           self.validation_fraction, 'in [0, 1)')
     _check(0 <= self.local_test_fraction < 1, 'local_test_fraction',
            self.local_test_fraction, 'in [0, 1)')
     _check(self.local_test_fraction > 0 or not self.method_spec.local_test,

@@ -168,8 +168,10 @@ def make_evaluator(plan: StagePlan, model: Model, xs_test, y_test,
     if stage == TASK_STAGE and local is not None:
       out.update(local(params, clients))
     if gen is not None:
-      # Mean over modalities n of the MSE of n rebuilt from all the others.
-      rebuild = recon_metrics.reconstructor(gen.name, model, params)
+      # Mean over modalities n of the MSE of n rebuilt from all the others,
+      # from posterior means: what the task stage fills with.
+      rebuild = recon_metrics.reconstructor(gen.name, model, params,
+                                            sample=False)
       out['recon_mse'] = float(np.mean([
           mse for _, _, mse in recon_metrics.leave_one_out(
               rebuild, xs_test, chunk=chunk)]))

@@ -9,7 +9,7 @@ import functools
 import numpy as np
 
 from fedrecon_jax import data, local_split, partition
-from fedrecon_jax.data import validate
+from fedrecon_jax.data import base, validate
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
 
@@ -40,6 +40,30 @@ def _seed(cfg: Config, purpose: int) -> int:
 # The runs of a group (and a sweep's cells) read one dataset once; build
 # only reads the arrays it returns.
 _load = functools.lru_cache(maxsize=2)(data.load)
+# The validation split's own key: fixed, so that every seed and every
+# tuning trial holds out the same samples.
+VALIDATION_SEED = 20261206
+
+
+def load_data(cfg: Config) -> data.Dataset:
+  """The run's dataset: as loaded, or, with --validation_fraction > 0, with
+  its validation samples (per class, from VALIDATION_SEED) taken out of
+  `train` and put in place of `test` (the test split is then never read)."""
+  ds = _load(cfg.dataset, data_dir=cfg.data_dir or None,
+             manual_dir=cfg.manual_dir or None)
+  if cfg.validation_fraction == 0:
+    return ds
+  keep, held = base.stratified_split(ds.train.y,
+                                     test_fraction=cfg.validation_fraction,
+                                     seed=VALIDATION_SEED)
+  if len(held) == 0 or len(keep) == 0:
+    raise ValueError(f'--validation_fraction={cfg.validation_fraction} holds '
+                     f'out {len(held)} of {len(ds.train.y)} training samples; '
+                     'pick a fraction that leaves both parts non-empty.')
+  take = lambda ids: data.Split(
+      tuple(x[ids] for x in ds.train.xs), ds.train.y[ids],
+      None if ds.train.group is None else ds.train.group[ids])
+  return dataclasses.replace(ds, train=take(keep), test=take(held))
 
 
 @functools.cache
@@ -54,8 +78,7 @@ def _model(spec: DataSpec, latent_dim, gen_width, map_width, task_width,
 
 def build(cfg: Config) -> Experiment:
   cfg.validate()
-  ds = _load(cfg.dataset, data_dir=cfg.data_dir or None,
-             manual_dir=cfg.manual_dir or None)
+  ds = load_data(cfg)
   spec = DataSpec(ds.modalities, ds.kinds,
                   tuple(x.shape[1:] for x in ds.train.xs), ds.num_classes)
   m = spec.num_modalities

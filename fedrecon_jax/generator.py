@@ -20,7 +20,7 @@ from fedrecon_jax.models import Model
 
 __all__ = ['CROSS_DECODING', 'complete', 'draw_noise', 'infer_latents',
            'kl_std_normal', 'objective', 'objective_from_noise',
-           'product_of_experts', 'reconstruct']
+           'product_of_experts', 'reconstruct', 'sample_latents']
 
 # Cross-modal decoding of the mapping and MoE objectives: 'all' decodes every
 # source latent with every other present decoder (M(M-1) decodes); 'one'
@@ -73,11 +73,26 @@ def infer_latents(kind, model: Model, params: dict, xs, present):
                                             logvar)
 
 
-def reconstruct(kind, model: Model, params: dict, xs, present):
+def sample_latents(kind, model: Model, params: dict, xs, present,
+                   key: jax.Array):
+  """As `infer_latents`, from sampled latents (each kind's
+  `sample_latents` says how) -> [M, B, d]."""
+  pres = present.T.astype(jnp.float32)                    # [M, B]
+  mu, logvar = model.encode(params['gen'], xs)
+  return generators.get(kind).sample_latents(model, params, xs, pres, mu,
+                                             logvar, key)
+
+
+def reconstruct(kind, model: Model, params: dict, xs, present,
+                key: jax.Array | None = None):
   """Reconstruction of every modality from the present ones: per modality
   [B, ...], each in its data's form (`Model.as_data`: a masked sequence's
-  mask logits become its 0/1 frame mask)."""
-  z = infer_latents(kind, model, params, xs, present)
+  mask logits become its 0/1 frame mask). key=None decodes the
+  posterior-mean latents (`infer_latents`: what the task stage fills
+  with); a key decodes one draw of `sample_latents` (how the references
+  score coherence)."""
+  z = (infer_latents(kind, model, params, xs, present) if key is None
+       else sample_latents(kind, model, params, xs, present, key))
   return tuple(model.as_data(n, x_hat) for n, x_hat in
                enumerate(model.decode_all(params['gen'], z)))
 

@@ -31,31 +31,52 @@ from fedrecon_jax import generator, generators
 from fedrecon_jax import probes as probes_lib
 from fedrecon_jax.models import Model
 
-# reconstruct_from(xs, present [B, M]) -> per-modality reconstructions [B, ...].
-ReconstructFn = Callable[[Sequence[jax.Array], jax.Array], Sequence[jax.Array]]
+# reconstruct_from(xs, present [B, M], key) -> per-modality reconstructions
+# [B, ...]; a posterior-mean reader ignores the key.
+ReconstructFn = Callable[[Sequence[jax.Array], jax.Array, jax.Array],
+                         Sequence[jax.Array]]
+# Per modality, the (low, high) range of the data or None: reconstructions
+# are clipped to it before anything scores them, as the grids show them.
+Ranges = tuple[tuple[float, float] | None, ...]
 
 DEFAULT_CHUNK = probes_lib.DEFAULT_CHUNK
+# Draws of sampled latents Table 2 averages coherence over.
+DRAWS = 5
+# The range of each modality kind's model-ready data (data/loader.py:
+# images scaled to [0, 1]; vectors and sequences standardised, unbounded).
+KIND_RANGES = {'image': (0.0, 1.0)}
+
+
+def data_ranges(kinds: Sequence[str]) -> Ranges:
+  """Per modality kind, its data's range (`KIND_RANGES`) or None."""
+  return tuple(KIND_RANGES.get(k) for k in kinds)
 
 
 # ------------------------------------------------------------- chunked passes
 
 
-def reconstructor(kind: str, model: Model,
-                  params: Any) -> jax.tree_util.Partial:
+def reconstructor(kind: str, model: Model, params: Any, *,
+                  sample: bool) -> jax.tree_util.Partial:
   """generator.reconstruct with kind/model/params bound, as a pytree.
 
+  sample=False decodes posterior means (the key is ignored); sample=True
+  decodes one draw of sampled latents per key (generator.sample_latents).
   The params are the Partial's leaves, so the functions below trace them as
   arguments instead of baking them into the program as constants: one
   compilation serves every parameter value of the same model.
   """
-  return jax.tree_util.Partial(_bound_reconstruct(kind, model), params)
+  return jax.tree_util.Partial(_bound_reconstruct(kind, model, sample),
+                               params)
 
 
 @functools.lru_cache(maxsize=None)
-def _bound_reconstruct(kind: str, model: Model):
+def _bound_reconstruct(kind: str, model: Model, sample: bool):
   # Cached so that repeated reconstructor() calls give Partials with an equal
   # (identical) function, which is what jit's cache compares.
-  return functools.partial(generator.reconstruct, kind, model)
+  def fn(params, xs, present, key):
+    return generator.reconstruct(kind, model, params, xs, present,
+                                 key if sample else None)
+  return fn
 
 
 def _as_pytree(fn: ReconstructFn) -> jax.tree_util.Partial:
@@ -66,9 +87,9 @@ def _as_pytree(fn: ReconstructFn) -> jax.tree_util.Partial:
   return jax.tree_util.Partial(fn)
 
 
-@jax.jit
-def _reconstruct_chunk(reconstruct_from, xs, present):
-  """One chunk: absent inputs zeroed, then rebuilt.
+@functools.partial(jax.jit, static_argnames='ranges')
+def _reconstruct_chunk(reconstruct_from, xs, present, key, ranges):
+  """One chunk: absent inputs zeroed, then rebuilt and clipped to `ranges`.
 
   Returns (x_hats per modality [B, ...], per-sample per-feature MSE [B, M]).
   Zeroing makes sure nothing of an absent modality can leak into its own
@@ -77,7 +98,8 @@ def _reconstruct_chunk(reconstruct_from, xs, present):
   held = tuple(
       jnp.where(present[:, i].reshape(-1, *[1] * (x.ndim - 1)), x,
                 jnp.zeros_like(x)) for i, x in enumerate(xs))
-  x_hats = tuple(reconstruct_from(held, present))
+  x_hats = tuple(xh if r is None else jnp.clip(xh, *r) for xh, r in
+                 zip(reconstruct_from(held, present, key), ranges))
   err = jnp.stack([jnp.square(xh - x).reshape(x.shape[0], -1).mean(1)
                    for xh, x in zip(x_hats, xs)], axis=1)
   return x_hats, err
@@ -85,15 +107,21 @@ def _reconstruct_chunk(reconstruct_from, xs, present):
 
 def reconstruct_in_chunks(reconstruct_from: ReconstructFn,
                           xs: Sequence[np.ndarray], present: np.ndarray, *,
+                          key: jax.Array | None = None,
+                          ranges: Ranges | None = None,
                           chunk: int = DEFAULT_CHUNK):
   """Rebuilds every modality of a whole set from the `present` ones.
 
   Args:
-    reconstruct_from: (xs, present [B, M]) -> per-modality reconstructions.
-      A `jax.tree_util.Partial` (e.g. from `reconstructor`) has its leaves
-      traced; any other callable is compiled with what it closes over.
+    reconstruct_from: (xs, present [B, M], key) -> per-modality
+      reconstructions. A `jax.tree_util.Partial` (e.g. from `reconstructor`)
+      has its leaves traced; any other callable is compiled with what it
+      closes over.
     xs: per modality [N, ...] true values.
     present: [M] bool (the same modalities for every sample) or [N, M].
+    key: the draw's key (chunk c gets fold_in(key, c)); None: key 0, for
+      readers that ignore it.
+    ranges: per modality (low, high) or None; default no clipping.
     chunk: rows per compiled call.
 
   Returns:
@@ -107,14 +135,18 @@ def reconstruct_in_chunks(reconstruct_from: ReconstructFn,
   chex.assert_shape(present, (n, m))
   for x in xs:
     chex.assert_axis_dimension(x, 0, n)
+  ranges = tuple(ranges) if ranges is not None else (None,) * m
+  chex.assert_equal(len(ranges), m)
+  key = jax.random.key(0) if key is None else key
   fn = _as_pytree(reconstruct_from)
   size = min(chunk, n)
   x_hats, errs = [], []
-  for lo, hi in probes_lib.chunk_slices(n, size):
+  for c, (lo, hi) in enumerate(probes_lib.chunk_slices(n, size)):
     xc = tuple(probes_lib.pad_rows(np.asarray(x[lo:hi], np.float32), size)
                for x in xs)
     xh, err = _reconstruct_chunk(fn, xc,
-                                 probes_lib.pad_rows(present[lo:hi], size))
+                                 probes_lib.pad_rows(present[lo:hi], size),
+                                 jax.random.fold_in(key, c), ranges)
     x_hats.append([np.asarray(a[:hi - lo]) for a in xh])
     errs.append(np.asarray(err[:hi - lo]))
   return (tuple(np.concatenate(parts) for parts in zip(*x_hats)),
@@ -126,40 +158,36 @@ def _only(m: int, num: int) -> np.ndarray:
 
 
 def leave_one_out(reconstruct_from: ReconstructFn, xs: Sequence[np.ndarray],
-                  *, chunk: int = DEFAULT_CHUNK):
+                  *, key: jax.Array | None = None,
+                  ranges: Ranges | None = None, chunk: int = DEFAULT_CHUNK):
   """Each modality n rebuilt from all the others (n absent and zeroed).
 
   Yields (n, x_hat_n [N, ...], per-feature MSE of x_hat_n averaged over
-  samples) for n = 0 .. M-1; `reconstruct_from` as for
-  `reconstruct_in_chunks`.
+  samples) for n = 0 .. M-1; arguments as for `reconstruct_in_chunks`
+  (target n draws from fold_in(key, n)).
   """
   num = len(xs)
+  key = jax.random.key(0) if key is None else key
   for n in range(num):
-    x_hats, err = reconstruct_in_chunks(reconstruct_from, xs, ~_only(n, num),
-                                        chunk=chunk)
+    x_hats, err = reconstruct_in_chunks(
+        reconstruct_from, xs, ~_only(n, num), key=jax.random.fold_in(key, n),
+        ranges=ranges, chunk=chunk)
     yield n, x_hats[n], float(err[:, n].mean())
 
 
 def recon_mse_matrix(reconstruct_from: ReconstructFn, xs: Sequence[np.ndarray],
-                     *, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+                     *, key: jax.Array | None = None,
+                     ranges: Ranges | None = None,
+                     chunk: int = DEFAULT_CHUNK) -> np.ndarray:
   """[M, M] cross-modal reconstruction error over a whole set.
 
   Entry (n, m) is the per-feature MSE of modality n rebuilt from modality m
   alone (the others absent and zeroed), averaged over samples; the diagonal
-  is self-reconstruction.
-
-  Args:
-    reconstruct_from: see `reconstruct_in_chunks`.
-    xs: per modality [N, ...].
-    chunk: rows per compiled call.
+  is self-reconstruction. Arguments as for `single_sources`.
   """
-  num = len(xs)
-  out = np.zeros((num, num))
-  for m in range(num):
-    _, err = reconstruct_in_chunks(reconstruct_from, xs, _only(m, num),
-                                   chunk=chunk)
-    out[:, m] = err.mean(0)
-  return out
+  mse, _ = single_sources(reconstruct_from, xs, None, None, key=key,
+                          ranges=ranges, chunk=chunk)
+  return mse
 
 
 # ---------------------------------------------------------------- retrieval
@@ -237,80 +265,156 @@ def _mean_stats(stats: Sequence[dict[str, float]]) -> dict[str, float]:
 def table2_metrics(kind: str, model: Model, params: Any,
                    test_xs: Sequence[np.ndarray], test_y: np.ndarray,
                    probes: Sequence[probes_lib.Probe] | None, *,
+                   key: jax.Array, draws: int = DRAWS,
                    chunk: int = DEFAULT_CHUNK) -> dict[str, Any]:
   """Every reconstruction metric of one trained generator on a test set.
 
+  Scored as the references score (FEDRECON.md, "Scoring reconstruction as
+  the references do"): each reconstruction decodes sampled latents
+  (`generator.sample_latents`), `draws` independent draws, each from
+  fold_in(key, draw); the numbers are means over the draws. The same metrics
+  read from posterior means are kept under 'posterior_mean'. Every
+  reconstruction is clipped to its data's range (`data_ranges`) first.
+
   Args:
-    kind: generator kind ('mapping', 'poe', 'moe', 'mopoe').
+    kind: a generator kind of the registry.
     model: the Model.
-    params: its params ('gen', and 'map' for kind 'mapping').
+    params: its params ('gen', and 'map' for kinds with mappings).
     test_xs: per modality [N, ...] (all modalities present).
     test_y: [N] labels.
     probes: one Probe per modality trained on real data, or None to skip
       coherence.
+    key: the draws' key.
+    draws: number of sampled draws (>= 1).
     chunk: rows per compiled call.
 
   Returns:
     A dict (numpy arrays indexed by modality in model.spec order):
-      modalities: names.
-      mse: [M, M], (n, m) = MSE of n rebuilt from m alone (recon_mse_matrix).
+      modalities: names; draws: their number.
+      mse: [M, M], (n, m) = MSE of n rebuilt from m alone (diagonal: self).
       mse_loo: [M], n rebuilt from all the others.
       With probes:
-      probe_accuracy: [M], each probe on the real test samples (the ceiling).
-      coherence_loo: [M], n rebuilt from all the others.
+      probe_accuracy: [M], each probe on the real test samples.
       coherence_single: [M, M], n rebuilt from m alone (diagonal: self).
-      coherence_single_mean: [M], mean over the sources m != n.
-      For kind 'mapping':
+      coherence_single_mean: [M], row n's mean over the sources m != n.
+      coherence_loo: [M], n rebuilt from all the others.
+      one_input, all_others: scalars, the means of coherence_single_mean
+        and of coherence_loo.
+      per_draw: {'coherence_single' [D, M, M], 'coherence_loo' [D, M],
+        'one_input' [D], 'all_others' [D]}.
+      posterior_mean: mse, mse_loo and (with probes) coherence_single,
+        coherence_single_mean, coherence_loo, one_input, all_others, read
+        from posterior means.
+      For kinds with mappings:
       retrieval: {'mapping': {...}, 'raw': {...}}; each holds one stats dict
         (see `retrieval`) per ordered pair, keyed 'n<-m', plus 'mean' over
         pairs. 'mapping' queries T(n<-m)(mu_m), 'raw' queries mu_m itself;
-        both retrieve among the mu_n of the test set.
+        both retrieve among the mu_n of the test set (posterior means, as
+        FedRecon's release evaluates retrieval).
   """
   spec = model.spec
-  names, num = spec.modalities, spec.num_modalities
-  chex.assert_equal(len(test_xs), num)
-  chex.assert_rank(test_y, 1)
-  if probes is not None:
-    chex.assert_equal(len(probes), num)
-  fn = reconstructor(kind, model, params)
-  out: dict[str, Any] = {'modalities': tuple(names)}
-  mse, coh_single = single_sources(fn, test_xs, test_y, probes, chunk=chunk)
-  out['mse'] = mse
-
-  mse_loo = np.zeros(num)
-  coh_loo = np.zeros(num)
-  for n, x_hat, mse_loo[n] in leave_one_out(fn, test_xs, chunk=chunk):
-    if probes is not None:
-      coh_loo[n] = probes_lib.coherence(probes[n], x_hat, test_y, chunk=chunk)
-  out['mse_loo'] = mse_loo
-
-  if probes is not None:
-    out['probe_accuracy'] = np.array([
-        probes_lib.coherence(p, x, test_y, chunk=chunk)
-        for p, x in zip(probes, test_xs)])
-    out['coherence_loo'] = coh_loo
-    out['coherence_single'] = coh_single
-    out['coherence_single_mean'] = off_diagonal_mean(coh_single)
-
+  chex.assert_equal(len(test_xs), spec.num_modalities)
+  out: dict[str, Any] = {'modalities': tuple(spec.modalities)}
+  out.update(score_generator(
+      reconstructor(kind, model, params, sample=True),
+      reconstructor(kind, model, params, sample=False), test_xs, test_y,
+      probes, ranges=data_ranges(spec.kinds), key=key, draws=draws,
+      chunk=chunk))
   if generators.get(kind).uses_mappings:
     out['retrieval'] = mapping_retrieval(model, params, test_xs, chunk=chunk)
   return out
 
 
+def score_generator(read_sampled: ReconstructFn, read_means: ReconstructFn,
+                    test_xs: Sequence[np.ndarray], test_y: np.ndarray,
+                    probes: Sequence[probes_lib.Probe] | None, *,
+                    key: jax.Array, draws: int = DRAWS,
+                    ranges: Ranges | None = None,
+                    chunk: int = DEFAULT_CHUNK) -> dict[str, Any]:
+  """`table2_metrics` but retrieval, for any pair of reads: `draws` reads
+  of `read_sampled` (draw d from fold_in(key, d)) averaged, and one of
+  `read_means` under 'posterior_mean'. Returns the keys `table2_metrics`
+  documents (but modalities and retrieval)."""
+  num = len(test_xs)
+  chex.assert_rank(test_y, 1)
+  if draws < 1:
+    raise ValueError(f'draws={draws} must be >= 1.')
+  if probes is not None:
+    chex.assert_equal(len(probes), num)
+  sampled = [score_reads(read_sampled, test_xs, test_y, probes,
+                         key=jax.random.fold_in(key, d), ranges=ranges,
+                         chunk=chunk) for d in range(draws)]
+  mean_read = score_reads(read_means, test_xs, test_y, probes, ranges=ranges,
+                          chunk=chunk)
+  out: dict[str, Any] = {'draws': draws}
+  out.update({k: np.mean([s[k] for s in sampled], 0) for k in sampled[0]})
+  if probes is not None:
+    for read in [out, mean_read]:
+      read['coherence_single_mean'] = off_diagonal_mean(
+          read['coherence_single'])
+      read['one_input'] = float(read['coherence_single_mean'].mean())
+      read['all_others'] = float(read['coherence_loo'].mean())
+    out['per_draw'] = {
+        'coherence_single': np.stack([s['coherence_single'] for s in sampled]),
+        'coherence_loo': np.stack([s['coherence_loo'] for s in sampled]),
+        'one_input': np.array([off_diagonal_mean(s['coherence_single']).mean()
+                               for s in sampled]),
+        'all_others': np.array([s['coherence_loo'].mean() for s in sampled])}
+    out['probe_accuracy'] = np.array([
+        probes_lib.coherence(p, x, test_y, chunk=chunk)
+        for p, x in zip(probes, test_xs)])
+  out['posterior_mean'] = mean_read
+  return out
+
+
+def score_reads(reconstruct_from: ReconstructFn,
+                test_xs: Sequence[np.ndarray], test_y: np.ndarray,
+                probes: Sequence[probes_lib.Probe] | None, *,
+                key: jax.Array | None = None, ranges: Ranges | None = None,
+                chunk: int = DEFAULT_CHUNK) -> dict[str, np.ndarray]:
+  """One read of every reconstruction: from each single source and from
+  all the others.
+
+  Returns mse [M, M] and mse_loo [M], plus, with probes, coherence_single
+  [M, M] and coherence_loo [M] (`single_sources`, `leave_one_out`; the
+  single sources draw from fold_in(key, 0), leave-one-out from
+  fold_in(key, 1)).
+  """
+  key = jax.random.key(0) if key is None else key
+  mse, coh = single_sources(reconstruct_from, test_xs, test_y, probes,
+                            key=jax.random.fold_in(key, 0), ranges=ranges,
+                            chunk=chunk)
+  num = len(test_xs)
+  mse_loo, coh_loo = np.zeros(num), np.zeros(num)
+  for n, x_hat, mse_loo[n] in leave_one_out(
+      reconstruct_from, test_xs, key=jax.random.fold_in(key, 1),
+      ranges=ranges, chunk=chunk):
+    if probes is not None:
+      coh_loo[n] = probes_lib.coherence(probes[n], x_hat, test_y, chunk=chunk)
+  out = {'mse': mse, 'mse_loo': mse_loo}
+  if probes is not None:
+    out.update(coherence_single=coh, coherence_loo=coh_loo)
+  return out
+
+
 def single_sources(reconstruct_from: ReconstructFn,
-                   test_xs: Sequence[np.ndarray], test_y: np.ndarray,
+                   test_xs: Sequence[np.ndarray], test_y: np.ndarray | None,
                    probes: Sequence[probes_lib.Probe] | None, *,
+                   key: jax.Array | None = None, ranges: Ranges | None = None,
                    chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-  """Every modality rebuilt from each single source m, one pass per source.
+  """Every modality rebuilt from each single source m, one pass per source
+  (source m draws from fold_in(key, m)).
 
   Returns (mse, coherence), each [M, M] with (n, m) = modality n rebuilt from
   m alone (diagonal: self); coherence is zeros without probes.
   """
   num = len(test_xs)
+  key = jax.random.key(0) if key is None else key
   mse, coh = np.zeros((num, num)), np.zeros((num, num))
   for m in range(num):
-    x_hats, err = reconstruct_in_chunks(reconstruct_from, test_xs,
-                                        _only(m, num), chunk=chunk)
+    x_hats, err = reconstruct_in_chunks(
+        reconstruct_from, test_xs, _only(m, num),
+        key=jax.random.fold_in(key, m), ranges=ranges, chunk=chunk)
     mse[:, m] = err.mean(0)
     if probes is not None:
       for n in range(num):

@@ -21,21 +21,34 @@ from typing import Any
 import jax
 import numpy as np
 
-from fedrecon_jax import checkpoint, data, experiment, generators
+from fedrecon_jax import checkpoint, experiment, generators
 from fedrecon_jax import metrics_writer, probes, recon_metrics, workdir
 from fedrecon_jax.config import Config
 
 RESULTS_JSON = 'table2.json'
+# The probes' key, the same for every run: one set of judges per dataset.
+PROBE_SEED = 0
+# fold_in of a run's seed key for its sampled reads (any fixed number would
+# do: it keeps them apart from the training's own keys).
+SCORING_STREAM = 35
 NO_MAPPING = 'fedrecon_no_T'   # fedrecon's generator read with T = identity
 # The run's fill references, stored beside the rows.
 REFERENCES = ('zero_fill_mse', 'mean_fill_mse')
 GRID_EXAMPLES = 6
 
 
+def scoring_key(cfg: Config) -> jax.Array:
+  """The key of a run's sampled reads: its seed's, on a stream of its own."""
+  return jax.random.fold_in(jax.random.key(cfg.seed), SCORING_STREAM)
+
+
 def score(cfg: Config, variant: str, probes_dir: str, *, probe_steps: int,
-          started: float) -> dict[str, Any]:
+          started: float,
+          draws: int = recon_metrics.DRAWS) -> dict[str, Any]:
   """Scores the generator that cfg.workdir trained; writes table2.json.
 
+  Coherence decodes sampled latents, `draws` draws (recon_metrics.
+  table2_metrics), from `scoring_key(cfg)`.
   Returns {row: metrics} with `recon_metrics.table2_metrics` for `variant`
   (plus its 'curve'), the NO_MAPPING row for a mapping generator, the
   run's REFERENCES and 'seconds' since `started` (a time.time(): training,
@@ -46,7 +59,8 @@ def score(cfg: Config, variant: str, probes_dir: str, *, probe_steps: int,
   summary = workdir.read_summary(cfg.workdir)
   if summary.get('diverged_at_round') is not None:
     # Nothing to score: the row says where training stopped.
-    results = {variant: {'diverged_at_round': summary['diverged_at_round']}}
+    results = {variant: {'diverged_at_round': summary['diverged_at_round'],
+                         'seed': cfg.seed}}
     metrics_writer.write_json_atomic(path, results, indent=1)
     return results
   exp = experiment.build(cfg)
@@ -57,13 +71,14 @@ def score(cfg: Config, variant: str, probes_dir: str, *, probe_steps: int,
     ckpt.close()
     raise ValueError(f'{cfg.workdir}: no checkpoint of round '
                      f'{cfg.total_rounds}; use a new --root.')
-  # Probes are central judges trained on every real training sample, not part
-  # of the federated method; cached per dataset and shared by the variants.
-  ds = data.load(cfg.dataset, data_dir=cfg.data_dir or None,
-                 manual_dir=cfg.manual_dir or None)
+  # Probes are central judges trained on every real training sample (the
+  # validation samples held out when there are any), not part of the
+  # federated method; cached per dataset and shared by the variants and
+  # seeds (one fixed key), so every run is judged by the same probes.
+  ds = experiment.load_data(cfg)
   judges = probes.cached_probes(
       probes_dir, ds.modalities, ds.train.xs, ds.train.y, ds.num_classes,
-      key=jax.random.key(cfg.seed), steps=probe_steps)
+      key=jax.random.key(PROBE_SEED), steps=probe_steps)
   per_round = round_seconds(cfg)
   kinds = {variant: cfg.generator.name}
   ablation = generators.get(kinds[variant]).ablation
@@ -72,14 +87,15 @@ def score(cfg: Config, variant: str, probes_dir: str, *, probe_steps: int,
   results = {k: summary[k] for k in REFERENCES}
   for name, kind in kinds.items():
     metrics = recon_metrics.table2_metrics(
-        kind, exp.model, state.params, exp.test_xs, exp.test_y, judges)
-    results[name] = {**_jsonable(metrics),
+        kind, exp.model, state.params, exp.test_xs, exp.test_y, judges,
+        key=scoring_key(cfg), draws=draws)
+    results[name] = {**_jsonable(metrics), 'seed': cfg.seed,
                      'train_seconds': summary['wall_seconds'],
                      'seconds_per_round': float(np.median(
                          [t for t, _ in per_round.values()]))}
     if exp.spec.kinds[0] == 'image':
-      save_grid(os.path.join(probes_dir, f'grid_{name}.png'), kind, exp,
-                state.params)
+      save_grid(os.path.join(probes_dir, f'grid_{name}_seed{cfg.seed}.png'),
+                kind, exp, state.params, scoring_key(cfg))
   results[variant]['curve'] = coherence_curve(cfg, exp, ckpt, judges,
                                               per_round)
   ckpt.close()
@@ -102,17 +118,21 @@ def coherence_curve(cfg: Config, exp: experiment.Experiment,
                     per_round: dict[int, tuple[float, float]]) -> list[dict]:
   """One-input coherence at every kept checkpoint, read back, not retrained.
 
-  per_round: `round_seconds(cfg)`. Returns [{'round', 'train_seconds'
-  (cumulative, compile included), 'coherence_single_mean' (mean over
-  ordered pairs n <- m, m != n)}].
+  Sampled latents, one draw per checkpoint (the final scores average
+  several). per_round: `round_seconds(cfg)`. Returns [{'round',
+  'train_seconds' (cumulative, compile included), 'coherence_single_mean'
+  (mean over ordered pairs n <- m, m != n)}].
   """
   kind = cfg.generator.name
   curve = []
   for step in sorted(ckpt.mngr.all_steps()):
     state, _ = ckpt.restore_or_none(exp, cfg, max_round=step)
     _, coh = recon_metrics.single_sources(
-        recon_metrics.reconstructor(kind, exp.model, state.params),
-        exp.test_xs, exp.test_y, judges)
+        recon_metrics.reconstructor(kind, exp.model, state.params,
+                                    sample=True),
+        exp.test_xs, exp.test_y, judges,
+        key=jax.random.fold_in(scoring_key(cfg), step),
+        ranges=recon_metrics.data_ranges(exp.spec.kinds))
     curve.append({
         'round': int(state.round),
         'train_seconds': sum(sum(v) for r, v in per_round.items()
@@ -123,8 +143,9 @@ def coherence_curve(cfg: Config, exp: experiment.Experiment,
 
 
 def save_grid(path: str, kind: str, exp: experiment.Experiment,
-              params) -> None:
-  """True test images (row 0) and their rebuilds from each single source."""
+              params, key: jax.Array) -> None:
+  """True test images (row 0) and their rebuilds from each single source,
+  one draw of sampled latents (what the scores average over)."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   num = exp.spec.num_modalities
   # One example per class where possible (the first of each of the first
@@ -132,11 +153,13 @@ def save_grid(path: str, kind: str, exp: experiment.Experiment,
   classes = np.unique(exp.test_y)[:GRID_EXAMPLES]
   idx = [int(np.flatnonzero(exp.test_y == c)[0]) for c in classes]
   true_xs = [x[idx] for x in exp.test_xs]
-  fn = recon_metrics.reconstructor(kind, exp.model, params)
+  fn = recon_metrics.reconstructor(kind, exp.model, params, sample=True)
   rows = []
   for m in range(num):
     present = np.arange(num) == m
-    x_hats, _ = recon_metrics.reconstruct_in_chunks(fn, true_xs, present)
+    x_hats, _ = recon_metrics.reconstruct_in_chunks(
+        fn, true_xs, present, key=jax.random.fold_in(key, m),
+        ranges=recon_metrics.data_ranges(exp.spec.kinds))
     rows.append([np.asarray(x) for x in x_hats])
   plt.imsave(path, recon_metrics.image_grid(true_xs, rows))
 
@@ -172,12 +195,15 @@ def read_scored(variant_workdir: str, variant: str) -> Scored:
 
 
 def rows_and_refs(scored: list[Scored]) -> tuple[dict, dict]:
-  """(rows, refs): rows maps a row name to its metrics, in the variants'
-  order; refs holds the REFERENCES (the last scored variant's)."""
+  """(rows, refs): rows maps a row name to its list of metrics, one per
+  scored seed, in the order given; refs holds the REFERENCES (the last
+  scored run's)."""
   rows, refs = {}, {}
   for s in scored:
     if s.scores is None:
       continue
     refs = {k: s.scores[k] for k in REFERENCES if k in s.scores} or refs
-    rows.update({k: v for k, v in s.scores.items() if isinstance(v, dict)})
+    for k, v in s.scores.items():
+      if isinstance(v, dict):
+        rows.setdefault(k, []).append(v)
   return rows, refs

@@ -190,10 +190,11 @@ def test_patch_conv_1d_is_nn_conv(size):
 
 def test_coherence_scores_audio_rebuilt_from_images_and_back(data_dir):
   """recon_metrics.table2_metrics on a masked-sequence modality: the
-  one-input coherence image -> audio and audio -> image is the probes'
-  accuracy on generator.reconstruct's output from that modality alone
-  (computed here in one call, not in chunks), and rebuilt audio reaches
-  the audio probe in its data form."""
+  posterior-mean one-input coherence image -> audio and audio -> image is
+  the probes' accuracy on generator.reconstruct's output from that
+  modality alone (computed here in one call, not in chunks; images clipped
+  to [0, 1]), and rebuilt audio, read from means or sampled, reaches the
+  audio probe as a valid masked sequence."""
   small = data.load('av_mnist_small', data_dir=data_dir)
   spec = DataSpec(small.modalities, small.kinds,
                   tuple(x.shape[1:] for x in small.train.xs),
@@ -205,16 +206,23 @@ def test_coherence_scores_audio_rebuilt_from_images_and_back(data_dir):
             for i, x in enumerate(small.train.xs)]
   xs = [np.asarray(x) for x in small.test.xs]
   out = recon_metrics.table2_metrics('mapping', model, params, xs,
-                                     small.test.y, judges, chunk=32)
+                                     small.test.y, judges,
+                                     key=jax.random.key(5), draws=1, chunk=32)
+  assert np.isfinite(out['coherence_single']).all(), out
   for n, m in ((1, 0), (0, 1)):
     present = np.zeros((len(small.test.y), 2), bool)
     present[:, m] = True
     held = [x * present[:, i].reshape(-1, *[1] * (x.ndim - 1))
             for i, x in enumerate(xs)]
-    rebuilt = generator.reconstruct('mapping', model, params, held,
-                                    jnp.asarray(present))[n]
+    means, sampled = (
+        np.asarray(generator.reconstruct('mapping', model, params, held,
+                                         jnp.asarray(present), key=key)[n])
+        for key in (None, jax.random.key(7)))
     if n == 1:
-      validate._check_frame_mask(np.asarray(rebuilt), 'rebuilt audio')
-    want = np.mean(probes.predict(judges[n], np.asarray(rebuilt))
-                   == small.test.y)
-    assert out['coherence_single'][n, m] == pytest.approx(want), out
+      for rebuilt in (means, sampled):
+        validate._check_frame_mask(rebuilt, 'rebuilt audio')
+    else:
+      means = np.clip(means, 0.0, 1.0)
+    want = np.mean(probes.predict(judges[n], means) == small.test.y)
+    assert out['posterior_mean']['coherence_single'][n, m] == pytest.approx(
+        want), out

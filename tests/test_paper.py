@@ -58,25 +58,37 @@ def test_raw_kind_decodes_the_source_latent_itself():
 def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
   t2 = os.path.join(root, 'table2')
   for v in ('fedrecon', 'moe'):
-    table2.run_variant(DATASET, v, t2, probe_steps=30, **tiny)
+    table2.run_variant(DATASET, v, t2, seeds=[0, 1], probe_steps=30, draws=2,
+                       **tiny)
   rows, refs = table2.load_results(t2, DATASET)
   assert set(rows) == {'fedrecon', table2_scoring.NO_MAPPING, 'moe'}
   assert refs['zero_fill_mse'] > 0.9                  # standardised features
-  for r in rows.values():
-    assert np.shape(r['mse']) == (M, M) and np.all(np.isfinite(r['mse']))
-    assert np.shape(r['coherence_loo']) == (M,)
-  # One probe set shared by the variants; T matters for the mapping rows.
-  assert rows['fedrecon']['probe_accuracy'] == rows['moe']['probe_accuracy']
-  assert rows['fedrecon']['mse'] != rows[table2_scoring.NO_MAPPING]['mse']
-  assert 'retrieval' in rows['fedrecon'] and 'retrieval' not in rows['moe']
-  moe = os.path.join(t2, DATASET, 'moe')
+  for per_seed in rows.values():
+    assert [r['seed'] for r in per_seed] == [0, 1]
+    for r in per_seed:
+      assert np.shape(r['mse']) == (M, M) and np.all(np.isfinite(r['mse']))
+      assert np.shape(r['coherence_loo']) == (M,)
+    # Seeds differ.
+    assert per_seed[0]['mse'] != per_seed[1]['mse']
+  # One probe set shared by the variants and seeds; T matters for the
+  # mapping rows.
+  accuracies = {tuple(r['probe_accuracy']) for per in rows.values()
+                for r in per}
+  assert len(accuracies) == 1
+  assert rows['fedrecon'][0]['mse'] != rows[table2_scoring.NO_MAPPING][0]['mse']
+  assert 'retrieval' in rows['fedrecon'][0]
+  assert 'retrieval' not in rows['moe'][0]
+  moe = os.path.join(t2, DATASET, 'moe', 'seed1')
   before = os.stat(os.path.join(moe, 'metrics.jsonl')).st_mtime_ns
   # Trained, not scored:
   os.remove(os.path.join(moe, table2_scoring.RESULTS_JSON))
-  again = table2.run_variant(DATASET, 'moe', t2, probe_steps=30,
-                             **tiny)
+  again = table2.run_variant(DATASET, 'moe', t2, seeds=[0, 1], probe_steps=30,
+                             draws=2, **tiny)
   assert os.stat(os.path.join(moe, 'metrics.jsonl')).st_mtime_ns == before
-  assert again['moe']['mse'] == rows['moe']['mse']    # rescored, same numbers
+  # Rescored, the same numbers (the draws come from the seed's key).
+  assert again[1]['moe']['mse'] == rows['moe'][1]['mse']
+  assert again[1]['moe']['coherence_single'] == rows['moe'][1][
+      'coherence_single']
 
 
 # ~2-5 min cold (whole sweeps / table2 runs): slow.
@@ -100,5 +112,5 @@ def test_page_reports_the_runs_margins_and_freezing(root, tiny):
   assert '| fedopt 0.3 | fedrecon_no_freeze | 2 |' in text
   text = open(paper.write_table2_page(root, [DATASET],
                                       os.path.join(root, 'out'))).read()
-  assert '| fedrecon_no_T |' in text                 # Table 2 from the runs
+  assert '| fedrecon_no_T | 2 |' in text             # Table 2 from the runs
   assert 'No Table 2 results' not in text

@@ -34,13 +34,14 @@ def test_table1_table2_and_page(tmp_path):
   assert sweep.run_sweep(grid, t1) == []
   t2 = os.path.join(root, 'table2')
   # One variant a dataset: the slow tier's test_paper scores the others.
-  table2.run_variant(VECTORS, 'fedrecon', t2, probe_steps=20,
-                     data_dir=data_dir, **TINY)
-  table2.run_variant(IMAGES, 'fedrecon', t2, probe_steps=100,
-                     data_dir=data_dir, **IMAGE_RUN)
+  # Vectors: two seeds as one program, so the page has a std to show.
+  table2.run_variant(VECTORS, 'fedrecon', t2, seeds=[0, 1], probe_steps=20,
+                     draws=2, data_dir=data_dir, **TINY)
+  table2.run_variant(IMAGES, 'fedrecon', t2, seeds=[0], probe_steps=100,
+                     draws=2, data_dir=data_dir, **IMAGE_RUN)
 
   # Generator-only runs log generator metrics, never a task score.
-  workdir_ = os.path.join(t2, IMAGES, 'fedrecon')
+  workdir_ = os.path.join(t2, IMAGES, 'fedrecon', 'seed0')
   with open(os.path.join(workdir_, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   assert [r['round'] for r in records] == [1, 2]
@@ -48,12 +49,17 @@ def test_table1_table2_and_page(tmp_path):
   assert records[-1]['recon_mse'] > 0
   rows, refs = table2.load_results(t2, IMAGES)
   assert set(rows) == {'fedrecon', table2_scoring.NO_MAPPING}
+  (image_row,) = rows['fedrecon']
   # The curve reads each kept checkpoint: rounds 1 and 2.
-  curve = rows['fedrecon']['curve']
+  curve = image_row['curve']
   assert [c['round'] for c in curve] == [1, 2]
   assert 0 < curve[0]['train_seconds'] < curve[1]['train_seconds']
   # The probes judge real images far above chance (10%).
-  assert np.mean(rows['fedrecon']['probe_accuracy']) > 0.3
+  assert np.mean(image_row['probe_accuracy']) > 0.3
+  # Sampled draws were scored, and the posterior-mean read beside them.
+  m = len(image_row['modalities'])
+  assert np.shape(image_row['per_draw']['coherence_single']) == (2, m, m)
+  assert 0 <= image_row['posterior_mean']['one_input'] <= 1
   assert 0 < refs['mean_fill_mse'] < refs['zero_fill_mse']
 
   out = os.path.join(root, 'out')
@@ -68,9 +74,22 @@ def test_table1_table2_and_page(tmp_path):
   assert row.split('|')[2].strip().startswith(f'{margin:+.1f}'), row
   for dataset in (VECTORS, IMAGES):
     assert f'## Table 2: reconstruction, {dataset}' in page2
-  assert page2.count('| fedrecon_no_T |') == 2   # both datasets
+  assert '| fedrecon_no_T | 2 |' in page2   # vectors, two seeds
+  assert '| fedrecon_no_T | 1 |' in page2   # images, one
   assert 'No Table 2 results' not in page2
   assert 'median seconds per generator round: fedrecon' in page2
-  assert 'min in all with the probes and the scoring' in page2
+  assert 'min (probes, draws, curves)' in page2
+  # The page's numbers are the runs': mean ± std (ddof 1) over the seeds.
+  vec_rows, _ = table2.load_results(t2, VECTORS)
+  one = [100 * r['one_input'] for r in vec_rows['fedrecon']]
+  expected = f'| fedrecon | 2 | {np.mean(one):.1f} ± {np.std(one, ddof=1):.1f} |'
+  assert expected in page2, expected
+  assert 'fedrecon − fedrecon_no_T:' in page2
+  with open(os.path.join(out, f'table2_{VECTORS}.json')) as f:
+    matrices = json.load(f)
+  assert [r['seed'] for r in matrices['fedrecon']] == [0, 1]
+  m = len(matrices['fedrecon'][0]['modalities'])
+  assert np.shape(matrices['fedrecon'][0]['coherence_single_per_draw']) == (
+      2, m, m)
   assert os.path.exists(os.path.join(out, f'grid_{IMAGES}_fedrecon.png'))
   assert os.path.exists(os.path.join(out, f'coherence_{IMAGES}.png'))

@@ -22,7 +22,7 @@ def _xs(n=10, dims=(3, 2, 4), seed=0):
 @pytest.mark.parametrize('chunk', [4, 256])
 def test_mse_matrix_copying_inputs_sees_only_the_source(chunk):
   xs = _xs()                              # 10 rows: chunk 4 pads the last one
-  copy = lambda held, present: held       # absent inputs arrive zeroed
+  copy = lambda held, present, key: held  # absent inputs arrive zeroed
   mse = rm.recon_mse_matrix(copy, xs, chunk=chunk)
   # Self-reconstruction is exact; a target rebuilt from another source is
   # the zeroed input, so its error is the target's mean square.
@@ -34,7 +34,7 @@ def test_mse_matrix_copying_inputs_sees_only_the_source(chunk):
 def test_mse_matrix_entry_depends_on_the_single_source():
   xs = _xs()
   # Every target is filled with (m + 1) where m is the one present source.
-  src_value = lambda held, present: tuple(
+  src_value = lambda held, present, key: tuple(
       jnp.broadcast_to((present.astype(jnp.float32) @ jnp.arange(1.0, 4.0))
                        [:, None], x.shape) for x in held)
   mse = rm.recon_mse_matrix(src_value, xs, chunk=3)
@@ -208,15 +208,34 @@ def tiny():
 
 def test_table2_metrics_mapping_end_to_end(tiny):
   model, params, xs, y, probes = tiny
-  out = rm.table2_metrics('mapping', model, params, xs, y, probes, chunk=64)
+  key = jax.random.key(3)
+  out = rm.table2_metrics('mapping', model, params, xs, y, probes, key=key,
+                          draws=2, chunk=64)
   assert out['modalities'] == ('a', 'b', 'c')
   assert out['mse'].shape == (3, 3) and np.all(np.isfinite(out['mse']))
   assert np.all(out['mse'] > 0)
-  # The same numbers as the standalone matrix, with the params traced.
+  # The same numbers as the standalone reads, with the params traced: the
+  # draws' mean of sampled reads, and the posterior-mean read.
+  sampled = [rm.score_reads(rm.reconstructor('mapping', model, params,
+                                             sample=True), xs, y, probes,
+                            key=jax.random.fold_in(key, d), chunk=64)
+             for d in range(2)]
+  means = rm.score_reads(rm.reconstructor('mapping', model, params,
+                                          sample=False), xs, y, probes,
+                         chunk=64)
+  for name in ('mse', 'coherence_single', 'coherence_loo'):
+    np.testing.assert_allclose(
+        out[name], np.mean([s[name] for s in sampled], 0), rtol=1e-6)
+    np.testing.assert_allclose(out['posterior_mean'][name], means[name],
+                               rtol=1e-6)
   np.testing.assert_allclose(
-      out['mse'], rm.recon_mse_matrix(
-          rm.reconstructor('mapping', model, params), xs, chunk=64),
-      rtol=1e-6)
+      out['posterior_mean']['mse'], rm.recon_mse_matrix(
+          rm.reconstructor('mapping', model, params, sample=False), xs,
+          chunk=64), rtol=1e-6)
+  # Samples are not means, and two draws are not one.
+  assert not np.allclose(out['mse'], out['posterior_mean']['mse'])
+  assert not np.allclose(sampled[0]['mse'], sampled[1]['mse'])
+  assert out['per_draw']['coherence_single'].shape == (2, 3, 3)
   assert out['mse_loo'].shape == (3,)
   for name in ('probe_accuracy', 'coherence_loo', 'coherence_single_mean'):
     assert out[name].shape == (3,)
@@ -241,11 +260,145 @@ def test_table2_metrics_mapping_end_to_end(tiny):
 
 def test_table2_metrics_joint_posterior_has_no_retrieval(tiny):
   model, params, xs, y, _ = tiny
-  out = rm.table2_metrics('moe', model, params, xs, y, None)
+  out = rm.table2_metrics('moe', model, params, xs, y, None,
+                          key=jax.random.key(0), draws=1)
   assert 'retrieval' not in out and 'coherence_loo' not in out
   assert out['mse'].shape == (3, 3) and np.all(np.isfinite(out['mse_loo']))
   # Each column comes from a different single source.
   assert not np.allclose(out['mse'][:, 0], out['mse'][:, 1])
+
+
+# ------------------------------------------------------ coherence, pinned
+
+# A generator and probes whose coherence is known exactly. C classes; each
+# modality's sample is C * one_hot(label), then the sample's index (so the
+# hand-made reads can tell samples apart). Samples come in blocks of C (one
+# of each label); a read rebuilds target n from source m as the prototype of
+# the true label for the samples of the first K[n, m] of the 10 blocks and
+# of a wrong label for the others: coherence (n, m) is K[n, m] / 10.
+C, BLOCKS = 4, 10
+K_MEANS = np.array([[10, 6, 2], [8, 10, 4], [5, 3, 10]])
+K_SAMPLED = np.array([[10, 4, 1], [7, 10, 2], [3, 2, 10]])
+# Rebuilt from all the others: K_LOO[n] of the blocks right.
+K_LOO_MEANS, K_LOO_SAMPLED = np.array([9, 7, 6]), np.array([8, 5, 1])
+
+
+def _pinned_data():
+  y = np.tile(np.arange(C), BLOCKS).astype(np.int32)
+  idx = np.arange(C * BLOCKS, dtype=np.float32)[:, None]
+  x = np.concatenate([C * np.eye(C, dtype=np.float32)[y], idx], 1)
+  return (x, x.copy(), x.copy()), y
+
+
+def _pinned_read(k_single, k_loo):
+  k_single, k_loo = jnp.asarray(k_single), jnp.asarray(k_loo)
+
+  def read(held, present, key):
+    del key
+    pres = present.astype(jnp.float32)                    # [B, M]
+    count = pres.sum(1, keepdims=True)
+    src = sum(x * pres[:, m:m + 1] for m, x in enumerate(held)) / count
+    label, block = jnp.argmax(src[:, :C], 1), src[:, C] // C
+    out = []
+    for n in range(len(held)):
+      k = jnp.where(count[:, 0] > 1, k_loo[n], pres @ k_single[n])
+      cls = jnp.where(block < k, label, (label + 1) % C)
+      out.append(jnp.concatenate([C * jax.nn.one_hot(cls, C), src[:, C:]], 1))
+    return tuple(out)
+
+  return read
+
+
+def _identity_probe():
+  """An MLP probe whose prediction is the argmax of the first C inputs
+  (flax names the output layer, created first, Dense_0)."""
+  hidden = 256
+  w0 = np.zeros((C + 1, hidden), np.float32)
+  w0[:C, :C] = np.eye(C)
+  w1 = np.zeros((hidden, C), np.float32)
+  w1[:C] = np.eye(C)
+  return probes_lib.Probe('mlp', C, {
+      'Dense_1': {'kernel': w0, 'bias': np.zeros(hidden, np.float32)},
+      'Dense_0': {'kernel': w1, 'bias': np.zeros(C, np.float32)}})
+
+
+def test_coherence_is_pinned_on_a_hand_built_generator():
+  xs, y = _pinned_data()
+  out = rm.score_generator(_pinned_read(K_SAMPLED, K_LOO_SAMPLED),
+                           _pinned_read(K_MEANS, K_LOO_MEANS), xs, y,
+                           [_identity_probe()] * 3, key=jax.random.key(0),
+                           draws=2, chunk=16)
+  np.testing.assert_array_equal(out['probe_accuracy'], [1.0, 1.0, 1.0])
+  for read, k, k_loo in ((out, K_SAMPLED, K_LOO_SAMPLED),
+                         (out['posterior_mean'], K_MEANS, K_LOO_MEANS)):
+    np.testing.assert_allclose(read['coherence_single'], k / BLOCKS)
+    # Row n: the mean over its sources m != n, the diagonal left out.
+    off = [(k[n].sum() - k[n, n]) / (2 * BLOCKS) for n in range(3)]
+    np.testing.assert_allclose(read['coherence_single_mean'], off)
+    assert read['one_input'] == pytest.approx(np.mean(off))
+    np.testing.assert_allclose(read['coherence_loo'], k_loo / BLOCKS)
+    assert read['all_others'] == pytest.approx(k_loo.mean() / BLOCKS)
+  # By hand: sampled one-input (4+1 + 7+2 + 3+2) / 60, means (6+2 + 8+4 +
+  # 5+3) / 60.
+  assert out['one_input'] == pytest.approx(19 / 60)
+  assert out['posterior_mean']['one_input'] == pytest.approx(28 / 60)
+  np.testing.assert_allclose(out['per_draw']['one_input'], [19 / 60] * 2)
+
+
+# --------------------------------------------- sampled latents per kind
+
+
+@pytest.mark.parametrize('kind', ['mapping', 'raw', 'poe', 'moe', 'mopoe',
+                                  'mmvaeplus'])
+def test_sampled_latents_follow_the_posterior(kind):
+  """Only modality 0 is present. Over many draws, the latent of absent
+  modality 1 has the moments of the reference's conditional: z ~ q(z | x_0)
+  (MoE, MoPoE's one-modality subset, raw), PoE(prior, expert 0), T(1<-0)
+  of a sample of q(z_0 | x_0) (mapping), or for MMVAE+ (Laplace) w from
+  Laplace(0, 1) and z from q(z | x_0)."""
+  from fedrecon_jax import generator, generators  # pylint: disable=g-import-not-at-top
+  spec = DataSpec(('a', 'b', 'c'), ('vector',) * 3, ((5,), (4,), (3,)), 2)
+  sizes = generators.get(kind).latent_sizes(4)
+  model = Model(spec, latent_dim=4, gen_width=8, map_width=8, task_width=4,
+                latent_sizes=sizes)
+  params = model.init_params(jax.random.key(0))
+  b, draws = 3, 4000
+  xs = [jax.random.normal(jax.random.key(i), (b, *s))
+        for i, s in enumerate(spec.shapes)]
+  present = jnp.array([[True, False, False]] * b)
+  keys = jax.random.split(jax.random.key(1), draws)
+  z = jax.jit(jax.vmap(lambda k: generator.sample_latents(
+      kind, model, params, xs, present, k)))(keys)        # [D, M, B, d]
+  mu, logvar = model.encode(params['gen'], xs)
+  mu0, lv0 = np.asarray(mu[0]), np.asarray(logvar[0])
+  if kind == 'poe':
+    prec = 1 + np.exp(-lv0)
+    mean, var = mu0 * np.exp(-lv0) / prec, 1 / prec
+  elif kind == 'mapping':
+    eps = jax.random.normal(jax.random.key(2), (draws, b, mu0.shape[-1]))
+    t = np.asarray(jax.vmap(lambda e: model.mapping.apply(
+        {'params': jax.tree.map(lambda a: a[_pair(spec, 1, 0)],
+                                params['map'])},
+        mu0 + e * np.exp(0.5 * lv0)))(eps))
+    mean, var = t.mean(0), t.var(0)
+  elif kind == 'mmvaeplus':
+    from fedrecon_jax.generators import mmvaeplus  # pylint: disable=g-import-not-at-top
+    d = mu0.shape[-1] // 2
+    scale = np.asarray(mmvaeplus.posterior_scale(jnp.asarray(lv0)))
+    mean = np.concatenate([np.zeros_like(mu0[:, :d]), mu0[:, d:]], -1)
+    var = 2 * np.concatenate([np.ones_like(scale[:, :d]), scale[:, d:]],
+                             -1) ** 2
+  else:
+    mean, var = mu0, np.exp(lv0)
+  got = np.asarray(z[:, 1])                               # [D, B, d]
+  tol = 5 * np.sqrt(var / draws)
+  assert np.all(np.abs(got.mean(0) - mean) < tol + 1e-6), kind
+  np.testing.assert_allclose(got.var(0), var, rtol=0.15, atol=1e-6)
+
+
+def _pair(spec, n, m):
+  return [p for p, (dst, src) in enumerate(spec.pairs)
+          if dst == n and src == m][0]
 
 
 # ------------------------------------------------------------------ figure

@@ -22,8 +22,12 @@ import numpy as np
 #   beta, match_weight, cross_decoding) -> (per-sample loss [B], terms [B]).
 Objective = Callable[..., tuple[jax.Array, dict]]
 # infer(model, params, xs, pres, mu, logvar) -> every modality's latent
-#   [M, B, d_dec] from the present ones.
+#   [M, B, d_dec] from the present ones: the posterior-mean read.
 Infer = Callable[..., jax.Array]
+# sample(model, params, xs, pres, mu, logvar, key) -> the same [M, B, d_dec]
+#   decoded from sampled latents, as the references score coherence
+#   (FEDRECON.md, "Scoring reconstruction as the references do").
+Sample = Callable[..., jax.Array]
 
 
 def _same_size(latent_dim: int) -> tuple[int, int]:
@@ -39,6 +43,7 @@ class Generator:
   # another kind (e.g. 'raw', mapping's generator with T = identity).
   objective: Objective | None
   infer_latents: Infer
+  sample_latents: Sample
   # Where it sits in flag choices and Table 2 (then by name).
   order: int
   # Parameter groups its objective trains (and clients send): 'gen' (the
@@ -91,6 +96,21 @@ def masked_mean(values, mask, axis):
 
 def reparam(mu, logvar, eps):
   return mu + eps * jnp.exp(0.5 * logvar)
+
+
+def pick_present(key: jax.Array, pres: jax.Array) -> jax.Array:
+  """pres: [M, B] mask -> [B] ints, a present modality drawn uniformly per
+  sample (modality 0 for a sample with none)."""
+  count = pres.sum(0)
+  u = jax.random.uniform(key, count.shape)
+  k = jnp.minimum(jnp.floor(u * count), jnp.maximum(count - 1, 0))
+  return jnp.argmax(jnp.cumsum(pres, 0) > k, axis=0)
+
+
+def sample_gaussian(key: jax.Array, mu: jax.Array,
+                    logvar: jax.Array) -> jax.Array:
+  """One draw of N(mu, e^logvar), any shape."""
+  return reparam(mu, logvar, jax.random.normal(key, mu.shape, mu.dtype))
 
 
 def draw_noise(key: jax.Array, num_modalities: int, batch: int,

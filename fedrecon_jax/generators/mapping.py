@@ -91,7 +91,23 @@ def infer_raw(model, params, xs, pres, mu, logvar):
   return _mean_of_mapped(mu[model.spec.pairs[:, 1]], mu, pres, model)
 
 
-MAPPING = base.Generator('mapping', objective, infer_latents, order=0,
-                         groups=('gen', 'map'), ablation='raw')
-RAW = base.Generator('raw', None, infer_raw, order=100)
+def sample_latents(model, params, xs, pres, mu, logvar, key):
+  """As infer_latents on sampled latents: z_m ~ q(z_m | x_m) for every
+  modality; a present n keeps its z_n, an absent one gets the mean over
+  present m of T(n<-m)(z_m). The mapping receives the sample, as it does
+  in training (the cross decodes of `objective`)."""
+  del xs
+  z = base.sample_gaussian(key, mu, logvar)
+  return _mean_of_mapped(model.map_pairs(params['map'], z), z, pres, model)
+
+
+def sample_raw(model, params, xs, pres, mu, logvar, key):
+  """As sample_latents with T = identity."""
+  z = base.sample_gaussian(key, mu, logvar)
+  return infer_raw(model, params, xs, pres, z, logvar)
+
+
+MAPPING = base.Generator('mapping', objective, infer_latents, sample_latents,
+                         order=0, groups=('gen', 'map'), ablation='raw')
+RAW = base.Generator('raw', None, infer_raw, sample_raw, order=100)
 GENERATORS = (MAPPING, RAW)

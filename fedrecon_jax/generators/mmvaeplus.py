@@ -112,6 +112,25 @@ def infer_latents(model, params, xs, pres, mu, logvar):
   return jnp.where(pres[..., None] > 0, mu, fill[None])
 
 
+def sample_latents(model, params, xs, pres, mu, logvar, key):
+  """Sampled latents as the reference scores cross-modal coherence
+  (`reconstruct_and_cross_reconstruct_forw`): every u_m = (w_m, z_m) ~
+  q(u | x_m); a present modality keeps its own; an absent n gets the z of
+  one present source drawn uniformly per sample and a w_n drawn from the
+  prior p(u)'s w part, Laplace(0, 1) (the reference draws it from p(u),
+  not from the learned r(w))."""
+  del model, params, xs
+  num_m, b, d2 = mu.shape
+  d = d2 // 2
+  ku, kw, kp = jax.random.split(key, 3)
+  u = laplace_sample(mu, posterior_scale(logvar), _open_uniform(ku, mu.shape))
+  src = base.pick_present(kp, pres)                        # [B]
+  z = u[src, jnp.arange(b), d:]                            # [B, d]
+  w = laplace_sample(0.0, 1.0, _open_uniform(kw, (num_m, b, d)))
+  fill = jnp.concatenate([w, jnp.broadcast_to(z, w.shape)], -1)
+  return jnp.where(pres[..., None] > 0, u, fill)
+
+
 GENERATORS = (base.Generator(
-    'mmvaeplus', objective, infer_latents, order=4,
+    'mmvaeplus', objective, infer_latents, sample_latents, order=4,
     latent_sizes=lambda d: (2 * d, 2 * d), draw_noise=draw_noise),)

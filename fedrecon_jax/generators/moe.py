@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from fedrecon_jax.generators import base
@@ -34,4 +35,16 @@ def infer_latents(model, params, xs, pres, mu, logvar):
   return jnp.broadcast_to(base.masked_mean(mu, pres[..., None], 0), mu.shape)
 
 
-GENERATORS = (base.Generator('moe', objective, infer_latents, order=2),)
+def sample_latents(model, params, xs, pres, mu, logvar, key):
+  """One draw of the mixture: a present expert m picked uniformly per
+  sample, then z ~ q(z | x_m), the same z for every modality."""
+  del model, params, xs
+  pick_key, eps_key = jax.random.split(key)
+  src = base.pick_present(pick_key, pres)                 # [B]
+  rows = jnp.arange(mu.shape[1])
+  z = base.sample_gaussian(eps_key, mu[src, rows], logvar[src, rows])
+  return jnp.broadcast_to(z, mu.shape)
+
+
+GENERATORS = (base.Generator('moe', objective, infer_latents, sample_latents,
+                             order=2),)

@@ -52,10 +52,23 @@ def infer_latents(model, params, xs, pres, mu, logvar):
   all M are present (as in training) or none is (so the product is
   proper)."""
   del model, params
-  count = pres.sum(0)[:, None]                            # [B, 1]
-  prior = ((count == len(xs)) | (count == 0)).astype(jnp.float32)
-  joint, _ = base.product_of_experts(mu, logvar, pres, prior)
+  joint, _ = _joint(xs, pres, mu, logvar)
   return jnp.broadcast_to(joint, mu.shape)
 
 
-GENERATORS = (base.Generator('mopoe', objective, infer_latents, order=3),)
+def sample_latents(model, params, xs, pres, mu, logvar, key):
+  """One draw of the joint posterior `infer_latents` reads the mean of
+  (the subset of the present modalities), the same z for every modality."""
+  del model, params
+  return jnp.broadcast_to(
+      base.sample_gaussian(key, *_joint(xs, pres, mu, logvar)), mu.shape)
+
+
+def _joint(xs, pres, mu, logvar):
+  count = pres.sum(0)[:, None]                            # [B, 1]
+  prior = ((count == len(xs)) | (count == 0)).astype(jnp.float32)
+  return base.product_of_experts(mu, logvar, pres, prior)
+
+
+GENERATORS = (base.Generator('mopoe', objective, infer_latents,
+                             sample_latents, order=3),)

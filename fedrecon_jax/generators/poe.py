@@ -35,4 +35,13 @@ def infer_latents(model, params, xs, pres, mu, logvar):
   return jnp.broadcast_to(joint, mu.shape)
 
 
-GENERATORS = (base.Generator('poe', objective, infer_latents, order=1),)
+def sample_latents(model, params, xs, pres, mu, logvar, key):
+  """One draw of the joint PoE of the present experts and the prior, the
+  same z for every modality."""
+  del model, params, xs
+  jmu, jlv = base.product_of_experts(mu, logvar, pres)
+  return jnp.broadcast_to(base.sample_gaussian(key, jmu, jlv), mu.shape)
+
+
+GENERATORS = (base.Generator('poe', objective, infer_latents, sample_latents,
+                             order=1),)
