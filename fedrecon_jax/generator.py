@@ -86,12 +86,15 @@ def sample_latents(kind, model: Model, params: dict, xs, present,
 def reconstruct(kind, model: Model, params: dict, xs, present,
                 key: jax.Array | None = None):
   """Reconstruction of every modality from the present ones: per modality
-  [B, ...]. key=None decodes the posterior-mean latents (`infer_latents`:
-  what the task stage fills with); a key decodes one draw of
-  `sample_latents` (how the references score coherence)."""
+  [B, ...], each in its data's form (`Model.as_data`: a masked sequence's
+  mask logits become its 0/1 frame mask). key=None decodes the
+  posterior-mean latents (`infer_latents`: what the task stage fills
+  with); a key decodes one draw of `sample_latents` (how the references
+  score coherence)."""
   z = (infer_latents(kind, model, params, xs, present) if key is None
        else sample_latents(kind, model, params, xs, present, key))
-  return tuple(model.decode_all(params['gen'], z))
+  return tuple(model.as_data(n, x_hat) for n, x_hat in
+               enumerate(model.decode_all(params['gen'], z)))
 
 
 def complete(kind, model: Model, params: dict, xs, present):

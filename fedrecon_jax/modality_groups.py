@@ -35,7 +35,7 @@ class Group:
   so stay zero.
   """
   name: str                    # key in params[...]['enc' | 'dec']
-  arch: str                    # 'mlp' | 'conv' | 'seq'
+  arch: str                    # 'mlp' | 'conv' | 'seq' | 'masked_seq'
   members: tuple[int, ...]     # modality indices, increasing
   sizes: tuple[int, ...]       # each member's flattened size
 
@@ -44,8 +44,10 @@ class Group:
     return max(self.sizes)
 
 
-GEN_ARCH = {'vector': 'mlp', 'sequence': 'mlp', 'image': 'conv'}
-TASK_ARCH = {'vector': 'mlp', 'sequence': 'seq', 'image': 'conv'}
+GEN_ARCH = {'vector': 'mlp', 'sequence': 'mlp', 'image': 'conv',
+            'masked_sequence': 'mlp'}
+TASK_ARCH = {'vector': 'mlp', 'sequence': 'seq', 'image': 'conv',
+             'masked_sequence': 'masked_seq'}
 
 
 def group_modalities(spec: DataSpec, arch_of: dict,

@@ -13,7 +13,14 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-KINDS = ('vector', 'image', 'sequence')
+KINDS = ('vector', 'image', 'sequence', 'masked_sequence')
+
+
+def length_key(modality: str) -> str:
+  """The feature holding a 'masked_sequence' modality's true frame counts:
+  the builder stores [T, C] frames zero-padded past the length, and the
+  loader turns the length into the frame mask (loader.py)."""
+  return f'{modality}_length'
 
 
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -21,7 +28,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   Subclasses set the class attributes below; their FeaturesDict holds one
   feature per modality (named as in MODALITIES), 'label' and 'index' (a unique
-  int that fixes the sample order), plus GROUP_KEY if not None.
+  int that fixes the sample order), plus GROUP_KEY if not None, plus
+  length_key(m) (int, in [1, T]) for each 'masked_sequence' modality m.
   """
   MODALITIES: ClassVar[tuple[str, ...]] = ()
   KINDS: ClassVar[tuple[str, ...]] = ()

@@ -12,6 +12,11 @@ returns model-ready float32 arrays:
   * 'sequence' modalities [N, T, C]: standardised per channel (statistics over
     train samples and time steps), same rule.
   * 'image' modalities [N, C, H, W]: uint8 / 255, in [0, 1].
+  * 'masked_sequence' modalities [N, T, C + 1]: the builder's zero-padded
+    frames [N, T, C] and true lengths (feature base.length_key(m), checked
+    to lie in [1, T]) become C standardised channels (statistics over the
+    train split's real frames only, padded frames 0) and a last channel,
+    the frame mask (1 for the first `length` frames, 0 after).
 Samples are ordered by the builder's 'index' feature, so the order does not
 depend on how TFDS shuffled the records on disk.
 """
@@ -125,7 +130,13 @@ def load(name: str, *, data_dir: str | None = None,
   train, test = read_split(sources['train']), read_split(sources['test'])
   train_xs, test_xs = [], []
   for m, kind in zip(b.MODALITIES, b.KINDS):
-    a, t = _preprocess(kind, train[m], test[m])
+    a, t = train[m], test[m]
+    if kind == 'masked_sequence':
+      a, t = (validate.with_frame_mask(
+          raw[m], raw[base.length_key(m)], f'dataset {name!r} ({b.data_dir}), '
+          f'split {split!r}, modality {m!r}', base.length_key(m))
+              for split, raw in (('train', train), ('test', test)))
+    a, t = _preprocess(kind, a, t)
     train_xs.append(a)
     test_xs.append(t)
   return validate.check_dataset(Dataset(
@@ -154,6 +165,8 @@ def _preprocess(kind: str, train: np.ndarray, test: np.ndarray
   if kind == 'image':  # One pass over the uint8 data, no float64 copy.
     return tuple(np.divide(a, np.float32(255), dtype=np.float32)
                  for a in (train, test))
+  if kind == 'masked_sequence':
+    return _standardise_frames(train, test)
   if kind not in ('vector', 'sequence'):
     raise ValueError(f'Unknown modality kind {kind!r}; expected one of '
                      f'{base.KINDS}.')
@@ -164,6 +177,22 @@ def _preprocess(kind: str, train: np.ndarray, test: np.ndarray
   std = np.maximum(train64.std(axis=axes, keepdims=True), STD_FLOOR)
   return (((train64 - mean) / std).astype(np.float32),
           ((test.astype(np.float64) - mean) / std).astype(np.float32))
+
+
+def _standardise_frames(train: np.ndarray, test: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """[N, T, C + 1] masked sequences (last channel the mask): each feature
+  channel standardised with the mean and std of the train split's real
+  frames (padding would pull both towards 0), padded frames left at 0."""
+  real = train[..., -1] > 0                                        # [N, T]
+  frames = train[..., :-1][real].astype(np.float64)                # [F, C]
+  mean, std = frames.mean(0), np.maximum(frames.std(0), STD_FLOOR)
+  out = []
+  for x in (train, test):
+    mask = x[..., -1:]
+    z = (x[..., :-1].astype(np.float64) - mean) / std * mask
+    out.append(np.concatenate([z, mask], -1).astype(np.float32))
+  return tuple(out)
 
 
 def _split(b: base.Builder, raw: dict[str, np.ndarray],

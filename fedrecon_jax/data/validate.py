@@ -18,8 +18,9 @@ from absl import logging
 import numpy as np
 
 # Dimensions of one sample per modality kind: vector [d], sequence [T, C],
-# image [C, H, W].
-SAMPLE_NDIM = {'vector': 1, 'sequence': 2, 'image': 3}
+# image [C, H, W], masked_sequence [T, C + 1] (model-ready: C features, then
+# the frame mask, 1 for the first `length` frames and 0 after).
+SAMPLE_NDIM = {'vector': 1, 'sequence': 2, 'image': 3, 'masked_sequence': 2}
 
 
 class BadDataError(ValueError):
@@ -95,9 +96,64 @@ def _check_modality(x: np.ndarray, kind: str, n: int, where: str) -> None:
     raise BadDataError(
         f'{where}: {kinds} values in {len(rows)} sample(s), first sample '
         f'{int(rows[0])}. Fix or drop those samples.')
+  if kind == 'masked_sequence':
+    _check_frame_mask(x, where)
 
 
-LAYOUT = {'vector': 'd', 'sequence': 'T, C', 'image': 'C, H, W'}
+LAYOUT = {'vector': 'd', 'sequence': 'T, C', 'image': 'C, H, W',
+          'masked_sequence': 'T, C + 1 (the last channel the frame mask)'}
+
+
+def _check_frame_mask(x: np.ndarray, where: str) -> None:
+  """A model-ready masked sequence [N, T, C + 1]: its last channel is a
+  prefix mask of at least one frame, and padded frames' features are 0."""
+  field = f'{where}, field mask (last channel)'
+  if x.shape[-1] < 2:
+    raise BadDataError(f'{field}: {x.shape[-1]} channel(s); a masked '
+                       'sequence has at least one feature and the mask.')
+  mask = x[..., -1]
+  bad = ~((mask == 0) | (mask == 1)).all(1)
+  bad |= (np.diff(mask, axis=1) > 0).any(1)     # a 0 before a 1: not a prefix
+  if bad.any():
+    raise BadDataError(f'{field}: sample {int(np.flatnonzero(bad)[0])} is '
+                       'not 1 for its first frames and 0 after; the mask '
+                       'must be a prefix of ones.')
+  empty = mask[:, 0] == 0
+  if empty.any():
+    raise BadDataError(f'{field}: {int(empty.sum())} sample(s) of length 0, '
+                       f'first sample {int(np.flatnonzero(empty)[0])}; '
+                       f'lengths must be in [1, T={x.shape[1]}].')
+  leak = ((x[..., :-1] != 0).any(-1) & (mask == 0)).any(1)
+  if leak.any():
+    raise BadDataError(f'{field}: sample {int(np.flatnonzero(leak)[0])} has '
+                       'non-zero features on padded frames (mask 0).')
+
+
+def with_frame_mask(x: np.ndarray, lengths: np.ndarray, where: str,
+                    field: str) -> np.ndarray:
+  """Raw frames [N, T, C] and true lengths [N] -> [N, T, C + 1]: frames past
+  each length zeroed, the frame mask appended as the last channel. Lengths
+  that are not integers in [1, T], or not one per sample, are a BadDataError
+  naming `field` (the builder's length feature)."""
+  lengths = np.asarray(lengths)
+  name = f'{where}, field {field}'
+  if x.ndim != 3:
+    raise BadDataError(f'{where}: frames of shape {x.shape}, expected '
+                       '[N, T, C].')
+  n, t = x.shape[:2]
+  if lengths.shape != (n,):
+    raise BadDataError(f'{name}: shape {lengths.shape}, expected [N={n}] '
+                       '(one length per sample).')
+  if not np.issubdtype(lengths.dtype, np.integer):
+    raise BadDataError(f'{name}: dtype {lengths.dtype}; lengths are integer '
+                       'frame counts.')
+  bad = (lengths < 1) | (lengths > t)
+  if bad.any():
+    i = int(np.flatnonzero(bad)[0])
+    raise BadDataError(f'{name}: {int(bad.sum())} length(s) outside [1, '
+                       f'T={t}], e.g. sample {i} has {int(lengths[i])}.')
+  mask = (np.arange(t)[None] < lengths[:, None]).astype(x.dtype)   # [N, T]
+  return np.concatenate([x * mask[..., None], mask[..., None]], axis=-1)
 
 
 def report_empty_clients(num_samples: np.ndarray, where: str) -> int:
