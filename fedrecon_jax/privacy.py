@@ -210,26 +210,24 @@ def epsilon_after(cfg, num_clients: int, round_: int) -> float:
 # asked for. A run asks after every round; composing one round onto the
 # last PLD (~0.05-0.4 s) instead of all of them again (~2-6 s at 70 rounds)
 # keeps per-round epsilons cheap. Equal to PLDAccountant's to ~1e-10
-# (tests/test_privacy.py).
+# (tests/test_privacy.py); a resume recomposes its rounds once.
 _PLD_CACHE: dict = {}
 
 
 def _running_pld(stages: tuple, done: tuple):
   """The PLD of rounds done[i] of each stage i, in order (stage 0's
-  first): one more round composed onto the cached PLD when that is a
-  prefix of `done`, else built stage by stage (self-composed)."""
+  first), composed one round at a time onto the cached PLD when that is a
+  prefix of `done`, else from the first round. Always one round at a time:
+  a resumed process then computes each round's epsilon bit for bit as the
+  uninterrupted one did (self_compose(n) differs in the 10th digit)."""
   order = [i for i, n in enumerate(done) for _ in range(n)]
   have, pld = _PLD_CACHE.pop(stages, ((0,) * len(stages), None))
   have_order = [i for i, n in enumerate(have) for _ in range(n)]
-  if pld is not None and order[:len(have_order)] == have_order:
-    for i in order[len(have_order):]:
-      pld = pld.compose(_one_round_pld(stages[i]))
-  else:
-    pld = None
-    for stage, n in zip(stages, done):
-      if n:
-        part = _one_round_pld(stage).self_compose(n)
-        pld = part if pld is None else pld.compose(part)
+  if pld is None or order[:len(have_order)] != have_order:
+    have_order, pld = [], None
+  for i in order[len(have_order):]:
+    one = _one_round_pld(stages[i])
+    pld = one if pld is None else pld.compose(one)
   if pld is None:
     pld = _dp_accounting().pld.privacy_loss_distribution.identity(
         value_discretization_interval=_PLD_INTERVAL)
