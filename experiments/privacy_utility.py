@@ -72,12 +72,31 @@ METRICS = {
 }
 
 
-def grids(fixed: dict, noise_multipliers, seeds) -> dict[str, grid_lib.Grid]:
-  """{'no_dp': seed, 'dp': z x seed} over the same fixed flags."""
-  return {'no_dp': grid_lib.Grid({'seed': list(seeds)},
-                                 {**fixed, 'dp_clip': 0.0}),
-          'dp': grid_lib.Grid({'dp_noise_multiplier': list(noise_multipliers),
-                               'seed': list(seeds)}, fixed)}
+def grids(fixed: dict, noise_multipliers, seeds,
+          control: bool = True) -> dict[str, grid_lib.Grid]:
+  """{'no_dp': seed, 'dp': z x seed, 'control': seed} over the same fixed
+  flags. The control is DP-FedAvg with C = inf and z = 0: FedAvg with
+  uniform client weights and the fixed denominator on every group, neither
+  clipped nor noised, so the page separates what those cost (against no
+  DP) from what clipping costs (z = 0) and what noise costs (z > 0)."""
+  out = {'no_dp': grid_lib.Grid({'seed': list(seeds)},
+                                {**fixed, 'dp_clip': 0.0}),
+         'dp': grid_lib.Grid({'dp_noise_multiplier': list(noise_multipliers),
+                              'seed': list(seeds)}, fixed)}
+  if control:
+    out['control'] = grid_lib.Grid(
+        {'seed': list(seeds)}, {**fixed, 'dp_clip': float('inf'),
+                                'dp_noise_multiplier': 0.0, 'dp_clip_lr': 0.0})
+  return out
+
+
+def kind(row: dict) -> str:
+  """'no_dp', 'control' (C = inf, z = 0), 'clip_only' (z = 0) or 'dp'."""
+  if row['noise_multiplier'] is None:
+    return 'no_dp'
+  if row['dp_clip'] == float('inf'):
+    return 'control'
+  return 'clip_only' if row['noise_multiplier'] == 0 else 'dp'
 
 
 def train_and_score(root: str, grids_: dict, *, runs_per_program,
@@ -118,7 +137,7 @@ def collect(root: str, grids_: dict) -> list[dict]:
       cfg = grid.config(cell, os.path.join(root, name))
       scored = table2_scoring.read_scored(cfg.workdir, VARIANT)
       z = cfg.dp_noise_multiplier if cfg.dp_clip > 0 else None
-      level = levels.setdefault(z, {'noise_multiplier': z,
+      level = levels.setdefault((z, cfg.dp_clip), {'noise_multiplier': z,
                                     'dp_clip': cfg.dp_clip or None,
                                     'seeds': [], 'diverged': [], 'cells': []})
       if scored.scores is None or scored.summary is None:
@@ -149,10 +168,13 @@ def _fmt(x: dict) -> str:
 def figure(rows: list[dict], path: str) -> None:
   """Each METRICS entry against epsilon (log axis); no DP as a band."""
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
-  dp_rows = sorted((r for r in rows if r['noise_multiplier']
+  dp_rows = sorted((r for r in rows if kind(r) == 'dp'
                     and 'f1_macro' in r), key=lambda r: r['epsilon'])
-  # Epsilon is infinite without noise: with and without clipping, bands.
-  bands = {None: ('--', 'no DP (ε = ∞)'), 0.0: (':', 'clip only, z = 0')}
+  # Epsilon is infinite without noise: no DP, the control and clipping
+  # alone are bands.
+  bands = {'no_dp': ('--', 'no DP (ε = ∞)'),
+           'control': ('-.', 'C = ∞, z = 0 (uniform weights, / D)'),
+           'clip_only': (':', 'clip only, z = 0')}
   for ax, (key, (label, _)) in zip(axes, METRICS.items()):
     eps = [r['epsilon'] for r in dp_rows]
     ax.errorbar(eps, [r[key]['mean'] for r in dp_rows],
@@ -163,13 +185,14 @@ def figure(rows: list[dict], path: str) -> None:
                                                    r[key]['mean']),
                   textcoords='offset points', xytext=(4, 4), fontsize=8)
     for r in rows:
-      if r['noise_multiplier'] in bands and key in r:
+      if kind(r) in bands and key in r:
         m, s = r[key]['mean'], r[key]['std']
-        ls, name = bands[r['noise_multiplier']]
+        ls, name = bands[kind(r)]
         ax.axhline(m, color='k', ls=ls, lw=1, label=name)
         ax.axhspan(m - s, m + s, color='k', alpha=0.1)
     ax.set_xscale('log')
-    ax.set_xlabel('final ε')
+    ax.set_xlabel(f'final ε at δ = {dp_rows[0]["delta"]:.2g}' if dp_rows
+                  else 'final ε')
     ax.set_title(label, fontsize=10)
   axes[0].legend(fontsize=8)
   fig.tight_layout()
@@ -213,9 +236,9 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
           label for label, _ in METRICS.values()) + ' | train s per run |',
       '|---' * (len(METRICS) + 5) + '|']
   for r in rows:
-    z = r['noise_multiplier']
-    z = ('no DP' if z is None else
-         f'{z:g}' + (' (clip only)' if z == 0 else ''))
+    z = {'no_dp': 'no DP', 'control': '0 (C = ∞: no clip, no noise)',
+         'clip_only': '0 (clip only)'}.get(kind(r))
+    z = z or f'{r["noise_multiplier"]:g}'
     eps = r.get('epsilon', float('nan'))
     delta = f'{r["delta"]:.2g}' if r.get('delta') else '-'
     seeds = ','.join(map(str, r['seeds'])) + (
@@ -243,7 +266,7 @@ def main(argv):
   fixed = _fixed_flags()
   try:
     grids_ = grids(fixed, [float(z) for z in fl.noise_multipliers],
-                   [int(s) for s in fl.seeds])
+                   [int(s) for s in fl.seeds], fl.control)
     failed = train_and_score(fl.root, grids_,
                              runs_per_program=fl.runs_per_program,
                              probe_steps=fl.probe_steps)
@@ -270,6 +293,8 @@ def define_flags() -> None:
   flags.DEFINE_list('noise_multipliers', ['0', '0.3', '1', '3'],
                     'DP noise multipliers z, one level each.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every level.')
+  flags.DEFINE_bool('control', True, 'Also train the C = inf, z = 0 control '
+                    '(uniform weights and the fixed denominator alone).')
   flags.DEFINE_string('runs_per_program', '3', 'Cells trained at a time as '
                       'one program (a runs axis); see experiments.sweep.')
   flags.DEFINE_integer('probe_steps', 1500,
