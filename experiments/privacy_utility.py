@@ -5,16 +5,27 @@ r"""Privacy against utility: FedRecon under client-level DP-FedAvg.
 
 Trains FedRecon on uci_multifeature at each --noise_multipliers level z
 (DP-FedAvg in both stages, clip --dp_clip; z = 0 clips without noise, which
-separates what clipping costs from what noise costs) x --seeds, and the
-same schedule without DP, as two sweeps (fedrecon_jax.sweep: cells that differ only in z
-and seed share one program, --runs_per_program of them trained at a time
-on the runs axis) under <root>/dp and <root>/no_dp. Each trained generator
+separates what clipping costs from what noise costs) x --seeds, the same
+schedule without DP, and the C = inf, z = 0 control (--control), as sweeps
+(fedrecon_jax.sweep: cells that differ only in z and seed share one
+program, --runs_per_program of them trained at a time on the runs axis)
+under <root>/dp, <root>/no_dp and <root>/control. Each trained generator
 is then scored (fedrecon_jax.table2_scoring: coherence judged by probes
 trained once on real data per seed, cached in <root>/probes), and
 <out>.md, <out>.json and <out>.png get the final macro-F1 and
 reconstruction coherence against the final epsilon (dp-accounting's PLD
-accountant of Poisson cohorts by default, both stages composed), mean ± std over seeds, with the commit
-and command in the header.
+accountant of Poisson cohorts by default, both stages composed; the table
+also gives epsilon at delta = 1e-5 and 1/K^1.1), mean ± std over seeds,
+with the commit and command in the header.
+
+The cross-device page (issue 37: K = 300, expected cohort 50; one run of
+it took 3.4 min on 2 shared CPU cores, so 7 levels x 3 seeds is ~70 min
+plus scoring):
+
+  python -m experiments.privacy_utility --root=workdirs/pu_cross_device \
+      --out=experiments/results/privacy_utility_cross_device_cpu \
+      --num_clients=300 --min_client_size=2 --clients_per_round=50 \
+      --dp_delta=1e-5 --noise_multipliers=0,0.5,1,2,4 --seeds=0,1,2
 
 SETTINGS are the schedule's defaults (flags given on the command line win).
 Re-running skips finished and scored cells.
@@ -121,6 +132,21 @@ def train_and_score(root: str, grids_: dict, *, runs_per_program,
   return failed
 
 
+def _epsilons_at(cfg) -> dict[str, float]:
+  """The run's final epsilon at delta = 1e-5 and at 1/K^1.1 (keys as
+  printed), whichever delta it logged: a page can then be read in both
+  conventions. inf without DP or noise."""
+  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import privacy
+  k = cfg.num_clients
+  out = {}
+  for delta in (1e-5, privacy.default_delta(k)):
+    out[f'{delta:.2g}'] = (privacy.epsilon(
+        privacy.schedule(cfg, k), delta, accountant=cfg.dp_accountant)
+                           if cfg.dp_clip > 0 else float('inf'))
+  return out
+
+
 def _mean_std(values) -> dict:
   return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
           'values': [float(v) for v in values]}
@@ -149,6 +175,7 @@ def collect(root: str, grids_: dict) -> list[dict]:
       level['seeds'].append(cfg.seed)
       level['epsilon'] = scored.summary.get('epsilon', float('inf'))
       level['delta'] = scored.summary.get('dp_delta')
+      level['epsilon_at'] = _epsilons_at(cfg)
       level['cells'].append({k: fn(scored.summary, row)
                              for k, (_, fn) in METRICS.items()}
                             | {'train_seconds': scored.summary['wall_seconds']})
@@ -232,9 +259,10 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
       'trained on real data judge reconstructions of the test set '
       '(table2_scoring); mean ± std over seeds.', '',
       f'![privacy-utility]({os.path.basename(out)}.png)', '',
-      '| noise z | final ε | δ | seeds | ' + ' | '.join(
+      '| noise z | final ε | δ | ε at 1e-5 / 1/K^1.1 | seeds | '
+      + ' | '.join(
           label for label, _ in METRICS.values()) + ' | train s per run |',
-      '|---' * (len(METRICS) + 5) + '|']
+      '|---' * (len(METRICS) + 6) + '|']
   for r in rows:
     z = {'no_dp': 'no DP', 'control': '0 (C = ∞: no clip, no noise)',
          'clip_only': '0 (clip only)'}.get(kind(r))
@@ -244,7 +272,8 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
     seeds = ','.join(map(str, r['seeds'])) + (
         f' ({len(r["diverged"])} diverged)' if r['diverged'] else '')
     cols = [_fmt(r.get(k)) for k in (*METRICS, 'train_seconds')]
-    lines.append(f'| {z} | {eps:.3g} | {delta} | {seeds} | '
+    both = ' / '.join(f'{v:.3g}' for v in r.get('epsilon_at', {}).values())
+    lines.append(f'| {z} | {eps:.3g} | {delta} | {both or "-"} | {seeds} | '
                  + ' | '.join(cols) + ' |')
   with open(out + '.md', 'w') as f:
     f.write('\n'.join(lines) + '\n')
