@@ -4,14 +4,17 @@ One round of one stage, for R runs at once, is one jitted program:
 
   mesh (runs, clients)       R runs       each run: its own key, h, partition
   state [R, ...]  --vmap over runs (spmd axis `runs`)-->  one run's round:
-    ids = permutation(fold_in(round key, 0))[:C] (padded with zero-weight
-    clients to a multiple of the chunk); for each chunk of the cohort (a loop
-    inside the program; one chunk = the whole cohort at once):
+    ids = permutation(fold_in(round key, 0))[:C], or with Poisson sampling
+    the members of one Bernoulli(q) draw per client in C static slots
+    (sampling.py), padded with zero-weight clients to a multiple of the
+    chunk; for each chunk of the cohort (a loop inside the program; one
+    chunk = the whole cohort at once):
       gather the chunk's rows of the population  [chunk, max_n, ...]
       jax.vmap(client_update) over the chunk (spmd axis `clients`)
       server.client_sums: weighted sums over the chunk's clients, added up
     (with --dp_clip, dp.client_sums: each client weighted by its clip
-    scale, and dp.finish_sums: noise from the round key, / the cohort size)
+    scale, and dp.finish_sums: noise from the round key, / the cohort size
+    or qK; dp.next_clip moves an adaptive clip)
     server.apply_sums: the server step on the total
   -> state [R, ...]
 

@@ -3,11 +3,6 @@ does: the adaptive clip (ServerState.dp, in every checkpoint), the Poisson
 cohorts and the per-round epsilon (privacy.epsilon_after's running PLD,
 rebuilt from scratch by the resumed process) included."""
 
-import os
-import signal
-import subprocess
-import time
-
 import tiny
 
 # zero_fill (one stage) with the FedAvg server: no server optimizer state,
@@ -32,21 +27,8 @@ def test_dp_run_killed_and_resumed_matches_uninterrupted(env, tmp_path):
   assert all(a['epsilon'] < b['epsilon'] for a, b in zip(want, want[1:]))
 
   workdir = str(tmp_path / 'killed')
-  proc = tiny.popen(tiny.train_cmd(workdir, **SCHEDULE), env,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  try:
-    # Kill once a checkpoint is committed and later rounds are logged.
-    while proc.poll() is None and time.time() < deadline:
-      done = tiny.steps(workdir)
-      if done and tiny.rounds_logged(workdir) > done[-1]:
-        break
-      time.sleep(0.01)
-    assert proc.poll() is None, 'the run ended before it could be killed'
-    os.kill(proc.pid, signal.SIGKILL)
-  finally:
-    proc.kill()
-    proc.wait()
+  tiny.kill_after_a_checkpoint(tiny.train_cmd(workdir, **SCHEDULE), env,
+                              workdir)
   assert tiny.rounds_logged(workdir) < 8
   out = tiny.run(tiny.train_cmd(workdir, **SCHEDULE), env).stdout
   assert 'round 1/' not in out, 'restarted instead of resuming'
