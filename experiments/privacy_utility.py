@@ -5,16 +5,27 @@ r"""Privacy against utility: FedRecon under client-level DP-FedAvg.
 
 Trains FedRecon on uci_multifeature at each --noise_multipliers level z
 (DP-FedAvg in both stages, clip --dp_clip; z = 0 clips without noise, which
-separates what clipping costs from what noise costs) x --seeds, and the
-same schedule without DP, as two sweeps (fedrecon_jax.sweep: cells that differ only in z
-and seed share one program, --runs_per_program of them trained at a time
-on the runs axis) under <root>/dp and <root>/no_dp. Each trained generator
+separates what clipping costs from what noise costs) x --seeds, the same
+schedule without DP, and the C = inf, z = 0 control (--control), as sweeps
+(fedrecon_jax.sweep: cells that differ only in z and seed share one
+program, --runs_per_program of them trained at a time on the runs axis)
+under <root>/dp, <root>/no_dp and <root>/control. Each trained generator
 is then scored (fedrecon_jax.table2_scoring: coherence judged by probes
 trained once on real data per seed, cached in <root>/probes), and
 <out>.md, <out>.json and <out>.png get the final macro-F1 and
-reconstruction coherence against the final epsilon (dp-accounting's RDP
-accountant, both stages composed), mean ± std over seeds, with the commit
-and command in the header.
+reconstruction coherence against the final epsilon (dp-accounting's PLD
+accountant of Poisson cohorts by default, both stages composed; the table
+also gives epsilon at delta = 1e-5 and 1/K^1.1), mean ± std over seeds,
+with the commit and command in the header.
+
+The cross-device page (issue 37: K = 300, expected cohort 50; one run of
+it took 3.4 min on 2 shared CPU cores, so 7 levels x 3 seeds is ~70 min
+plus scoring):
+
+  python -m experiments.privacy_utility --root=workdirs/pu_cross_device \
+      --out=experiments/results/privacy_utility_cross_device_cpu \
+      --num_clients=300 --min_client_size=2 --clients_per_round=50 \
+      --dp_delta=1e-5 --noise_multipliers=0,0.5,1,2,4 --seeds=0,1,2
 
 SETTINGS are the schedule's defaults (flags given on the command line win).
 Re-running skips finished and scored cells.
@@ -53,7 +64,11 @@ SETTINGS = {'dataset': 'uci_multifeature', 'method': 'fedrecon',
             'num_clients': 100, 'clients_per_round': 10, 'gen_rounds': 50,
             'rounds': 20, 'local_epochs': 5, 'gen_width': 64, 'map_width': 64,
             'gen_optimizer': 'adam', 'gen_lr': 3e-3, 'dp_clip': 1.0,
-            'eval_every': 10}
+            'eval_every': 10,
+            # The convention Opacus, TFF and most papers report (issue 37):
+            # Poisson cohorts, add/remove, PLD. The page before 2026-12-06
+            # used fixed cohorts under replace-one with RDP.
+            'client_sampling': 'poisson', 'dp_accountant': 'pld'}
 VARIANT = 'fedrecon'
 # Set by this script per cell; every other training flag passes through.
 _NOT_PASSED = ('workdir', 'seed', 'dp_noise_multiplier')
@@ -68,12 +83,31 @@ METRICS = {
 }
 
 
-def grids(fixed: dict, noise_multipliers, seeds) -> dict[str, grid_lib.Grid]:
-  """{'no_dp': seed, 'dp': z x seed} over the same fixed flags."""
-  return {'no_dp': grid_lib.Grid({'seed': list(seeds)},
-                                 {**fixed, 'dp_clip': 0.0}),
-          'dp': grid_lib.Grid({'dp_noise_multiplier': list(noise_multipliers),
-                               'seed': list(seeds)}, fixed)}
+def grids(fixed: dict, noise_multipliers, seeds,
+          control: bool = True) -> dict[str, grid_lib.Grid]:
+  """{'no_dp': seed, 'dp': z x seed, 'control': seed} over the same fixed
+  flags. The control is DP-FedAvg with C = inf and z = 0: FedAvg with
+  uniform client weights and the fixed denominator on every group, neither
+  clipped nor noised, so the page separates what those cost (against no
+  DP) from what clipping costs (z = 0) and what noise costs (z > 0)."""
+  out = {'no_dp': grid_lib.Grid({'seed': list(seeds)},
+                                {**fixed, 'dp_clip': 0.0}),
+         'dp': grid_lib.Grid({'dp_noise_multiplier': list(noise_multipliers),
+                              'seed': list(seeds)}, fixed)}
+  if control:
+    out['control'] = grid_lib.Grid(
+        {'seed': list(seeds)}, {**fixed, 'dp_clip': float('inf'),
+                                'dp_noise_multiplier': 0.0, 'dp_clip_lr': 0.0})
+  return out
+
+
+def kind(row: dict) -> str:
+  """'no_dp', 'control' (C = inf, z = 0), 'clip_only' (z = 0) or 'dp'."""
+  if row['noise_multiplier'] is None:
+    return 'no_dp'
+  if row['dp_clip'] == float('inf'):
+    return 'control'
+  return 'clip_only' if row['noise_multiplier'] == 0 else 'dp'
 
 
 def train_and_score(root: str, grids_: dict, *, runs_per_program,
@@ -98,6 +132,21 @@ def train_and_score(root: str, grids_: dict, *, runs_per_program,
   return failed
 
 
+def _epsilons_at(cfg) -> dict[str, float]:
+  """The run's final epsilon at delta = 1e-5 and at 1/K^1.1 (keys as
+  printed), whichever delta it logged: a page can then be read in both
+  conventions. inf without DP or noise."""
+  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import privacy
+  k = cfg.num_clients
+  out = {}
+  for delta in (1e-5, privacy.default_delta(k)):
+    out[f'{delta:.2g}'] = (privacy.epsilon(
+        privacy.schedule(cfg, k), delta, accountant=cfg.dp_accountant)
+                           if cfg.dp_clip > 0 else float('inf'))
+  return out
+
+
 def _mean_std(values) -> dict:
   return {'mean': float(np.mean(values)), 'std': float(np.std(values)),
           'values': [float(v) for v in values]}
@@ -114,7 +163,7 @@ def collect(root: str, grids_: dict) -> list[dict]:
       cfg = grid.config(cell, os.path.join(root, name))
       scored = table2_scoring.read_scored(cfg.workdir, VARIANT)
       z = cfg.dp_noise_multiplier if cfg.dp_clip > 0 else None
-      level = levels.setdefault(z, {'noise_multiplier': z,
+      level = levels.setdefault((z, cfg.dp_clip), {'noise_multiplier': z,
                                     'dp_clip': cfg.dp_clip or None,
                                     'seeds': [], 'diverged': [], 'cells': []})
       if scored.scores is None or scored.summary is None:
@@ -126,6 +175,7 @@ def collect(root: str, grids_: dict) -> list[dict]:
       level['seeds'].append(cfg.seed)
       level['epsilon'] = scored.summary.get('epsilon', float('inf'))
       level['delta'] = scored.summary.get('dp_delta')
+      level['epsilon_at'] = _epsilons_at(cfg)
       level['cells'].append({k: fn(scored.summary, row)
                              for k, (_, fn) in METRICS.items()}
                             | {'train_seconds': scored.summary['wall_seconds']})
@@ -145,10 +195,13 @@ def _fmt(x: dict) -> str:
 def figure(rows: list[dict], path: str) -> None:
   """Each METRICS entry against epsilon (log axis); no DP as a band."""
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
-  dp_rows = sorted((r for r in rows if r['noise_multiplier']
+  dp_rows = sorted((r for r in rows if kind(r) == 'dp'
                     and 'f1_macro' in r), key=lambda r: r['epsilon'])
-  # Epsilon is infinite without noise: with and without clipping, bands.
-  bands = {None: ('--', 'no DP (ε = ∞)'), 0.0: (':', 'clip only, z = 0')}
+  # Epsilon is infinite without noise: no DP, the control and clipping
+  # alone are bands.
+  bands = {'no_dp': ('--', 'no DP (ε = ∞)'),
+           'control': ('-.', 'C = ∞, z = 0 (uniform weights, / D)'),
+           'clip_only': (':', 'clip only, z = 0')}
   for ax, (key, (label, _)) in zip(axes, METRICS.items()):
     eps = [r['epsilon'] for r in dp_rows]
     ax.errorbar(eps, [r[key]['mean'] for r in dp_rows],
@@ -159,18 +212,28 @@ def figure(rows: list[dict], path: str) -> None:
                                                    r[key]['mean']),
                   textcoords='offset points', xytext=(4, 4), fontsize=8)
     for r in rows:
-      if r['noise_multiplier'] in bands and key in r:
+      if kind(r) in bands and key in r:
         m, s = r[key]['mean'], r[key]['std']
-        ls, name = bands[r['noise_multiplier']]
+        ls, name = bands[kind(r)]
         ax.axhline(m, color='k', ls=ls, lw=1, label=name)
         ax.axhspan(m - s, m + s, color='k', alpha=0.1)
     ax.set_xscale('log')
-    ax.set_xlabel('final ε')
+    ax.set_xlabel(f'final ε at δ = {dp_rows[0]["delta"]:.2g}' if dp_rows
+                  else 'final ε')
     ax.set_title(label, fontsize=10)
   axes[0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _sampling_text(s: dict) -> str:
+  if s.get('client_sampling') == 'poisson':
+    return (f'each client in a round with probability '
+            f'{s["clients_per_round"]}/{s["num_clients"]} (Poisson; '
+            'add/remove neighbours), ')
+  return (f'{s["clients_per_round"]} a round without replacement '
+          '(replace-one neighbours), ')
 
 
 def write_page(rows: list[dict], out: str, meta: dict) -> str:
@@ -187,27 +250,30 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
       f'{meta["wall_seconds"] / 60:.1f} min wall on {meta["machine"]}.', '',
       f'{s["dataset"]}, {s["method"]}, {s["num_clients"]} clients '
       f'(alpha {s["alpha"]}, missing rate {s["missing_rate"]}), '
-      f'{s["clients_per_round"]} a round without replacement, '
+      + _sampling_text(s) +
       f'{s["gen_rounds"]} generator + {s["rounds"]} task rounds; DP-FedAvg '
       f'(McMahan et al. 2018, fixed denominator) in both stages with clip '
-      f'C = {s["dp_clip"]}; epsilon from dp-accounting\'s RDP accountant '
+      f'C = {s["dp_clip"]}; epsilon from dp-accounting\'s '
+      f'{s.get("dp_accountant", "rdp").upper()} accountant '
       'at the delta shown, both stages composed. Coherence: the probes '
       'trained on real data judge reconstructions of the test set '
       '(table2_scoring); mean ± std over seeds.', '',
       f'![privacy-utility]({os.path.basename(out)}.png)', '',
-      '| noise z | final ε | δ | seeds | ' + ' | '.join(
+      '| noise z | final ε | δ | ε at 1e-5 / 1/K^1.1 | seeds | '
+      + ' | '.join(
           label for label, _ in METRICS.values()) + ' | train s per run |',
-      '|---' * (len(METRICS) + 5) + '|']
+      '|---' * (len(METRICS) + 6) + '|']
   for r in rows:
-    z = r['noise_multiplier']
-    z = ('no DP' if z is None else
-         f'{z:g}' + (' (clip only)' if z == 0 else ''))
+    z = {'no_dp': 'no DP', 'control': '0 (C = ∞: no clip, no noise)',
+         'clip_only': '0 (clip only)'}.get(kind(r))
+    z = z or f'{r["noise_multiplier"]:g}'
     eps = r.get('epsilon', float('nan'))
     delta = f'{r["delta"]:.2g}' if r.get('delta') else '-'
     seeds = ','.join(map(str, r['seeds'])) + (
         f' ({len(r["diverged"])} diverged)' if r['diverged'] else '')
     cols = [_fmt(r.get(k)) for k in (*METRICS, 'train_seconds')]
-    lines.append(f'| {z} | {eps:.3g} | {delta} | {seeds} | '
+    both = ' / '.join(f'{v:.3g}' for v in r.get('epsilon_at', {}).values())
+    lines.append(f'| {z} | {eps:.3g} | {delta} | {both or "-"} | {seeds} | '
                  + ' | '.join(cols) + ' |')
   with open(out + '.md', 'w') as f:
     f.write('\n'.join(lines) + '\n')
@@ -229,7 +295,7 @@ def main(argv):
   fixed = _fixed_flags()
   try:
     grids_ = grids(fixed, [float(z) for z in fl.noise_multipliers],
-                   [int(s) for s in fl.seeds])
+                   [int(s) for s in fl.seeds], fl.control)
     failed = train_and_score(fl.root, grids_,
                              runs_per_program=fl.runs_per_program,
                              probe_steps=fl.probe_steps)
@@ -256,6 +322,8 @@ def define_flags() -> None:
   flags.DEFINE_list('noise_multipliers', ['0', '0.3', '1', '3'],
                     'DP noise multipliers z, one level each.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every level.')
+  flags.DEFINE_bool('control', True, 'Also train the C = inf, z = 0 control '
+                    '(uniform weights and the fixed denominator alone).')
   flags.DEFINE_string('runs_per_program', '3', 'Cells trained at a time as '
                       'one program (a runs axis); see experiments.sweep.')
   flags.DEFINE_integer('probe_steps', 1500,

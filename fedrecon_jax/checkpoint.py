@@ -204,7 +204,8 @@ class Checkpointer:
         state=ocp.args.StandardRestore(_abstract_state(exp, cfg, step))))
     got = tree['state']
     state = server.ServerState(got['params'], got['opt_state'],
-                               np.int32(step), got.get('clients', ()))
+                               np.int32(step), got.get('clients', ()),
+                               got.get('dp', ()))
     return state, meta.get('metrics', [])
 
   def _config_path(self) -> str:
@@ -279,6 +280,8 @@ def _tree(state: server.ServerState) -> dict:
   tree = {'params': state.params, 'opt_state': state.opt_state}
   if jax.tree.leaves(state.clients):
     tree['clients'] = state.clients
+  if jax.tree.leaves(state.dp):   # the (adaptive) clip: a resume goes on
+    tree['dp'] = state.dp         # from where the clip was
   return tree
 
 

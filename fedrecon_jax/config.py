@@ -32,7 +32,8 @@ HPARAMS = hparams.NAMES
 # that change only the data a run's clients hold (its partition, padded to
 # the group's largest client) or its keys.
 PER_RUN_FIELDS = HPARAMS + ('seed', 'missing_rate', 'alpha', 'workdir',
-                             'dp_delta', 'dp_target_epsilon')
+                             'dp_delta', 'dp_target_epsilon',
+                             'dp_accountant', 'dp_log_nonprivate')
 
 # Fields whose change on resume is harmless (they do not define the experiment).
 RESUMABLE_OVERRIDES = ('rounds', 'workdir', 'data_dir', 'manual_dir',
@@ -114,6 +115,37 @@ class Config:
   dp_target_epsilon: float = _f(0.0, 'Refuse, before the first round, a DP '
                                 'schedule whose final epsilon exceeds this '
                                 '(0 = no limit).')
+  # Client sampling, DP accounting, adaptive clipping and what a DP run
+  # logs (issue 37; sampling.py, privacy.py, dp.py).
+  client_sampling: str = _f(
+      'fixed', "How each round's cohort is drawn: 'fixed' = "
+      '--clients_per_round clients without replacement (DP accounted under '
+      "replace-one); 'poisson' = each client independently with probability "
+      'q = clients_per_round / K (DP accounted under add/remove, as Opacus '
+      'and TFF report; the DP mean divides by the expected cohort qK).',
+      choices=('fixed', 'poisson'))
+  dp_accountant: str = _f(
+      'pld', "dp_accounting's accountant of the reported epsilon: 'pld' "
+      "(privacy loss distributions, tight; needs --client_sampling=poisson) "
+      "or 'rdp' (Renyi DP, what the moments accountant became).",
+      choices=('pld', 'rdp'))
+  dp_clip_lr: float = _f(0.0, 'Adaptive clipping (Andrew et al. 2021): the '
+                         'geometric learning rate eta of the clip towards '
+                         '--dp_target_quantile of the update norms (0 = a '
+                         'fixed clip --dp_clip; the paper uses 0.2).')
+  dp_target_quantile: float = _f(0.5, 'Adaptive clipping: the share of '
+                                 'clients whose update the clip should '
+                                 'leave unclipped, in [0, 1].')
+  dp_clip_count_stddev: float = _f(
+      0.0, 'Adaptive clipping: std of the Gaussian noise on the count of '
+      "clients within the clip (Andrew et al.'s sigma_b, e.g. expected "
+      'cohort / 20); accounted with the update noise. Needs > 0 when '
+      '--dp_clip_lr > 0 and --dp_noise_multiplier > 0.')
+  dp_log_nonprivate: bool = _f(
+      True, 'Under DP, also log the round diagnostics computed from the '
+      "cohort's data without noise (client loss terms, participant and "
+      "skipped counts), each under 'nonprivate/' in metrics.jsonl: they are "
+      'outside the DP guarantee. False drops them.')
   # Server.
   server_opt: str = _f('fedopt', 'Server aggregation.', choices=SERVER_OPTS)
   server_optimizer: str = _f('adam', 'Server optimizer on the pseudo-gradient '
@@ -276,6 +308,7 @@ class Config:
            'dp_noise_multiplier', self.dp_noise_multiplier,
            '0 when --dp_clip=inf (noise z C would be infinite)')
     _check(self.dp_delta < 1, 'dp_delta', self.dp_delta, 'in [0, 1)')
+    self._validate_dp()
     _check(self.natural_split or self.clients_per_round <= self.num_clients,
            'clients_per_round', self.clients_per_round,
            f'<= --num_clients ({self.num_clients})')
@@ -283,6 +316,37 @@ class Config:
            '>= 1 in total with --gen_rounds')
     _check(bool(self.workdir), 'workdir', self.workdir, 'a non-empty path')
     return self
+
+  def _validate_dp(self) -> None:
+    """Issue 37's settings: sampling, accountant, adaptive clipping, and
+    the data-dependent choices DP refuses."""
+    _check(0 <= self.dp_target_quantile <= 1, 'dp_target_quantile',
+           self.dp_target_quantile, 'in [0, 1]')
+    for name in ('dp_clip_lr', 'dp_clip_count_stddev'):
+      v = getattr(self, name)
+      _check(v >= 0 and math.isfinite(v), name, v, 'a finite number >= 0')
+    if self.dp_clip <= 0:
+      _check(self.dp_clip_lr == 0, 'dp_clip_lr', self.dp_clip_lr,
+             '0 unless --dp_clip > 0 (adaptive clipping is part of DP)')
+      return
+    _check(math.isfinite(self.dp_clip) or self.dp_clip_lr == 0, 'dp_clip_lr',
+           self.dp_clip_lr, '0 when --dp_clip=inf (no clip to adapt)')
+    _check(self.dp_clip_lr == 0 or self.dp_noise_multiplier == 0
+           or self.dp_clip_count_stddev > 0, 'dp_clip_count_stddev',
+           self.dp_clip_count_stddev,
+           '> 0 when --dp_clip_lr > 0 under noise (an exact count of '
+           'clipped clients is not private)')
+    _check(self.client_sampling == 'poisson' or self.dp_accountant == 'rdp',
+           'dp_accountant', self.dp_accountant,
+           "'rdp' with --client_sampling=fixed (dp_accounting's PLD has no "
+           'sampling-without-replacement event), or use '
+           '--client_sampling=poisson')
+    # A modality picked by a probe fitted on all clients' pooled training
+    # data is a release DP does not cover.
+    _check(self.method != 'unimodal' or self.unimodal_modality != 'best',
+           'unimodal_modality', self.unimodal_modality,
+           "a modality's name under DP (--dp_clip > 0): 'best' fits a probe "
+           "on the clients' pooled training data, outside the guarantee")
 
   def hparams(self) -> hparams.Hparams:
     """The HPARAMS as float32 scalars: the round programs' traced inputs."""

@@ -21,9 +21,20 @@ uniform weights: bitwise the same model (tests/test_dp.py).
 
 C and z may be traced (per-run numbers on the runs axis).
 
-Sampling assumption: the cohort is a fixed-size sample without replacement
-(rounds.cohort_ids), and privacy.py accounts for exactly that
-(dp_accounting's SampledWithoutReplacementDpEvent under RDP).
+Adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy, NeurIPS 2021,
+"Differentially Private Learning with Adaptive Clipping"): each client
+also reports the bit b_k = [||Delta_k|| <= C]; the server releases the
+centred count sum_k (b_k - 1/2) + N(0, sigma_b^2), estimates the unclipped
+fraction b = (that + D/2) / D and moves the clip geometrically towards the
+target quantile gamma: C <- C exp(-eta (b - gamma)). gamma, eta and sigma_b
+are per-run numbers (h.dp_target_quantile, h.dp_clip_lr,
+h.dp_clip_count_stddev); with eta = 0 the clip stays at --dp_clip exactly
+and the count is not released (privacy.py accounts it only when eta > 0).
+Centring halves the count's sensitivity under add/remove (1/2, not 1).
+
+Sampling: a fixed-size cohort drawn without replacement (accounted under
+replace-one) or a Poisson cohort (add/remove); D is the cohort size or the
+expected cohort qK (rounds._cohort, privacy.py).
 """
 
 from __future__ import annotations
@@ -48,10 +59,11 @@ def clip_scales(deltas, clip):
 
 def client_sums(local, weights, metrics, valid, trainable, clip) -> dict:
   """server.client_sums with 'num' the sum of the clients' params each
-  weighted by its clip scale s_k ([N], one client's trained params raveled)
-  and 'mass' the sum of the scales: both add up across chunks as the
-  weighted sums do. The rest (participants, skipped, metrics) is counted
-  from the clients' own `weights`.
+  weighted by its clip scale s_k ([N], one client's trained params raveled),
+  'mass' the sum of the scales and 'unclipped' the centred count
+  sum_k (b_k - 1/2) of clients within the clip (adaptive clipping): all add
+  up across chunks as the weighted sums do. The rest (participants,
+  skipped, metrics) is counted from the clients' own `weights`.
 
   local: leaves [c, *shape]; trainable: the server's, leaves [*shape];
   valid: bool [c]; clip: scalar.
@@ -63,7 +75,28 @@ def client_sums(local, weights, metrics, valid, trainable, clip) -> dict:
   scale = jnp.where(valid, clip_scales(deltas, clip), 0.0)        # [c]
   scaled = server.client_sums(local, jax.tree.map(lambda _: scale, local),
                               {}, valid)
-  return {**sums, 'num': scaled['num'], 'mass': jnp.sum(scale)}
+  norm = jnp.sqrt(jnp.sum(jnp.square(deltas), axis=1))
+  # A non-finite update counts as clipped (b = 0), as it is left out.
+  bit = (norm <= clip).astype(jnp.float32)
+  return {**sums, 'num': scaled['num'], 'mass': jnp.sum(scale),
+          'unclipped': jnp.sum(jnp.where(valid, bit - 0.5, 0.0))}
+
+
+def next_clip(key, clip, unclipped, h, denominator):
+  """The clip after this round (Andrew et al. 2021, Algorithm 1's
+  geometric update): b = (unclipped + N(0, sigma_b^2)) / D + 1/2, the noised
+  fraction of clients within `clip`; C exp(-eta (b - gamma)).
+
+  unclipped: the centred count (client_sums); h: hparams.Hparams with
+  dp_target_quantile (gamma), dp_clip_lr (eta), dp_clip_count_stddev
+  (sigma_b); denominator: D. With eta = 0 the clip is returned unchanged
+  (exp(0) = 1; inf stays inf)."""
+  d = jnp.asarray(denominator, jnp.float32)
+  noised = unclipped + h.dp_clip_count_stddev * jax.random.normal(
+      key, (), jnp.float32)
+  fraction = noised / d + 0.5
+  step = jnp.exp(-h.dp_clip_lr * (fraction - h.dp_target_quantile))
+  return jnp.where(h.dp_clip_lr == 0, clip, clip * step)
 
 
 def finish_sums(key, trainable, sums, clip, noise_multiplier,

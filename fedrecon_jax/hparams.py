@@ -29,6 +29,9 @@ class Hparams:
   match_weight: jax.Array     # weight of L_match
   dp_clip: jax.Array          # DP-FedAvg's C (used when the plan's dp is on)
   dp_noise_multiplier: jax.Array  # DP-FedAvg's z
+  dp_target_quantile: jax.Array   # adaptive clipping's gamma (dp.next_clip)
+  dp_clip_lr: jax.Array           # its eta (0 = the clip stays at dp_clip)
+  dp_clip_count_stddev: jax.Array  # its sigma_b, noise on the clipped count
 
   @classmethod
   def of(cls, source) -> 'Hparams':

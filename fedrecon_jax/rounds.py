@@ -4,14 +4,17 @@ One round of one stage, for R runs at once, is one jitted program:
 
   mesh (runs, clients)       R runs       each run: its own key, h, partition
   state [R, ...]  --vmap over runs (spmd axis `runs`)-->  one run's round:
-    ids = permutation(fold_in(round key, 0))[:C] (padded with zero-weight
-    clients to a multiple of the chunk); for each chunk of the cohort (a loop
-    inside the program; one chunk = the whole cohort at once):
+    ids = permutation(fold_in(round key, 0))[:C], or with Poisson sampling
+    the members of one Bernoulli(q) draw per client in C static slots
+    (sampling.py), padded with zero-weight clients to a multiple of the
+    chunk; for each chunk of the cohort (a loop inside the program; one
+    chunk = the whole cohort at once):
       gather the chunk's rows of the population  [chunk, max_n, ...]
       jax.vmap(client_update) over the chunk (spmd axis `clients`)
       server.client_sums: weighted sums over the chunk's clients, added up
     (with --dp_clip, dp.client_sums: each client weighted by its clip
-    scale, and dp.finish_sums: noise from the round key, / the cohort size)
+    scale, and dp.finish_sums: noise from the round key, / the cohort size
+    or qK; dp.next_clip moves an adaptive clip)
     server.apply_sums: the server step on the total
   -> state [R, ...]
 
@@ -33,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fedrecon_jax import distributed, dp, server
+from fedrecon_jax import distributed, dp, sampling, server
 from fedrecon_jax.plan import StagePlan
 from fedrecon_jax.server import ServerState
 
@@ -81,8 +84,10 @@ def place(tree, mesh: jax.sharding.Mesh, runs: bool):
   return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 
-# fold_in index of the DP noise's key: above every client's (id + 1).
+# fold_in indices of the DP noise's keys (on the update sum, and on the
+# clipped-bit count of adaptive clipping): above every client's (id + 1).
 _NOISE_STREAM = 2**32 - 1
+_COUNT_STREAM = 2**32 - 2
 
 
 def client_keys(key, ids):
@@ -90,14 +95,28 @@ def client_keys(key, ids):
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids + 1)
 
 
-def cohort_ids(round_key, num_clients: int, positions, cohort_size):
-  """Client ids at cohort positions [c] and valid [c] (positions past the
-  cohort are zero-weight pads repeating the first id). The cohort is a
-  prefix of one permutation, so it is the same for every chunking."""
-  perm = jax.random.permutation(jax.random.fold_in(round_key, 0), num_clients)
-  valid = positions < cohort_size
-  return jnp.where(valid, perm[jnp.minimum(positions, num_clients - 1)],
-                   perm[0]), valid
+# The fixed-size cohort (a permutation prefix); sampling.py has both kinds.
+cohort_ids = sampling.fixed_ids
+
+
+def _cohort(plan: StagePlan, rkey, cohort_size):
+  """This round's cohort: (ids_at(positions [c]) -> (ids [c], valid [c]),
+  the number of filled slots (int32, runtime), the DP denominator, the
+  overflow count). Fixed: `cohort_size` clients, denominator the same.
+  Poisson (plan.rate > 0): members of one Bernoulli(q) draw per client in
+  plan.cohort slots; the denominator is the expected cohort qK, never the
+  drawn size (so one client's presence moves the mean by at most C / qK)."""
+  if not plan.rate:
+    return (lambda pos: sampling.fixed_ids(rkey, plan.num_clients, pos,
+                                           cohort_size),
+            cohort_size, cohort_size, jnp.int32(0))
+  count = sampling.poisson_ids(rkey, plan.num_clients, plan.rate,
+                               plan.cohort, jnp.arange(1))[2]
+  ids_at = lambda pos: sampling.poisson_ids(
+      rkey, plan.num_clients, plan.rate, plan.cohort, pos)[:2]
+  return (ids_at, jnp.minimum(count, plan.cohort),
+          plan.rate * plan.num_clients,
+          jnp.maximum(count - plan.cohort, 0))
 
 
 def fill_population(plan: StagePlan, mesh, runs: int, params, population):
@@ -146,6 +165,10 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
   """
   trainable, frozen = split_params(state.params, plan.groups)
   rkey = round_key(key, state)
+  ids_at, filled, denominator, overflow = _cohort(plan, rkey, cohort_size)
+  # The clip this round uses: --dp_clip, or where adaptive clipping has
+  # moved it (ServerState.dp).
+  clip = state.dp['clip'] if plan.dp else None
   update = _with_client_state(plan, h)
   if chunk == 1:
     # One client at a time (the CPU default in stage 1) without a vmap: a
@@ -163,14 +186,13 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
                          spmd_axis_name=clients_spmd)
 
   def chunk_sums(c, clients):
-    ids, valid = cohort_ids(rkey, plan.num_clients, c * chunk
-                            + jnp.arange(chunk), cohort_size)
+    ids, valid = ids_at(c * chunk + jnp.arange(chunk))
     data = jax.tree.map(lambda x: x[ids], population)
     local, weights, metrics, cstate = run_chunk(
         trainable, frozen, data, client_keys(rkey, ids),
         jax.tree.map(lambda x: x[ids], clients))
-    sums = (dp.client_sums(local, weights, metrics, valid, trainable,
-                           h.dp_clip) if plan.dp else
+    sums = (dp.client_sums(local, weights, metrics, valid, trainable, clip)
+            if plan.dp else
             server.client_sums(local, weights, metrics, valid))
     return sums, _scatter(clients, ids, valid, cstate)
 
@@ -179,22 +201,30 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
   else:
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                          jax.eval_shape(chunk_sums, 0, state.clients)[0])
-    n = -(-cohort_size // chunk) if num_chunks is None else num_chunks
+    # Chunks past the filled slots would hold only pads: not run.
+    n = -(-filled // chunk) if num_chunks is None else num_chunks
 
     def body(c, carry):
       sums, clients = chunk_sums(c, carry[1])
       return jax.tree.map(jnp.add, carry[0], sums), clients
 
     sums, clients = jax.lax.fori_loop(0, n, body, (zeros, state.clients))
+  dp_state, more = state.dp, {}
   if plan.dp:
     # The noise from the round key, so each run on a runs axis draws its
-    # own; its stream is apart from the cohort's (0) and clients' (id + 1).
+    # own; its streams are apart from the cohort's (0) and clients' (id + 1).
     sums = dp.finish_sums(jax.random.fold_in(rkey, _NOISE_STREAM), trainable,
-                          sums, h.dp_clip, h.dp_noise_multiplier, cohort_size)
+                          sums, clip, h.dp_noise_multiplier, denominator)
+    dp_state = {'clip': dp.next_clip(
+        jax.random.fold_in(rkey, _COUNT_STREAM), clip, sums['unclipped'], h,
+        denominator)}
+    more['dp_clip'] = clip
+  if plan.rate:
+    more['cohort_overflow'] = overflow
   trained, opt_state, metrics = server.apply_sums(
       trainable, state.opt_state, sums, plan.server_tx(h))
   return ServerState({**state.params, **trained}, opt_state,
-                     state.round + 1, clients), metrics
+                     state.round + 1, clients, dp_state), {**metrics, **more}
 
 
 def _with_client_state(plan: StagePlan, h):
@@ -320,8 +350,14 @@ def sequential_round(plan: StagePlan, state: ServerState, population, key, h):
                      '(--dp_clip > 0); use make_round.')
   update, aggregate = _sequential_parts(plan)
   rkey = round_key(key, state)
-  ids, _ = cohort_ids(rkey, plan.num_clients, jnp.arange(plan.cohort),
-                      plan.cohort)
+  if plan.rate:
+    # The members by numpy's nonzero, not the round's masked slots.
+    member = np.asarray(sampling.poisson_members(rkey, plan.num_clients,
+                                                 plan.rate))
+    ids = jnp.asarray(np.flatnonzero(member)[:plan.cohort], jnp.int32)
+  else:
+    ids, _ = cohort_ids(rkey, plan.num_clients, jnp.arange(plan.cohort),
+                        plan.cohort)
   trainable, frozen = split_params(state.params, plan.groups)
   clients = state.clients
   outs = []
@@ -343,7 +379,7 @@ def _sequential_parts(plan: StagePlan):
     trained, opt_state, metrics = server.aggregate(
         trainable, state.opt_state, local, weights, plan.server_tx(h))
     return ServerState({**state.params, **trained}, opt_state,
-                       state.round + 1, state.clients), metrics
+                       state.round + 1, state.clients, state.dp), metrics
   options = compiler_options(jax.devices()[0].platform)
   update = lambda h, *args: _with_client_state(plan, h)(*args)
   return (jax.jit(update, compiler_options=options),

@@ -38,6 +38,10 @@ class ServerState(NamedTuple):
   # The method's per-client state (StagePlan.client_state), leaves [K, ...];
   # () when it keeps none.
   clients: Any = ()
+  # Client-level DP's server state (StagePlan.dp): {'clip': float32 [],
+  # the clip norm the next round uses (adaptive clipping moves it; dp.py)};
+  # () without DP.
+  dp: Any = ()
 
 
 def init_opt_state(tx: optax.GradientTransformation, trained: dict):
@@ -55,8 +59,12 @@ def init_state(plan, params: dict, h, round_=0) -> ServerState:
   trained = {g: params[g] for g in plan.groups}
   clients = (() if plan.client_state is None else
              plan.client_state.init(params, plan.num_clients))
+  # The clip starts at --dp_clip each stage, as the optimizer state starts
+  # anew: the stages' updates (generator, task model) differ in scale.
+  dp_state = ({'clip': jnp.asarray(h.dp_clip, jnp.float32)} if plan.dp
+              else ())
   return ServerState(params, init_opt_state(plan.server_tx(h), trained),
-                     jnp.asarray(round_, jnp.int32), clients)
+                     jnp.asarray(round_, jnp.int32), clients, dp_state)
 
 
 # A small tree with leaves of different shapes and scales: a transformation

@@ -218,7 +218,7 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
     # A fresh run (no optimizer or client state; re-starting an empty one,
     # as fedavg's, changes nothing), or a stage's first round.
     if (r == start + 1 and not jax.tree.leaves((state.opt_state,
-                                                state.clients))
+                                                state.clients, state.dp))
         or cfg.stage(r - 1) != stage):
       state = round_fn.init(state.params, h, r - 1)
     t0 = time.time()
@@ -255,13 +255,18 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, state, t0: float,
   params_finite = bool(metrics.pop('params_finite'))
   record = {'round': r, 'stage': stage,
             **{k: float(v) for k, v in metrics.items()}}
-  record['skipped_clients'] = int(metrics['skipped_clients'])
-  record['participants'] = int(metrics['participants'])
-  if cfg.dp_clip > 0:
-    record['epsilon'] = privacy.epsilon_after(
-        cfg, run_.exp.population.y.shape[0], r)
+  for k in ('skipped_clients', 'participants', 'cohort_overflow'):
+    if k in metrics:
+      record[k] = int(metrics[k])
   why = _divergence(params_finite, record['skipped_clients'],
                     record['participants'])
+  if record.get('cohort_overflow'):
+    logging.warning('Round %d: %d Poisson-sampled clients past the cohort '
+                    'capacity were left out.', r, record['cohort_overflow'])
+  if cfg.dp_clip > 0:
+    record = privacy.private_record(record, cfg.dp_log_nonprivate)
+    record['epsilon'] = privacy.epsilon_after(
+        cfg, run_.exp.population.y.shape[0], r)
   end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
   if why is None and (r % cfg.eval_every == 0 or end_of_stage):
     run_.last_eval = run_.evaluate(state.params, stage, state.clients)

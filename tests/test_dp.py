@@ -1,17 +1,17 @@
 """DP-FedAvg (fedrecon_jax/dp.py) against a numpy transcription of McMahan
-et al. 2018's server step, and the accountant (privacy.py) against a direct
-dp_accounting computation."""
+et al. 2018's server step and Andrew et al. 2021's adaptive clip; the
+Poisson cohort (sampling.py) against numpy and a Python-loop round. The
+accountant's tests are in test_privacy.py."""
 
 import dataclasses
 
-import dp_accounting
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dp_accounting import rdp
+from jax.flatten_util import ravel_pytree
 
-from fedrecon_jax import dp, privacy, rounds, server
+from fedrecon_jax import dp, rounds, sampling, server
 from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
 import toy
 
@@ -125,28 +125,6 @@ def test_inf_clip_zero_noise_is_uniform_fedavg_bitwise():
                                  atol=1e-6)
 
 
-def test_epsilon_matches_direct_dp_accounting():
-  stages = [privacy.Stage(200, 20, 15, 1.1), privacy.Stage(200, 10, 40, 0.9)]
-  delta = privacy.default_delta(200)
-  acc = rdp.RdpAccountant(
-      neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-  for n, k, z in ((15, 20, 1.1), (40, 10, 0.9)):
-    acc.compose(dp_accounting.SampledWithoutReplacementDpEvent(
-        200, k, dp_accounting.GaussianDpEvent(z / 2)), n)
-  assert privacy.epsilon(stages, delta) == pytest.approx(
-      acc.get_epsilon(delta), rel=1e-9)
-  assert delta == pytest.approx(200 ** -1.1)
-  # Monotone in rounds done.
-  assert privacy.epsilon(stages, delta, [15, 0]) < privacy.epsilon(
-      stages, delta)
-
-
-def test_target_epsilon_refuses_naming_flag():
-  stages = [privacy.Stage(100, 50, 500, 0.5)]
-  with pytest.raises(ValueError, match='--dp_target_epsilon=1.0'):
-    privacy.check_target(stages, 1e-5, 1.0)
-
-
 # ------------------------------------------------ inside the compiled round
 
 
@@ -210,12 +188,17 @@ def test_round_noise_is_zc_over_cohort():
 
 
 def test_runs_axis_mixing_noise_levels_equals_each_run_alone():
-  """3 DP runs (own seed, clip C and noise multiplier z, one of them z = 0)
-  as one program, two rounds, == each run's own solo rounds: each run draws
-  its own noise from its own key at its own scale."""
+  """3 DP runs with Poisson cohorts (own seed, clip C, noise multiplier z,
+  adaptive clipping's eta and gamma; one run z = 0 and a fixed clip) as one
+  program, two rounds, == each run's own solo rounds: each run draws its
+  own cohort and noise from its own key at its own scale, and moves its own
+  clip."""
   params = toy.init_params(toy.small_model())
-  cfgs = [toy.cfg_for(seed=i, dp_clip=c, dp_noise_multiplier=z)
-          for i, (c, z) in enumerate(((0.3, 0.5), (1.0, 0.0), (3.0, 2.0)))]
+  settings = ((0.3, 0.5, 0.2, 0.5), (1.0, 0.0, 0.0, 0.5), (3.0, 2.0, 0.5, 0.9))
+  cfgs = [toy.cfg_for(seed=i, dp_clip=c, dp_noise_multiplier=z,
+                      dp_clip_lr=lr, dp_target_quantile=gamma,
+                      dp_clip_count_stddev=0.5, client_sampling='poisson')
+          for i, (c, z, lr, gamma) in enumerate(settings)]
   want, (state, metrics), _ = toy.solo_and_grouped(cfgs, GEN_STAGE, params)
   for i, w in enumerate(want):
     toy.leaves_close(jax.tree.map(lambda x, i=i: x[i], (state, metrics)), w)
@@ -225,3 +208,149 @@ def test_runs_axis_mixing_noise_levels_equals_each_run_alone():
                                jax.tree.leaves(params['map']))]).std()
            for w in want]
   assert moved[1] < moved[0] < moved[2]
+  clips = [float(w[0].dp['clip']) for w in want]
+  assert clips[1] == 1.0                    # eta = 0: the clip stays
+  assert clips[0] != 0.3 and clips[2] != 3.0
+
+
+# ------------------------------------------------------- Poisson cohorts
+
+
+def test_poisson_membership_is_independent_bernoulli_q():
+  """Over 4000 round keys: each client's inclusion rate is q and the
+  cohort size has the binomial variance Kq(1 - q) (a fixed-size cohort
+  would have none)."""
+  k, q = 40, 0.15
+  keys = jax.random.split(jax.random.key(0), 4000)
+  member = np.asarray(jax.vmap(
+      lambda r: sampling.poisson_members(r, k, q))(keys))      # [4000, K]
+  per_client = member.mean(0)
+  se = np.sqrt(q * (1 - q) / 4000)
+  assert np.abs(per_client - q).max() < 4.5 * se
+  sizes = member.sum(1)
+  assert sizes.mean() == pytest.approx(k * q, rel=0.02)
+  assert sizes.var() == pytest.approx(k * q * (1 - q), rel=0.1)
+
+
+@pytest.mark.parametrize('capacity', [20, 3])
+def test_poisson_slots_are_the_members_in_id_order(capacity):
+  """The masked slots (any chunking) hold numpy's flatnonzero of the
+  membership, cut at the capacity; the count keeps the overflow."""
+  k, q = 20, 0.3
+  for seed in range(5):
+    rkey = jax.random.key(seed)
+    member = np.asarray(sampling.poisson_members(rkey, k, q))
+    want = np.flatnonzero(member)[:capacity]
+    got = []
+    for start in range(0, capacity, 4):        # chunks of 4 slots
+      ids, valid, count = sampling.poisson_ids(rkey, k, q, capacity,
+                                               start + jnp.arange(4))
+      got += list(np.asarray(ids)[np.asarray(valid)])
+    assert got == list(want)
+    assert int(count) == member.sum()
+
+
+def test_poisson_capacity_bounds_the_binomial_tail():
+  """The capacity s is the smallest with P(Binomial(K, q) > s) < 1e-9
+  (scipy's survival function, computed its own way)."""
+  from scipy import stats   # pylint: disable=g-import-not-at-top
+  for k, q in ((100, 0.1), (300, 50 / 300), (6, 2 / 3), (1000, 0.001)):
+    s = sampling.poisson_capacity(k, q)
+    assert stats.binom.sf(s, k, q) < 1e-9
+    assert s == k or stats.binom.sf(s - 1, k, q) >= 1e-9
+
+
+def _reference_dp_rounds(cfg, stage, params, population, key, rounds_):
+  """DP-FedAvg with Poisson cohorts and adaptive clipping, written
+  directly: members from the round's uniforms, a Python loop of one
+  jitted client update per member, numpy clipping, noise, the fixed
+  denominator qK and Andrew et al.'s clip update. Returns (trained params
+  raveled, the clip after each round)."""
+  plan = toy.stage_plan(cfg, stage)
+  h = cfg.hparams()
+  update = jax.jit(plan.client_update)
+  population = toy.filled(cfg, stage, params, population)
+  trainable, frozen = rounds.split_params(params, plan.groups)
+  x, unravel = ravel_pytree(trainable)
+  x = np.asarray(x, np.float64)
+  clip, clips = cfg.dp_clip, []
+  denom = cfg.clients_per_round
+  for r in range(1, rounds_ + 1):
+    rkey = jax.random.fold_in(key, r)
+    member = np.asarray(jax.random.uniform(jax.random.fold_in(rkey, 0),
+                                           (toy.K,)) < plan.rate)
+    total, unclipped = np.zeros_like(x), 0.0
+    for i in np.flatnonzero(member):
+      data = jax.tree.map(lambda a, i=i: a[i], population)
+      local = update(h, unravel(x.astype(np.float32)), frozen, data,
+                     jax.random.fold_in(rkey, i + 1))[0]
+      delta = np.asarray(ravel_pytree(local)[0], np.float64) - x
+      norm = np.sqrt((delta ** 2).sum())
+      total += min(1.0, clip / norm) * delta
+      unclipped += (norm <= clip) - 0.5
+    noise = np.asarray(jax.random.normal(jax.random.fold_in(rkey, 2**32 - 1),
+                                         x.shape))
+    x = x + (total + cfg.dp_noise_multiplier * clip * noise) / denom
+    count_noise = float(jax.random.normal(
+        jax.random.fold_in(rkey, 2**32 - 2), ()))
+    fraction = (unclipped + cfg.dp_clip_count_stddev * count_noise) / denom
+    clip *= np.exp(-cfg.dp_clip_lr * (fraction + 0.5
+                                      - cfg.dp_target_quantile))
+    clips.append(clip)
+  return x, clips
+
+
+@pytest.mark.parametrize('chunk', [0, 2])
+def test_poisson_dp_round_equals_a_python_loop(chunk):
+  """Two rounds of the masked, vmapped round (all slots at once, and chunks
+  of 2 run only as far as the members go) == the Python-loop reference:
+  the same cohorts, params to float32 rounding, the same adaptive clip."""
+  cfg = toy.cfg_for(server_opt='fedavg', client_sampling='poisson',
+                    clients_per_round=2, dp_clip=0.3, dp_noise_multiplier=0.7,
+                    dp_clip_lr=0.4, dp_target_quantile=0.3,
+                    dp_clip_count_stddev=0.6)
+  params = toy.init_params(toy.small_model())
+  population, key = toy.make_population(), jax.random.key(11)
+  round_ = toy.make_round(cfg, TASK_STAGE, clients_per_chunk=chunk)
+  assert round_.plan.rate == pytest.approx(2 / 6)
+  h = cfg.hparams()
+  state = round_.init(params, h)
+  pop = round_.fill(params, round_.place(population))
+  clips = []
+  for _ in range(2):
+    state, metrics = round_(state, pop, key, h)
+    clips.append(float(state.dp['clip']))
+  assert int(metrics['cohort_overflow']) == 0
+  want, want_clips = _reference_dp_rounds(cfg, TASK_STAGE, params,
+                                          population, key, 2)
+  got = ravel_pytree(rounds.split_params(state.params,
+                                         round_.plan.groups)[0])[0]
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(clips, want_clips, rtol=1e-5)
+  assert clips[0] != cfg.dp_clip
+
+
+def test_poisson_round_without_dp_equals_sequential_round():
+  """FedAvg on a Poisson cohort: the round's masked slots and
+  rounds.sequential_round's numpy-chosen members train the same clients."""
+  cfg = toy.cfg_for(client_sampling='poisson', clients_per_round=3)
+  params = toy.init_params(toy.small_model())
+  population, key = toy.make_population(), jax.random.key(2)
+  got, _ = toy.one_round(cfg, TASK_STAGE, params, population, key)
+  want, _ = toy.sequential_round(cfg, TASK_STAGE, params, population, key)
+  toy.leaves_close(got, want)
+  assert any(not np.allclose(a, b) for a, b in
+             zip(jax.tree.leaves(got), jax.tree.leaves(params)))
+
+
+def test_next_clip_is_andrew_et_al_geometric_update():
+  h = toy.cfg_for(dp_clip_lr=0.2, dp_target_quantile=0.7,
+                  dp_clip_count_stddev=1.5).hparams()
+  key = jax.random.key(4)
+  # 6 of 10 clients unclipped: the centred count 6 - 5 = 1.
+  got = float(dp.next_clip(key, 2.0, 1.0, h, 10.0))
+  z = float(jax.random.normal(key, ()))
+  want = 2.0 * np.exp(-0.2 * ((6 - 5 + 1.5 * z) / 10 + 0.5 - 0.7))
+  assert got == pytest.approx(want, rel=1e-6)
+  fixed = h.replace(dp_clip_lr=np.float32(0))
+  assert float(dp.next_clip(key, 2.0, 1.0, fixed, 10.0)) == 2.0

@@ -35,10 +35,12 @@ def test_privacy_utility_page(env, tmp_path):
   text = open(out + '.md').read()
   assert 'python -m experiments.privacy_utility' in text
   assert page['commit'] in text and os.path.getsize(out + '.png') > 1000
-  rows = {r['noise_multiplier']: r for r in page['rows']}
-  assert set(rows) == {None, *ZS}
+  # The C = inf, z = 0 control is a row of its own, apart from z = 0.
+  rows = {('control' if r['dp_clip'] == math.inf else r['noise_multiplier']):
+          r for r in page['rows']}
+  assert set(rows) == {None, 'control', *ZS}
   assert math.isinf(rows[None]['epsilon'])
-  for z, cell in [(None, 'no_dp/seed=0')] + [
+  for z, cell in [(None, 'no_dp/seed=0'), ('control', 'control/seed=0')] + [
       (z, f'dp/dp_noise_multiplier={z},seed=0') for z in ZS]:
     with open(os.path.join(root, cell, 'summary.json')) as f:
       summary = json.load(f)
@@ -54,3 +56,4 @@ def test_privacy_utility_page(env, tmp_path):
   # More noise, less epsilon.
   assert rows[2.0]['epsilon'] < rows[1.0]['epsilon'] < math.inf
   assert math.isinf(rows[0.0]['epsilon']) and '0 (clip only)' in text
+  assert math.isinf(rows['control']['epsilon']) and '(C = ∞' in text

@@ -4,10 +4,7 @@ experiments.train` subprocesses that get killed, corrupted and re-run."""
 import errno
 import os
 import shutil
-import signal
 import struct
-import subprocess
-import time
 
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -54,22 +51,7 @@ def test_uninterrupted_run_layout(reference):
 def test_sigkill_then_resume_matches_uninterrupted_run(env, reference,
                                                        tmp_path):
   workdir = str(tmp_path / 'killed')
-  proc = tiny.popen(train_cmd(workdir), env, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  try:
-    # Kill once a checkpoint is committed and later rounds are in
-    # metrics.jsonl, so resuming has rounds to drop and redo.
-    while proc.poll() is None and time.time() < deadline:
-      done = steps(workdir)
-      if done and tiny.rounds_logged(workdir) > done[-1]:
-        break
-      time.sleep(0.01)
-    assert proc.poll() is None, 'the run ended before it could be killed'
-    os.kill(proc.pid, signal.SIGKILL)
-  finally:
-    proc.kill()
-    proc.wait()
+  tiny.kill_after_a_checkpoint(train_cmd(workdir), env, workdir)
   assert not os.path.exists(os.path.join(workdir, 'summary.json'))
   assert tiny.rounds_logged(workdir) < TOTAL_ROUNDS
 

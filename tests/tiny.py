@@ -17,9 +17,11 @@ rounds takes ~22 s of CPU on it against ~31 s on the six views.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +77,24 @@ def steps(workdir: str) -> list[int]:
   if not os.path.isdir(d):
     return []
   return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def kill_after_a_checkpoint(cmd, env, workdir: str) -> None:
+  """Starts `cmd` and SIGKILLs it once a checkpoint is committed and later
+  rounds are in metrics.jsonl, so resuming has rounds to drop and redo."""
+  proc = popen(cmd, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  try:
+    while proc.poll() is None and time.time() < deadline:
+      done = steps(workdir)
+      if done and rounds_logged(workdir) > done[-1]:
+        break
+      time.sleep(0.01)
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait()
 
 
 def rounds_logged(workdir: str) -> int:

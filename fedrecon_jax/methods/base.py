@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedrecon_jax import client, generator, server
+from fedrecon_jax import client, generator, sampling, server
 from fedrecon_jax.generators import Generator
 from fedrecon_jax.hparams import Hparams
 
@@ -77,6 +77,9 @@ class StagePlan:
   # server adds noise to the sum of clipped deltas (h.dp_clip, h.dp_noise_
   # multiplier) and divides by the cohort size.
   dp: bool = False
+  # Poisson sampling's inclusion probability q (sampling.py); `cohort` is
+  # then the static slot count the round computes. 0: a fixed-size cohort.
+  rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +152,17 @@ def stage_plan(cfg, stage: int, num_clients: int, *, groups, loss: LossFn,
   return StagePlan(stage=stage, groups=tuple(groups),
                    client_update=jax.jit(update),
                    server_tx=server_tx(cfg, stage), num_clients=num_clients,
-                   cohort=min(cfg.clients_per_round, num_clients),
-                   dp=cfg.dp_clip > 0, **fields)
+                   dp=cfg.dp_clip > 0, **cohort(cfg, num_clients), **fields)
+
+
+def cohort(cfg, num_clients: int) -> dict:
+  """StagePlan's cohort (and rate) for --client_sampling over K clients."""
+  size = min(cfg.clients_per_round, num_clients)
+  if cfg.client_sampling == sampling.FIXED:
+    return {'cohort': size}
+  rate = size / num_clients
+  return {'cohort': sampling.poisson_capacity(num_clients, rate),
+          'rate': rate}
 
 
 def generator_loss(cfg, model, gen: Generator) -> LossFn:
