@@ -24,15 +24,15 @@ def test_macro_f1_known_answer():
 def test_leave_one_out_mse_known_answers():
   xs = (np.arange(12.).reshape(4, 3).astype(np.float32),
         np.ones((4, 2), np.float32))
-  perfect = lambda held_out, present: tuple(jnp.asarray(x) for x in xs)
+  perfect = lambda held_out, present, key: tuple(jnp.asarray(x) for x in xs)
   loo = recon_metrics.leave_one_out(perfect, xs, chunk=4)
   assert [(n, mse) for n, _, mse in loo] == [(0, 0.0), (1, 0.0)]
   # Rebuilding as zeros: the mean square of each modality's values.
-  zeros = lambda held_out, present: tuple(jnp.zeros_like(h) for h in held_out)
+  zeros = lambda held_out, present, key: tuple(jnp.zeros_like(h) for h in held_out)
   mse = [m for _, _, m in recon_metrics.leave_one_out(zeros, xs, chunk=3)]
   np.testing.assert_allclose(mse, [np.mean(np.arange(12.)**2), 1.0])
   # The rebuilt modality is zeroed in what the generator sees.
-  echo = lambda held_out, present: held_out
+  echo = lambda held_out, present, key: held_out
   for n, x_hat, mse in recon_metrics.leave_one_out(echo, xs, chunk=3):
     np.testing.assert_array_equal(x_hat, np.zeros_like(xs[n]))
     assert mse == pytest.approx(np.mean(xs[n].astype(np.float64)**2))
