@@ -98,13 +98,13 @@ def reparam(mu, logvar, eps):
   return mu + eps * jnp.exp(0.5 * logvar)
 
 
-def pick_present(key: jax.Array, pres: jax.Array) -> jax.Array:
-  """pres: [M, B] mask -> [B] ints, a present modality drawn uniformly per
-  sample (modality 0 for a sample with none)."""
-  count = pres.sum(0)
-  u = jax.random.uniform(key, count.shape)
-  k = jnp.minimum(jnp.floor(u * count), jnp.maximum(count - 1, 0))
-  return jnp.argmax(jnp.cumsum(pres, 0) > k, axis=0)
+def pick_present(u: jax.Array, mask: jax.Array) -> jax.Array:
+  """u: [B] uniforms on (0, 1); mask: [E, B] -> [B] ints, the
+  floor(u * count)-th entry set in each column: one drawn uniformly (0 for
+  a column with none)."""
+  count = mask.sum(0)
+  k = jnp.minimum(jnp.floor(u * count), count - 1)
+  return jnp.argmax(jnp.cumsum(mask, 0) > k, axis=0)
 
 
 def sample_gaussian(key: jax.Array, mu: jax.Array,

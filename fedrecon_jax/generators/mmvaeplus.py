@@ -124,7 +124,7 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
   d = d2 // 2
   ku, kw, kp = jax.random.split(key, 3)
   u = laplace_sample(mu, posterior_scale(logvar), _open_uniform(ku, mu.shape))
-  src = base.pick_present(kp, pres)                        # [B]
+  src = base.pick_present(jax.random.uniform(kp, (b,)), pres)  # [B]
   z = u[src, jnp.arange(b), d:]                            # [B, d]
   w = laplace_sample(0.0, 1.0, _open_uniform(kw, (num_m, b, d)))
   fill = jnp.concatenate([w, jnp.broadcast_to(z, w.shape)], -1)

@@ -40,7 +40,8 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
   sample, then z ~ q(z | x_m), the same z for every modality."""
   del model, params, xs
   pick_key, eps_key = jax.random.split(key)
-  src = base.pick_present(pick_key, pres)                 # [B]
+  src = base.pick_present(jax.random.uniform(pick_key, pres.shape[1:]),
+                          pres)                           # [B]
   rows = jnp.arange(mu.shape[1])
   z = base.sample_gaussian(eps_key, mu[src, rows], logvar[src, rows])
   return jnp.broadcast_to(z, mu.shape)

@@ -37,9 +37,7 @@ def objective(model, params, xs, pres, mu, logvar, noise, *, beta, **unused):
   smu, slv = jax.vmap(lambda s, p: base.product_of_experts(
       mu, logvar, jnp.broadcast_to(s[:, None], pres.shape), p))(subs, prior)
   kl = base.masked_mean(base.kl_std_normal(smu, slv), usable, 0)   # [B]
-  count = usable.sum(0)
-  k = jnp.minimum(jnp.floor(noise['u'][0] * count), count - 1)
-  chosen = jnp.argmax(jnp.cumsum(usable, 0) > k, axis=0)  # [B], k-th usable
+  chosen = base.pick_present(noise['u'][0], usable)      # [B]
   rows = jnp.arange(b)
   z = base.reparam(smu[chosen, rows], slv[chosen, rows], noise['eps'][0])
   rec = (base.nll_all_decoders(model, params['gen'], z[None], xs)[:, 0] *
