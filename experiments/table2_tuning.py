@@ -48,10 +48,11 @@ LATENT_SIZES = (16, 64)    # around Config.latent_dim = 32
 
 
 def extra_knob(dataset: str, variant: str) -> tuple[str, tuple]:
-  """(field, values) of the variant's own knob."""
-  if variant == 'fedrecon':
-    base = table2.variant_config(dataset, variant, '/unused').match_weight
-    return 'match_weight', (base / 3, base * 3)
+  """(field, values) of the variant's own knob: the L_match weight of a
+  generator with mappings, every other one's latent size."""
+  cfg = table2.variant_config(dataset, variant, '/unused')
+  if cfg.generator.uses_mappings:
+    return 'match_weight', (cfg.match_weight / 3, cfg.match_weight * 3)
   return 'latent_dim', LATENT_SIZES
 
 

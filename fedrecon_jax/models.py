@@ -196,7 +196,8 @@ class ConvDecoder(nn.Module):
 
 
 class Mapping(nn.Module):
-  """T(n<-m): d -> width x3 (LayerNorm + GELU) -> d, as the paper's release."""
+  """T(n<-m): d -> width x3 (LayerNorm + GELU) -> d, as the paper's release
+  (d: the unimodal latent's size)."""
   width: int
   out: int
 
@@ -301,14 +302,16 @@ class Model:
         self.gen_dec[g.name] = MLP((gen_width, gen_width), g.width)
     self.task_enc = {g.name: TaskEncoder(g.arch, task_width)
                      for g in self.task_groups}
-    self.mapping = Mapping(map_width, d)
+    # T(n<-m) maps a decoder's input, the whole unimodal latent (for
+    # MMVAE+ latents, (w, z)).
+    self.mapping = Mapping(map_width, self.dec_latent)
     self.fusion = AttentionFusion()
     self.head = Head(spec.num_classes)
     self.task_width = task_width
 
   def init(self, key: chex.PRNGKey) -> dict:
     """Initial params of every group. Shapes depend only on the spec."""
-    spec, d = self.spec, self.latent_dim
+    spec = self.spec
     keys = iter(jax.random.split(key, 2 * len(self.groups)
                                  + len(self.task_groups) + 3))
     stacked = lambda module, x, g: jax.vmap(
@@ -329,8 +332,8 @@ class Model:
                                     self._group_input(g, None), g)
     num_pairs = len(spec.pairs)
     pair_keys = jax.random.split(next(keys), num_pairs)
-    mapping = jax.vmap(lambda k: self.mapping.init(k, jnp.zeros((1, d))))(
-        pair_keys)['params']
+    mapping = jax.vmap(lambda k: self.mapping.init(
+        k, jnp.zeros((1, self.dec_latent))))(pair_keys)['params']
     h = jnp.zeros((1, spec.num_modalities, self.task_width))
     task['fuse'] = self.fusion.init(next(keys), h, jnp.ones((1, 1), bool))[
         'params']

@@ -349,13 +349,14 @@ def test_coherence_is_pinned_on_a_hand_built_generator():
 
 
 @pytest.mark.parametrize('kind', ['mapping', 'raw', 'poe', 'moe', 'mopoe',
-                                  'mmvaeplus'])
+                                  'mmvaeplus', 'mmvaeplus_map'])
 def test_sampled_latents_follow_the_posterior(kind):
   """Only modality 0 is present. Over many draws, the latent of absent
   modality 1 has the moments of the reference's conditional: z ~ q(z | x_0)
   (MoE, MoPoE's one-modality subset, raw), PoE(prior, expert 0), T(1<-0)
-  of a sample of q(z_0 | x_0) (mapping), or for MMVAE+ (Laplace) w from
-  Laplace(0, 1) and z from q(z | x_0)."""
+  of a sample of q(z_0 | x_0) (mapping; over MMVAE+'s Laplace q(u | x_0)
+  for mmvaeplus_map), or for MMVAE+ (Laplace) w from Laplace(0, 1) and z
+  from q(z | x_0)."""
   from fedrecon_jax import generator, generators  # pylint: disable=g-import-not-at-top
   spec = DataSpec(('a', 'b', 'c'), ('vector',) * 3, ((5,), (4,), (3,)), 2)
   sizes = generators.get(kind).latent_sizes(4)
@@ -380,6 +381,14 @@ def test_sampled_latents_follow_the_posterior(kind):
         {'params': jax.tree.map(lambda a: a[_pair(spec, 1, 0)],
                                 params['map'])},
         mu0 + e * np.exp(0.5 * lv0)))(eps))
+    mean, var = t.mean(0), t.var(0)
+  elif kind == 'mmvaeplus_map':
+    from fedrecon_jax.generators import mmvaeplus  # pylint: disable=g-import-not-at-top
+    scale = np.asarray(mmvaeplus.posterior_scale(jnp.asarray(lv0)))
+    u = np.random.default_rng(2).laplace(mu0, scale, (draws, *mu0.shape))
+    t = np.asarray(model.mapping.apply(
+        {'params': jax.tree.map(lambda a: a[_pair(spec, 1, 0)],
+                                params['map'])}, jnp.float32(u)))
     mean, var = t.mean(0), t.var(0)
   elif kind == 'mmvaeplus':
     from fedrecon_jax.generators import mmvaeplus  # pylint: disable=g-import-not-at-top

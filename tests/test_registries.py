@@ -19,8 +19,10 @@ def test_flag_choices_are_the_registries():
   assert choices['joint_posterior'] == generators.JOINT
   assert choices['server_optimizer'] == tuple(server.OPTIMIZERS)
   assert choices['server_opt'] == server.AGGREGATIONS
-  # Every trainable kind but FedRecon's own (with mappings) is a joint one.
-  assert set(generators.TRAINABLE) - set(generators.JOINT) == {'mapping'}
+  # Every trainable kind but those with mappings (FedRecon's own, and its
+  # mappings over MMVAE+ latents) is a joint one.
+  assert set(generators.TRAINABLE) - set(generators.JOINT) == {
+      'mapping', 'mmvaeplus_map'}
   with pytest.raises(ValueError, match='--method=.nope. is not one of'):
     toy.cfg_for(method='nope').validate()
 

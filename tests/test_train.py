@@ -68,6 +68,7 @@ def test_default_run_reaches_target(tmp_path, data_dir):
     pytest.param('fedrecon_no_freeze', {}, marks=pytest.mark.slow),
     pytest.param('fedrecon_no_map', {'joint_posterior': 'moe'},
                  marks=pytest.mark.slow),
+    pytest.param('fedrecon_mmvaeplus', {}, marks=pytest.mark.slow),
     ('zero_fill', {}),
     ('unimodal', {}),
 ])

@@ -16,42 +16,46 @@ def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
   """Mean over present m of the ELBO of z_m decoded by Dec_m and, through
   T(n<-m), by every other present Dec_n; plus L_match.
 
-  Each network runs once per step on all its rows (it is row-wise, so the
-  result is the same as separate passes, in fewer and larger matmuls): the
-  mappings on the sampled z and on mu (for L_match) together, and decoder n
-  on z_n and on the M - 1 latents mapped to n together.
+  The mappings run once per step on all their rows (row-wise, so the same
+  as separate passes, in fewer and larger matmuls): on the sampled z and
+  on mu (for L_match) together.
   """
-  gen, num_m = params['gen'], len(xs)
-  b, d = mu.shape[1:]
-  pairs = model.spec.pairs
-  dst, src = pairs[:, 0], pairs[:, 1]
-  z = base.reparam(mu, logvar, noise['eps'][:num_m])     # [M, B, d]
+  gen = params['gen']
+  b = mu.shape[1]
+  dst, src = model.spec.pairs[:, 0], model.spec.pairs[:, 1]
+  z = base.reparam(mu, logvar, noise['eps'][:len(xs)])   # [M, B, d]
   kl = base.kl_std_normal(mu, logvar)                     # [M, B]
   both = model.map_pairs(params['map'], jnp.concatenate([z, mu], 1))
   tz, tmu = both[:, :b], both[:, b:]                      # [P, B, d], by dst
-  pair_mask = pres[dst] * pres[src]                       # [P, B]
-  if cross_decoding == 'one':
-    self_nll = base.nll_own(model, gen, z, xs)[:, 0]      # [M, B]
-    t, m = base.one_target(noise['pick']), jnp.arange(num_m)  # [M]
-    pair = t * (num_m - 1) + m - (m > t)                  # index of (t_m <- m)
-    cross_by_src = ((num_m - 1) * base.nll_each(model, gen, t, tz[pair], xs)
-                    * pres[t] * pres)                     # [M, B]
-  else:
-    # Decoder n's rows: z_n, then T(n<-m)(z_m) for the M - 1 sources m.
-    rows = jnp.concatenate([z[:, None], tz.reshape(num_m, num_m - 1, b, d)],
-                           1)                             # [M, M, B, d]
-    nll = base.nll_own(model, gen, rows.reshape(num_m, -1, d),
-                       xs)                                # [M(dst), M, B]
-    self_nll, cross = nll[:, 0], nll[:, 1:].reshape(-1, b)  # [M, B], [P, B]
-    cross_by_src = jnp.zeros_like(self_nll).at[src].add(cross * pair_mask)
+  self_nll = base.nll_own(model, gen, z, xs)[:, 0]        # [M, B]
+  cross_by_src = cross_nll(model, gen, tz, xs, pres, noise['pick'],
+                           cross_decoding)
   elbo = self_nll + cross_by_src + beta * kl              # [M, B]
-  match = _match(tmu, mu, dst, pair_mask)
+  match = l_match(tmu, mu, dst, pres[dst] * pres[src])
   loss = base.masked_mean(elbo, pres, 0) + match_weight * match
   return loss, {'nll': base.masked_mean(self_nll + cross_by_src, pres, 0),
                 'kl': base.masked_mean(kl, pres, 0), 'match': match}
 
 
-def _match(tmu, mu, dst, pair_mask):
+def cross_nll(model, gen, tz, xs, pres, pick, cross_decoding):
+  """tz: [P, B, d] mapped latents T(n<-m)(z_m), by pair -> [M, B], per
+  source m the sum over present n != m of -log p(x_n | Dec_n(T(n<-m)(z_m)))
+  (cross_decoding='one': one target n drawn per source from `pick` [M],
+  scaled by M - 1; generator.CROSS_DECODING)."""
+  num_m, b = len(xs), tz.shape[1]
+  if cross_decoding == 'one':
+    t, m = base.one_target(pick), jnp.arange(num_m)       # [M]
+    pair = t * (num_m - 1) + m - (m > t)                  # index of (t_m <- m)
+    return ((num_m - 1) * base.nll_each(model, gen, t, tz[pair], xs)
+            * pres[t] * pres)
+  dst, src = model.spec.pairs[:, 0], model.spec.pairs[:, 1]
+  # Pairs are ordered by dst: decoder n's rows are its M - 1 sources.
+  nll = base.nll_own(model, gen, tz.reshape(num_m, -1, tz.shape[-1]), xs)
+  cross = nll.reshape(-1, b) * pres[dst] * pres[src]      # [P, B]
+  return jnp.zeros((num_m, b), tz.dtype).at[src].add(cross)
+
+
+def l_match(tmu, mu, dst, pair_mask):
   """L_match per sample [B]: T(n<-m)(mu_m) regresses onto the (fixed)
   target latent mu_n."""
   match = jnp.sum(jnp.square(tmu - jax.lax.stop_gradient(mu[dst])), -1)
@@ -64,10 +68,10 @@ def match_loss(model, params: dict, xs, present) -> jax.Array:
   mu, _ = model.encode(params['gen'], xs)
   dst, src = model.spec.pairs[:, 0], model.spec.pairs[:, 1]
   tmu = model.map_pairs(params['map'], jax.lax.stop_gradient(mu))
-  return _match(tmu, mu, dst, pres[dst] * pres[src])
+  return l_match(tmu, mu, dst, pres[dst] * pres[src])
 
 
-def _mean_of_mapped(tmu, mu, pres, model):
+def mean_of_mapped(tmu, mu, pres, model):
   """The mean over present m of tmu (by pair), a present modality keeping
   its own mu (the average of the mapped latents is this project's choice
   for several present modalities)."""
@@ -82,13 +86,13 @@ def _mean_of_mapped(tmu, mu, pres, model):
 def infer_latents(model, params, xs, pres, mu, logvar):
   """Modality n's latent: the mean over present m of T(n<-m)(mu_m)."""
   del xs, logvar
-  return _mean_of_mapped(model.map_pairs(params['map'], mu), mu, pres, model)
+  return mean_of_mapped(model.map_pairs(params['map'], mu), mu, pres, model)
 
 
 def infer_raw(model, params, xs, pres, mu, logvar):
   """As infer_latents with T = identity: the mean of the present mu_m."""
   del params, xs, logvar
-  return _mean_of_mapped(mu[model.spec.pairs[:, 1]], mu, pres, model)
+  return mean_of_mapped(mu[model.spec.pairs[:, 1]], mu, pres, model)
 
 
 def sample_latents(model, params, xs, pres, mu, logvar, key):
@@ -98,7 +102,7 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
   in training (the cross decodes of `objective`)."""
   del xs
   z = base.sample_gaussian(key, mu, logvar)
-  return _mean_of_mapped(model.map_pairs(params['map'], z), z, pres, model)
+  return mean_of_mapped(model.map_pairs(params['map'], z), z, pres, model)
 
 
 def sample_raw(model, params, xs, pres, mu, logvar, key):

@@ -61,4 +61,8 @@ METHODS = (
                 lambda cfg: mapping.MAPPING, order=1),
     base.Method('fedrecon_no_map', _plan(False),
                 lambda cfg: generators.get(cfg.joint_posterior), order=2),
+    # The mappings over an MMVAE+ model's unimodal latents (what FedRecon's
+    # release evaluates on CUB; generators/mmvaeplus_map.py).
+    base.Method('fedrecon_mmvaeplus', _plan(False),
+                lambda cfg: generators.get('mmvaeplus_map'), order=3),
 )
