@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import paper, report, table2
+from experiments import paper, report, table1_page, table2
 from fedrecon_jax import generator, sweep, table2_scoring
 from fedrecon_jax import grid as grid_lib
 from fedrecon_jax.models import DataSpec, Model
@@ -89,6 +89,19 @@ def test_table2_scores_each_variant_and_rerun_does_not_train(root, tiny):
   assert again[1]['moe']['mse'] == rows['moe'][1]['mse']
   assert again[1]['moe']['coherence_single'] == rows['moe'][1][
       'coherence_single']
+
+
+def test_fluctuation_is_measured_around_each_seeds_trend():
+  """By hand: a straight line does not fluctuate, however steep; an
+  alternation +-1 over 4 rounds leaves residuals (0.4, -1.2, 1.2, -0.4)
+  around its fitted line (slope -0.4): mean |change| 5.6 / 3, std sqrt(0.8).
+  Seeds are averaged."""
+  line = 3.0 * np.arange(4) + 1.0
+  zigzag = np.array([1.0, -1.0, 1.0, -1.0])
+  np.testing.assert_allclose(table1_page.fluctuation(line[None]), (0, 0),
+                             atol=1e-9)
+  np.testing.assert_allclose(table1_page.fluctuation(
+      np.stack([line + zigzag, line])), (5.6 / 3 / 2, np.sqrt(0.8) / 2))
 
 
 # ~2-5 min cold (whole sweeps / table2 runs): slow.
