@@ -50,6 +50,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import provenance
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ('sigkill', 'sigkill_in_save', 'sigkill_in_append', 'sigterm',
          'second_writer')
@@ -430,7 +432,7 @@ def rescore(root: str, result: dict) -> dict:
                                     'torn_lines', 'values_differing',
                                     'unreadable_left', 'quarantined',
                                     'extra_steps_kept')},
-          'problems': problems[:20], 'compared_at': _commit()}
+          'problems': problems[:20], 'compared_at': provenance.commit()}
 
 
 def _totals(s: Storm, totals, passes, span, t0, seed) -> dict:
@@ -470,20 +472,10 @@ def table(result: dict) -> str:
                    [f'| {k} | {v} |' for k, v in rows])
 
 
-def _commit() -> str:
-  try:
-    out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                           cwd=REPO, capture_output=True, text=True).stdout
-    return out.strip() + ('-dirty' if dirty.strip() else '')
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
 def write_results(result: dict, path: str) -> None:
   # A rescored storm keeps the commit that injected its faults.
-  result = {'commit': _commit(), 'cpu_count': os.cpu_count(), **result}
+  result = {'commit': provenance.commit(), 'cpu_count': os.cpu_count(),
+            **result}
   with open(path + '.json', 'w') as f:
     json.dump(result, f, indent=1)
   with open(path + '.md', 'w') as f:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
 import sys
 import time
 
@@ -35,7 +34,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from experiments import report, table2, table2_page
+from experiments import provenance, report, table2, table2_page
 from experiments.table1_page import ABLATIONS, FREEZE_ALPHA, ablation_section
 from experiments.table1_page import freezing_figure, table1_section
 from fedrecon_jax import grid as grid_lib
@@ -84,19 +83,6 @@ def table1_runs(root: str, grid: str) -> list:
 # ------------------------------------------------------------------- header
 
 
-def _commit() -> str:
-  try:
-    sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
-                         capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(__file__)).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                           capture_output=True, text=True,
-                           cwd=os.path.dirname(__file__)).stdout.strip()
-    return sha + (' (with uncommitted changes)' if dirty else '')
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
-
-
 def _compute(summaries) -> str:
   by_device = {}
   for s in summaries:
@@ -110,7 +96,7 @@ def _header(title: str) -> list[str]:
   return [f'# {title}', '',
           f'Generated {datetime.date.today()} by `'
           + ' '.join(['python -m experiments.paper', *sys.argv[1:]])
-          + f'` at commit {_commit()}.', '']
+          + f'` at commit {provenance.commit()}.', '']
 
 
 def write_page(root: str, grid: str, datasets, out: str) -> str | None:

@@ -14,7 +14,6 @@ Writes experiments/results/conv_cpu.{json,md}.
 
 import json
 import os
-import subprocess
 import time
 
 from absl import app
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import provenance
 from fedrecon_jax import models
 
 _CLIENTS = flags.DEFINE_list('clients', ['1', '10'], 'Cohort sizes.')
@@ -101,7 +101,7 @@ def main(argv):
           if r['variant'].startswith('nn.Conv')}
   lines = ['# Image generator step on XLA:CPU: nn.Conv vs PatchConv', '',
            '`python -m experiments.benchmarks.conv_benchmark` at commit '
-           f'{_commit()} '
+           f'{provenance.commit()} '
            f'on {jax.devices()[0]}, {time.strftime("%Y-%m-%d")}, '
            f'{_REPEATS.value} alternating steps each; one gradient step of '
            'encoder + decoder over clients x modalities x batch.', '',
@@ -118,15 +118,6 @@ def main(argv):
     json.dump(rows, f, indent=1)
   with open(_OUT.value + '.md', 'w') as f:
     f.write(text)
-
-
-def _commit() -> str:
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
-                          capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(__file__)).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
 
 
 class _Chw(nn.Module):
