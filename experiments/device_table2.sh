@@ -1,7 +1,7 @@
 #!/bin/bash
 # Table 2 on the released PolyMNIST (60k training samples) in one short call
 # of a lent accelerator: FedRecon, PoE, MoE and MoPoE trained federated and
-# scored (experiments.table2, one process, so each program compiles once).
+# scored (experiments.paper.table2, one process, so each program compiles once).
 #
 #   bash experiments/device_table2.sh MANUAL_DIR
 #
@@ -51,9 +51,9 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   EXTRA="--num_clients=100 --clients_per_round=10"
 fi
-# The settings of the polymnist_5k table (experiments.table2's
+# The settings of the polymnist_5k table (experiments.paper.table2's
 # DATASET_SETTINGS), with the full data's 600 samples a client.
-timeout "${BUDGET_S:-780}" python3 -m experiments.table2 \
+timeout "${BUDGET_S:-780}" python3 -m experiments.paper.table2 \
   --datasets=polymnist --manual_dir="$MANUAL_DIR" --root="$OUT/table2" \
   --variants="${VARIANTS:-fedrecon,poe,moe,mopoe}" \
   --gen_rounds="${GEN_ROUNDS:-20}" --local_epochs="${LOCAL_EPOCHS:-1}" \

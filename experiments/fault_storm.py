@@ -50,7 +50,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from experiments import provenance
+from experiments.paper import provenance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ('sigkill', 'sigkill_in_save', 'sigkill_in_append', 'sigterm',

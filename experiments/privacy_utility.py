@@ -47,7 +47,7 @@ matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments import provenance
+from experiments.paper import provenance
 from experiments import train as train_flags
 from fedrecon_jax import grid as grid_lib
 from fedrecon_jax.config import Config

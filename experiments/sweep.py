@@ -22,7 +22,7 @@ settings) train R at a time as one. Re-running the same command skips
 finished cells (summary.json with the requested rounds), resumes unfinished
 ones from their checkpoints, and refuses a sweep root whose grid.json
 records another grid (fedrecon_jax.grid). The last step writes results.md
-and plots (experiments.report). Set JAX_COMPILATION_CACHE_DIR to reuse
+and plots (experiments.paper.report). Set JAX_COMPILATION_CACHE_DIR to reuse
 compiled programs across cells and shards.
 """
 
@@ -92,7 +92,8 @@ def main(argv):
                              runs_per_program=fl.runs_per_program)
     if fl.report:
       # Imported here: matplotlib is only needed once the cells are done.
-      from experiments import report  # pylint: disable=g-import-not-at-top
+      # pylint: disable-next=g-import-not-at-top
+      from experiments.paper import report
       print(f'report: {report.write_report(fl.sweep_root)}', flush=True)
   except grid_lib.GridError as e:
     sys.exit(f'error: {e}')

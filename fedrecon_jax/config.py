@@ -172,7 +172,7 @@ class Config:
   map_width: int = _f(256, 'Hidden width of T(n<-m) (the paper uses 512).')
   task_width: int = _f(64, 'Per-modality feature size of the task model.')
   beta: float = _f(1.0, 'KL weight of the generator ELBOs (MoPoE and MMVAE+ '
-                   'use 2.5 on PolyMNIST; experiments/table2.py sets it).')
+                   'use 2.5 on PolyMNIST; experiments/paper/table2.py sets it).')
   match_weight: float = _f(1.0, 'Weight of L_match.')
   cross_decoding: str = _f(
       'all', 'Cross-modal decoding of the mapping / moe / mmvaeplus '

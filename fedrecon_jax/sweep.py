@@ -7,7 +7,7 @@ missing_rate, alpha or numeric settings: Config.program_key) train R at a
 time as one (fedrecon_jax.train.run_group). Running the same grid again
 skips finished cells (summary.json with the requested rounds) and resumes
 unfinished ones from their checkpoints. experiments.sweep is the command;
-experiments.report writes the tables and plots.
+experiments.paper.report writes the tables and plots.
 """
 
 from __future__ import annotations

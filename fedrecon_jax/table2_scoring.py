@@ -6,7 +6,7 @@ judged by probes trained once on real data and cached per dataset,
 retrieval), adds the one-input coherence at every kept checkpoint (the
 curve) and, for images, reconstruction grids, and writes it all to the
 workdir's table2.json. `read_scored` and `rows_and_refs` read those files
-back for the results page. experiments.table2 trains the variants and
+back for the results page. experiments.paper.table2 trains the variants and
 calls `score`.
 """
 

@@ -1,6 +1,6 @@
-"""experiments.table2 and experiments.paper on tiny real runs: the scores land
-where the page reads them, re-runs do no training, and the page's numbers are
-the runs' numbers."""
+"""experiments.paper.table2 and experiments.paper on tiny real runs: the
+scores land where the page reads them, re-runs do no training, and the
+page's numbers are the runs' numbers."""
 
 import os
 
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import paper, report, table1_page, table2
+from experiments.paper import report, table1_page, table2
+from experiments.paper import run as paper
 from fedrecon_jax import generator, sweep, table2_scoring
 from fedrecon_jax import grid as grid_lib
 from fedrecon_jax.models import DataSpec, Model

@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from experiments import paper, report, table2
+from experiments.paper import report, table2
+from experiments.paper import run as paper
 from fedrecon_jax import sweep, table2_scoring
 from fedrecon_jax import grid as grid_lib
 

@@ -1,5 +1,5 @@
-"""experiments.sweep and experiments.report: a real tiny sweep end to end,
-and the grid / sweep-root checks (fedrecon_jax.grid, fedrecon_jax.sweep) on
+"""experiments.sweep and experiments.paper.report: a real tiny sweep end to
+end, and the grid / sweep-root checks (fedrecon_jax.grid, fedrecon_jax.sweep) on
 fakes."""
 
 import json
@@ -9,7 +9,7 @@ import sys
 import matplotlib.image
 import pytest
 
-from experiments import report
+from experiments.paper import report
 from fedrecon_jax import sweep, train, workdir
 from fedrecon_jax import grid as grid_lib
 

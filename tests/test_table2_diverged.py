@@ -2,7 +2,7 @@
 
 import os
 
-from experiments import table2, table2_page
+from experiments.paper import table2, table2_page
 from fedrecon_jax import workdir
 
 

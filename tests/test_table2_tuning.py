@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments import table2, table2_tuning
+from experiments.paper import table2, table2_tuning
 from fedrecon_jax import experiment
 
 TUNING_JSON = os.path.join(os.path.dirname(__file__), '..', 'experiments',

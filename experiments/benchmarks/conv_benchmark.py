@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import provenance
+from experiments.paper import provenance
 from fedrecon_jax import models
 
 _CLIENTS = flags.DEFINE_list('clients', ['1', '10'], 'Cohort sizes.')

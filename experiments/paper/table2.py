@@ -9,7 +9,7 @@ with `fedrecon_jax.recon_metrics`): cross-modal MSE, coherence
 FedRecon, retrieval with T(n<-m) vs raw latents. FedRecon's generator read
 with T = identity is the "no mapping" row.
 
-  python -m experiments.table2 --root=workdirs/table2 \
+  python -m experiments.paper.table2 --root=workdirs/table2 \
       --datasets=uci_multifeature,polymnist_5k
 
 Writes <root>/<dataset>/<variant>/ (an ordinary training workdir; re-running
@@ -96,7 +96,7 @@ _IMAGE_VARIANT_SETTINGS = {'fedrecon': {'match_weight': 10.0},
 VARIANT_SETTINGS = {name: _IMAGE_VARIANT_SETTINGS
                     for name, s in DATASET_SETTINGS.items()
                     if s is _IMAGE_SETTINGS}
-# uci_multifeature: what experiments.table2_tuning chose on the validation
+# uci_multifeature: what experiments.paper.table2_tuning chose on the validation
 # split, the same budget for every generator (beta x lr, then its own knob;
 # experiments/results/paper/table2_tuning.md; tests/test_table2_tuning.py
 # checks these against its JSON).

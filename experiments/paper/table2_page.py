@@ -1,6 +1,6 @@
 """Table 2's section of the results page, over seeds, and its JSON.
 
-Reads what experiments.table2 wrote (one table2.json per variant and seed)
+Reads what experiments.paper.table2 wrote (one table2.json per variant and seed)
 and writes, per dataset: the table (sampled coherence first, the posterior-
 mean read beside it, mean ± std over seeds), the comparisons the seeds
 support, retrieval, the coherence curves and the grids, plus

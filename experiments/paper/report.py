@@ -1,6 +1,6 @@
 r"""Tables and plots of a sweep: <sweep_root>/results.md and plots/*.png.
 
-  python -m experiments.report --sweep_root=/tmp/sweep
+  python -m experiments.paper.report --sweep_root=/tmp/sweep
 
 results.md has one row per cell (method x server_opt x alpha x missing_rate x
 dataset, plus any other grid axis): the mean +/- std over seeds of the final

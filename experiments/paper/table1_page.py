@@ -11,7 +11,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments import report
+from experiments.paper import report
 from fedrecon_jax import grid as grid_lib
 from fedrecon_jax.config import METHODS
 
@@ -114,10 +114,13 @@ def ablation_section(root: str, runs) -> list[str]:
 def fluctuation(ys: np.ndarray) -> tuple[float, float]:
   """ys: [seeds, rounds] curves -> (mean |change| per round, std), both of
   the residuals around each seed's own least-squares line, then averaged
-  over seeds: a curve still rising is not counted as fluctuating."""
-  t = np.arange(ys.shape[1])
-  slope, icept = np.polyfit(t, ys.T, 1)                 # [seeds] each
-  resid = ys - (slope[:, None] * t + icept[:, None])
+  over seeds: a curve still rising is not counted as fluctuating. NaN with
+  fewer than 3 rounds (no trend to remove) or a NaN in the curves."""
+  if ys.shape[1] < 3:
+    return float('nan'), float('nan')
+  t = np.arange(ys.shape[1]) - (ys.shape[1] - 1) / 2
+  yc = ys - ys.mean(axis=1, keepdims=True)
+  resid = yc - np.outer(yc @ t / (t @ t), t)            # [seeds, rounds]
   return (float(np.abs(np.diff(resid, axis=1)).mean()),
           float(resid.std(axis=1).mean()))
 

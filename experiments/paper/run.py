@@ -11,7 +11,7 @@ Parts (each skips finished runs, so re-running resumes where it stopped):
           and the ablation sweeps (ABLATIONS) in <root>/<config name>.
           Shard big grids with experiments.sweep itself over the same root;
           this picks them up.
-  table2  experiments.table2 for --table2_datasets in <root>/table2.
+  table2  experiments.paper.table2 for --table2_datasets in <root>/table2.
   report  <out>/results.md: the command, commit, machines and compute time at
           the top; Table 1 with FedRecon's margins over the baselines next to
           the paper's, also on complete test samples (the same runs); the
@@ -34,9 +34,10 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from experiments import provenance, report, table2, table2_page
-from experiments.table1_page import ABLATIONS, FREEZE_ALPHA, ablation_section
-from experiments.table1_page import freezing_figure, table1_section
+from experiments.paper import provenance, report, table2, table2_page
+from experiments.paper.table1_page import ABLATIONS, FREEZE_ALPHA
+from experiments.paper.table1_page import ablation_section, freezing_figure
+from experiments.paper.table1_page import table1_section
 from fedrecon_jax import grid as grid_lib
 from fedrecon_jax import metrics_writer, sweep, table2_scoring
 
