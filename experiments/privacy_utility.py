@@ -10,7 +10,7 @@ schedule without DP, and the C = inf, z = 0 control (--control), as sweeps
 (fedrecon_jax.sweep: cells that differ only in z and seed share one
 program, --runs_per_program of them trained at a time on the runs axis)
 under <root>/dp, <root>/no_dp and <root>/control. Each trained generator
-is then scored (fedrecon_jax.table2_scoring: coherence judged by probes
+is then scored (experiments.paper.table2_scoring: coherence judged by probes
 trained once on real data per seed, cached in <root>/probes), and
 <out>.md, <out>.json and <out>.png get the final macro-F1 and
 reconstruction coherence against the final epsilon (dp-accounting's PLD
@@ -115,7 +115,8 @@ def train_and_score(root: str, grids_: dict, *, runs_per_program,
   """Trains every unfinished cell (a sweep per grid), then scores every
   unscored one. Returns the cells that failed."""
   # pylint: disable=g-import-not-at-top
-  from fedrecon_jax import sweep, table2_scoring, workdir
+  from experiments.paper import table2_scoring
+  from fedrecon_jax import sweep, workdir
   failed = []
   for name, grid in grids_.items():
     sweep_root = os.path.join(root, name)
@@ -156,7 +157,7 @@ def collect(root: str, grids_: dict) -> list[dict]:
   """One row per level (no DP first, then each z): epsilon, delta, and each
   METRICS entry's mean, std and per-seed values over the scored seeds."""
   # pylint: disable=g-import-not-at-top
-  from fedrecon_jax import table2_scoring
+  from experiments.paper import table2_scoring
   levels = {}
   for name, grid in grids_.items():
     for cell in grid.cells():

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.paper import report, table1_page, table2
+from experiments.paper import report, table1_page, table2, table2_scoring
 from experiments.paper import run as paper
-from fedrecon_jax import generator, sweep, table2_scoring
+from fedrecon_jax import generator, sweep
 from fedrecon_jax import grid as grid_lib
 from fedrecon_jax.models import DataSpec, Model
 

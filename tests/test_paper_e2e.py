@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 
-from experiments.paper import report, table2
+from experiments.paper import report, table2, table2_scoring
 from experiments.paper import run as paper
-from fedrecon_jax import sweep, table2_scoring
+from fedrecon_jax import sweep
 from fedrecon_jax import grid as grid_lib
 
 import tiny

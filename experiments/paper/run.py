@@ -37,9 +37,10 @@ import numpy as np
 from experiments.paper import provenance, report, table2, table2_page
 from experiments.paper.table1_page import ABLATIONS, FREEZE_ALPHA
 from experiments.paper.table1_page import ablation_section, freezing_figure
+from experiments.paper import table2_scoring
 from experiments.paper.table1_page import table1_section
 from fedrecon_jax import grid as grid_lib
-from fedrecon_jax import metrics_writer, sweep, table2_scoring
+from fedrecon_jax import metrics_writer, sweep
 
 _ROOT = flags.DEFINE_string('root', 'workdirs',
                             'Where the runs go (<root>/table1_reduced, ...).')

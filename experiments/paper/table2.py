@@ -3,7 +3,7 @@ r"""Table 2: reconstruction quality of FedRecon's generator vs the alternatives.
 For each dataset, trains the generator stage (only) of FedRecon (mapping MVAE)
 and of the joint-posterior generators PoE, MoE and MoPoE (`--method=
 fedrecon_no_map --joint_posterior=...`), federated with the same partition and
-schedule, then scores each on the test set (`fedrecon_jax.table2_scoring`,
+schedule, then scores each on the test set (`experiments.paper.table2_scoring`,
 with `fedrecon_jax.recon_metrics`): cross-modal MSE, coherence
 (per-modality probes trained once on real data and cached) and, for
 FedRecon, retrieval with T(n<-m) vs raw latents. FedRecon's generator read
@@ -33,8 +33,8 @@ from absl import app
 from absl import flags
 
 from experiments import train as train_flags
-from fedrecon_jax import generators, recon_metrics, table2_scoring, train
-from fedrecon_jax import workdir
+from experiments.paper import table2_scoring
+from fedrecon_jax import generators, recon_metrics, train, workdir
 from fedrecon_jax.config import Config
 
 # Variant name -> the Config fields that make it.

@@ -19,7 +19,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from fedrecon_jax import metrics_writer, table2_scoring
+from experiments.paper import table2_scoring
+from fedrecon_jax import metrics_writer
 
 # The row every other one is compared with.
 REFERENCE_ROW = 'fedrecon'

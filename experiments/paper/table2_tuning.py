@@ -35,8 +35,8 @@ from absl import app
 from absl import flags
 import jax
 
-from experiments.paper import provenance, table2
-from fedrecon_jax import metrics_writer, table2_scoring, train, workdir
+from experiments.paper import provenance, table2, table2_scoring
+from fedrecon_jax import metrics_writer, train, workdir
 
 VALIDATION_FRACTION = 0.2
 BETAS = (1.0, 2.5)
