@@ -150,6 +150,7 @@ def main(argv):
     line = (f'step {step_no} ({train_s:.0f} s training) ' + ' '.join(
         f'{k}={float(v):.1f}' for k, v in terms.items()) +
             f' coherence_1={recon_metrics.off_diagonal_mean(coh).mean():.3f}'
+            f' coherence_self={np.diag(coh).mean():.3f}'
             f' self_mse={np.diag(mse).mean():.4f}')
     if _KIND.value == 'mmvaeplus':
       d = mu_test.shape[-1] // 2
