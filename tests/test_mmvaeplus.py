@@ -6,9 +6,10 @@ mmvae.py `forward`, variant 'mmvaeplus'; the encoders' softmax scales in
 src/models/vae_polymnist.py), one sample at a time in float64 with loops over
 sources and targets. It shares with ours only the network outputs (encoder,
 one decoder at a time) and the uniforms that both turn into Laplace draws.
-Simplifications (also ours, see the module): K = 1; the prior on the cross
-decodes' w~ is Laplace(0, 1), the reference's learned prior at its
-initialisation; absent modalities leave the sources, targets and mixture.
+Simplifications (also ours, see the module): K = 1; absent modalities leave
+the sources, targets and mixture. The prior r(w_d) the cross decodes draw w~_d
+from is Laplace(0, softmax(a_d) * D) with a learned raw log-scale a_d (the
+reference's `pw_params`) when the params hold one, else Laplace(0, 1).
 """
 
 import functools
@@ -30,11 +31,14 @@ BETA = 2.5
 GEN = generators.get('mmvaeplus')
 
 
-def make_setup(spec):
+def make_setup(spec, learned_prior=False):
   model = Model(spec, latent_dim=D, gen_width=8, map_width=8, task_width=4,
                 latent_sizes=GEN.latent_sizes(D))
   params = model.init_params(jax.random.key(0))
   rng = np.random.default_rng(0)
+  if learned_prior:
+    params['gen']['prior_w'] = jnp.asarray(rng.normal(size=(M, D)),
+                                           jnp.float32)
   xs = tuple((rng.uniform(size=(B, *shape)) if kind == 'image' else
               rng.normal(size=(B, *shape))).astype(np.float32)
              for kind, shape in zip(spec.kinds, spec.shapes))
@@ -64,6 +68,15 @@ def nll(kind, x_hat, x):
   return float(np.sum(0.5 * (x - x_hat)**2 + 0.5 * np.log(2 * np.pi)))
 
 
+def prior_scale(params, d):
+  """r(w_d)'s Laplace scale [D]: the reference's pw_params, softmax of the
+  learned raw log-scale times D (no eta); 1 without one."""
+  if 'prior_w' not in params['gen']:
+    return np.ones(D)
+  a = np.float64(params['gen']['prior_w'][d])
+  return np.exp(a) / np.exp(a).sum() * D
+
+
 def reference(model, params, xs, noise, i, one=False):
   """-ELBO of sample i: the mean over present sources r of
   -[log p(x_r | u_r) + sum_{d != r} log p(x_d | w~_d, z_r)
@@ -86,7 +99,8 @@ def reference(model, params, xs, noise, i, one=False):
     lqz = np.log(np.mean([np.exp(laplace_log(z, mu[m, D:], scale[m][D:]))
                           for m in present]))
     lpx = -dec_nll(r, u)
-    w_prior = lambda d: laplace_draw(0.0, 1.0, np.float64(noise['w'][r, d, i]))
+    w_prior = lambda d: laplace_draw(0.0, prior_scale(params, d),
+                                     np.float64(noise['w'][r, d, i]))
     if one:
       t = (r + 1 + int(np.floor(float(noise['pick'][r]) * (M - 1)))) % M
       if t in present:
@@ -105,9 +119,11 @@ def ours(model, cross):
       match_weight=0.0, cross_decoding=cross)[0])
 
 
-@pytest.mark.parametrize('spec,cross', [(SPEC, 'all'), (SPEC_SAME, 'one')])
-def test_per_sample_loss_matches_reference(spec, cross):
-  model, params, xs, noise = make_setup(spec)
+@pytest.mark.parametrize('spec,cross,learned', [
+    (SPEC, 'all', False), (SPEC_SAME, 'one', False), (SPEC, 'all', True),
+    (SPEC_SAME, 'one', True)])
+def test_per_sample_loss_matches_reference(spec, cross, learned):
+  model, params, xs, noise = make_setup(spec, learned)
   got = np.asarray(ours(model, cross)(params, xs, noise))
   want = [reference(model, params, xs, noise, i, one=cross == 'one')
           for i in range(B)]

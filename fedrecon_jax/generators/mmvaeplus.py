@@ -11,12 +11,19 @@ The objective is the reference's mixture ELBO (`_m_iwae` with K = 1), averaged
 over the present sources r, with u_r = (w_r, z_r) ~ q(u | x_r):
   log p(x_r | u_r) + sum_{n != r present} log p(x_n | (w~_n, z_r))
   + beta (log p(u_r) - log q(w_r | x_r) - log (1/|S|) sum_{m in S} q(z_r | x_m)),
-with w~_n drawn from the prior on w and S the present modalities; p(u) is
-Laplace(0, 1). Simplifications, each said here once: the prior on w~ is fixed
-at Laplace(0, 1), which is the reference's learned prior scale at its
-initialisation (softmax(0) * size), so the model holds no extra parameter; the
-raw scales are the encoders' clipped log-variance outputs (clip +-10). Absent
-modalities are left out of the sources, the targets and the mixture over S.
+with w~_n drawn from the prior r(w_n) and S the present modalities; p(u) is
+Laplace(0, 1). r(w_n) is Laplace(0, softmax(a_n) * d) with a learned raw
+log-scale a_n when the generator params hold gen['prior_w'] [M, d] (the
+reference's `pw_params`), else Laplace(0, 1), the learned prior at its
+initialisation (a = 0). The federated model builder does not create
+gen['prior_w'] (experiments/results/mmvaeplus_images_cpu.md: in this
+project's budgets it stays within a few percent of 1, so the fixed prior is
+what the runs train); experiments/benchmarks/central_generator.py
+--learned_prior adds it. The raw scales are the encoders' clipped
+log-variance outputs (clip +-10). Absent modalities are left out of the
+sources, the targets and the mixture over S. Coherence samples
+(`sample_latents`) draw an absent target's w_n from p(u)'s w part,
+Laplace(0, 1), as the reference's scoring does, not from r(w_n).
 """
 
 from __future__ import annotations
@@ -66,6 +73,16 @@ def posterior_scale(raw: jax.Array) -> jax.Array:
                           for h in (raw[..., :d], raw[..., d:])], -1)
 
 
+def prior_w_scale(gen: dict, num_modalities: int, d: int) -> jax.Array:
+  """[M, d] scales of the priors r(w_n) the cross decodes draw w~_n from:
+  softmax(gen['prior_w'][n]) * d when the generator holds that learned raw
+  log-scale [M, d] (the reference's `pw_params`), else 1 (Laplace(0, 1),
+  the learned prior at its initialisation, zeros)."""
+  if 'prior_w' not in gen:
+    return jnp.ones((num_modalities, d))
+  return jax.nn.softmax(gen['prior_w'], axis=-1) * d
+
+
 def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
               cross_decoding, **unused):
   """Per-sample negative mixture ELBO [B] (see the module docstring)."""
@@ -74,7 +91,9 @@ def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
   scale = posterior_scale(logvar)                         # [M, B, 2d]
   u = laplace_sample(mu, scale, noise['u'])               # [M, B, 2d]
   w, z = u[..., :d], u[..., d:]
-  w_prior = laplace_sample(0.0, 1.0, noise['w'])          # [M, M, B, d]
+  # w~ for target n from r(w_n) (axis 1 of noise['w'] is the target).
+  w_prior = laplace_sample(0.0, prior_w_scale(gen, num_m, d)[None, :, None],
+                           noise['w'])                    # [M, M, B, d]
   lpu = laplace_logpdf(u, 0.0, 1.0)                       # [M, B]
   lqw = laplace_logpdf(w, mu[..., :d], scale[..., :d])    # [M, B]
   # q(z_r | x_m) for every source r (axis 0) and expert m (axis 1).
