@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fedrecon_jax import distributed, dp, sampling, server
-from fedrecon_jax.plan import StagePlan
+from fedrecon_jax.methods.base import StagePlan
 from fedrecon_jax.server import ServerState
 
 RUNS, CLIENTS = 'runs', 'clients'
@@ -309,7 +309,7 @@ def make_round(plan: StagePlan, mesh: jax.sharding.Mesh, *, runs: int = 0,
   """The round program of a stage.
 
   Args:
-    plan: the stage (plan.make_plan).
+    plan: the stage (recipe.Recipe.plan).
     mesh: a (runs, clients) mesh (make_mesh).
     runs: R > 0 adds a leading runs axis to every argument; 0 = one run.
     clients_per_chunk: 0 = the whole cohort at once (its size fixed at

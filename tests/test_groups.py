@@ -10,7 +10,7 @@ import pytest
 
 from fedrecon_jax import sweep, train
 from fedrecon_jax import grid as grid_lib
-from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
 
 import tiny
 import toy
