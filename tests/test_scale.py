@@ -81,8 +81,8 @@ def test_chunked_round_one_program_for_every_cohort_size(setup):
   for n in (1, 3, 5):
     jax.block_until_ready(round_(state, pop, jax.random.key(n), h,
                                  cohort_size=n))
-  # (jit's _cache_size() would also count the same executable once per
-  # argument placement, so compiles are what is counted.)
+  # (A jit's traces would not show a recompile for another argument
+  # placement, so compiles are what is counted.)
   assert _compile_count() == start, compile_stats.snapshot().by_function
 
 

@@ -7,8 +7,10 @@ test's round compiles the program other tests (and later runs, through the
 persistent compilation cache) reuse.
 """
 
+import contextlib
 import functools
 
+import chex
 import jax
 import numpy as np
 
@@ -72,6 +74,25 @@ def make_round(cfg, stage, num_devices=1, runs=0, clients_per_chunk=0):
   mesh = rounds.make_mesh(num_devices, runs=runs)
   return rounds.make_round(stage_plan(cfg, stage), mesh, runs=runs,
                            clients_per_chunk=clients_per_chunk)
+
+
+@contextlib.contextmanager
+def max_round_traces(n: int):
+  """Round programs built inside may trace their round function at most n
+  times in all (chex.assert_max_traces raises on the next): a retrace, for
+  a new shape or placement, would be a recompile. They are fresh programs
+  (the caches of built rounds are cleared before and after)."""
+  original = rounds.one_round
+  chex.clear_trace_counter()   # counted per function, across tests
+  make_round.cache_clear()
+  rounds.make_round.cache_clear()
+  rounds.one_round = chex.assert_max_traces(original, n=n)
+  try:
+    yield
+  finally:
+    rounds.one_round = original
+    make_round.cache_clear()
+    rounds.make_round.cache_clear()
 
 
 def one_round(cfg, stage, params, population, key, num_devices=1, **kw):

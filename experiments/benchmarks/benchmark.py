@@ -169,7 +169,6 @@ def _measure(bench: _Bench, row: dict, run_cfg, ran: int, rounds_wanted: int,
   row['compiles_setup'] = after_warmup - before
   row['compiles_after_warmup'] = (compile_stats.snapshot().compiles
                                   - after_warmup)
-  row['jit_cache_size'] = runner.cache_size()
   history['round_s'] = round_s = statistics.median(timed)
   row['rounds_timed'] = len(timed)
   row['clients_run'] = ran

@@ -139,12 +139,6 @@ class Runner:
     self.state = state
     return time.perf_counter() - t
 
-  def cache_size(self) -> int | None:
-    if self.kind == 'sequential':
-      return None
-    size = getattr(self.round.jitted, '_cache_size', None)
-    return size() if size else None
-
 
 
 def client_flops(cfg, model, stage, host_pop, params) -> tuple[float, int]:
