@@ -199,9 +199,10 @@ class Config(DittoSettings, UnimodalSettings):
                    'use 2.5 on PolyMNIST; experiments/table2.py sets it).')
   match_weight: float = _f(1.0, 'Weight of L_match.')
   cross_decoding: str = _f(
-      'all', 'Cross-modal decoding of the mapping / moe / mmvaeplus '
-      "objectives: 'all' decodes each source latent with every other "
-      "present decoder; 'one' with one random target per source and step, "
+      'all', 'Cross-modal decoding of the generator objectives that read it '
+      "(Generator.cross_decoding): 'all' decodes each source latent with "
+      "every other present decoder; 'one' with one random target per source "
+      "and step, "
       'scaled by M-1 (unbiased, M decodes instead of M(M-1); modalities of '
       'one kind and shape).',
       choices=('all', 'one'))

@@ -90,7 +90,8 @@ class Runner:
       t = time.perf_counter()
       plan = memory_plan.choose_round(
           self.plan, self.mesh, self.params, self.pop, self.h,
-          cfg=dataclasses.replace(self.cfg, clients_per_device='auto'))
+          cfg=dataclasses.replace(self.cfg, clients_per_device='auto'),
+          donate=True)   # as train.py builds it
       self.round = plan.round
       self.state = self.round.init(self.params, self.h)
       self.note = (f'auto: {plan.clients_per_device or "all"} per device, '
@@ -107,7 +108,8 @@ class Runner:
       trainable, frozen = rounds.split_params(self.params, self.plan.groups)
       one = jax.tree.map(lambda x: x[0], self.pop)
       t = time.perf_counter()
-      compiled = update.lower(self.h, trainable, frozen, one, key).compile()
+      compiled = update.lower(self.h, trainable, frozen, one, key,
+                              ()).compile()
       return {'compile_s': time.perf_counter() - t,
               'xla_flops_program': xla_flops(compiled),
               'xla_memory_gb': memory_gb(compiled),
@@ -151,8 +153,9 @@ def client_flops(cfg, model, stage, host_pop, params) -> tuple[float, int]:
   if stage_plan.fill is not None:   # what the round's clients read
     pop = jax.eval_shape(stage_plan.fill, params, host_pop)
   one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), pop)
+  # () : no per-client state (ClientState) in the benchmark's methods.
   compiled = update.lower(recipe.of(cfg).hparams(), trainable, frozen, one,
-                          jax.random.key(0)).compile()
+                          jax.random.key(0), ()).compile()
   steps = -(-host_pop.y.shape[1] // cfg.batch_size) * cfg.local_epochs
   # XLA's cost analysis counts the body of the step loop once.
   return xla_flops(compiled) * steps, steps

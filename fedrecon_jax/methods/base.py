@@ -7,8 +7,9 @@ functions: `plan(recipe, model, stage)` builds a stage's plan, the only
 thing the engine (rounds, train, checkpoint, evaluation) reads; the run's
 `recipe.Recipe` adds the cohort and DP to it. The Config stops there: a
 plan reads its settings, its method's own knobs (`Method.settings`,
-`recipe.knobs`) and the generator (`recipe.generator`). A new method is one module of this package listing its
-`Method`s in `METHODS` (see WORKSPACE.md, "Adding a method").
+`recipe.knobs`) and the generator (`recipe.generator`). A new method is one
+module of this package listing its `Method`s in `METHODS` (see
+WORKSPACE.md, "Adding a method").
 """
 
 from __future__ import annotations
