@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrecon_jax import rounds
+from fedrecon_jax.hparams import Hparams
 from fedrecon_jax.methods import GEN_STAGE
 from fedrecon_jax.models import (AttentionFusion, ConvDecoder, ConvEncoder,
-from fedrecon_jax.hparams import Hparams
                                  DataSpec, Head, MLP, Model, PatchConv,
                                  TaskEncoder, depth_to_space)
 
