@@ -50,6 +50,7 @@ import numpy as np
 from experiments.paper import provenance
 from experiments import train as train_flags
 from fedrecon_jax import grid as grid_lib
+from fedrecon_jax import recipe
 from fedrecon_jax.config import Config
 
 # The schedule's defaults where Config's are not this experiment's.
@@ -143,8 +144,8 @@ def _epsilons_at(cfg) -> dict[str, float]:
   out = {}
   for delta in (1e-5, privacy.default_delta(k)):
     out[f'{delta:.2g}'] = (privacy.epsilon(
-        privacy.schedule(cfg, k), delta, accountant=cfg.dp_accountant)
-                           if cfg.dp_clip > 0 else float('inf'))
+        privacy.schedule(recipe.of(cfg), k), delta,
+        accountant=cfg.dp_accountant) if recipe.of(cfg).dp else float('inf'))
   return out
 
 
@@ -163,7 +164,7 @@ def collect(root: str, grids_: dict) -> list[dict]:
     for cell in grid.cells():
       cfg = grid.config(cell, os.path.join(root, name))
       scored = table2_scoring.read_scored(cfg.workdir, VARIANT)
-      z = cfg.dp_noise_multiplier if cfg.dp_clip > 0 else None
+      z = cfg.dp_noise_multiplier if recipe.of(cfg).dp else None
       level = levels.setdefault((z, cfg.dp_clip), {'noise_multiplier': z,
                                     'dp_clip': cfg.dp_clip or None,
                                     'seeds': [], 'diverged': [], 'cells': []})

@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from fedrecon_jax import recipe
 from fedrecon_jax.config import Config
 
 _DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
@@ -33,15 +34,16 @@ def define_flags(exclude=(), help_prefix: str = '') -> None:
     if f.name in exclude:
       continue
     help_ = help_prefix + f.metadata['help']
-    if f.metadata.get('choices'):
-      flags.DEFINE_enum(f.name, f.default, f.metadata['choices'], help_)
+    choices = recipe.choices(f)
+    if choices:
+      flags.DEFINE_enum(f.name, f.default, choices, help_)
     else:
       _DEFINE[type(f.default)](f.name, f.default, help_)
 
 
 def config_from_flags() -> Config:
-  return Config(**{f.name: flags.FLAGS[f.name].value
-                   for f in dataclasses.fields(Config)}).validate()
+  return recipe.validate(Config(**{f.name: flags.FLAGS[f.name].value
+                                   for f in dataclasses.fields(Config)}))
 
 
 def start(argv) -> None:

@@ -50,7 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fedrecon_jax import config as config_lib
-from fedrecon_jax import metrics_writer, plan, server
+from fedrecon_jax import metrics_writer, recipe, server
 from fedrecon_jax import workdir as workdir_lib
 
 CONFIG_FILE = 'config.json'
@@ -83,6 +83,7 @@ class Checkpointer:
 
   def __init__(self, cfg: config_lib.Config):
     self.cfg = cfg
+    self.total_rounds = recipe.of(cfg).total_rounds
     self.workdir = os.path.abspath(cfg.workdir)
     self.dir = os.path.join(self.workdir, CHECKPOINT_DIR)
     self.mngr = ocp.CheckpointManager(
@@ -99,7 +100,7 @@ class Checkpointer:
     metrics: the records written so far (default: read metrics.jsonl).
     """
     every = self.cfg.checkpoint_every
-    due = every and (round_ % every == 0 or round_ == self.cfg.total_rounds)
+    due = every and (round_ % every == 0 or round_ == self.total_rounds)
     if not (due or force) or round_ in self.mngr.all_steps():
       return False
     if metrics is None:
@@ -172,10 +173,11 @@ class Checkpointer:
       self._move_aside(str(step))
     if bad:
       self.mngr.reload()
-    if state is not None and state[0].round > cfg.total_rounds:
+    total = recipe.of(cfg).total_rounds
+    if state is not None and state[0].round > total:
       raise IncompatibleRunError(
           f'--rounds={cfg.rounds}: {cfg.workdir} already holds round '
-          f'{state[0].round}, past the {cfg.total_rounds} rounds asked for; '
+          f'{state[0].round}, past the {total} rounds asked for; '
           'pass at least the rounds it was run with, or use a new --workdir.')
     self._write_config_file(cfg)
     if state is not None:
@@ -201,7 +203,7 @@ class Checkpointer:
           f'--manual_dir={cfg.manual_dir or "(default)"}: were its files '
           'changed?). Restore them, or use a new --workdir.')
     tree = self.mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract_state(exp, cfg, step))))
+        state=ocp.args.StandardRestore(_abstract_state(exp, step))))
     got = tree['state']
     state = server.ServerState(got['params'], got['opt_state'],
                                np.int32(step), got.get('clients', ()),
@@ -285,10 +287,10 @@ def _tree(state: server.ServerState) -> dict:
   return tree
 
 
-def _abstract_state(exp, cfg, round_: int):
+def _abstract_state(exp, round_: int):
   """The shapes of round_'s checkpoint, from the plan of its stage."""
-  stage_plan = plan.make_plan(cfg, exp.model, cfg.stage(round_),
-                              exp.population.y.shape[0])
+  stage_plan = exp.recipe.plan(exp.model, exp.recipe.stage(round_),
+                               exp.population.y.shape[0])
   params = jax.eval_shape(exp.model.init, jax.random.key(0))
   return _tree(jax.eval_shape(lambda p: server.init_state(
-      stage_plan, p, cfg.hparams()), params))
+      stage_plan, p, exp.recipe.hparams()), params))

@@ -14,10 +14,9 @@ from typing import Callable
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from fedrecon_jax import generator, partition
+from fedrecon_jax import generator, param_groups, partition
 from fedrecon_jax.models import Model
 
 # loss_fn(params, batch, key) -> (per-sample loss [B], per-sample terms)
@@ -44,44 +43,15 @@ def make_fill(gen, model: Model):
   return fill
 
 
-def contribution_weights(trainable: dict, data, model: Model,
-                         task_seen) -> dict:
-  """How many samples trained each parameter group, shaped like `trainable`.
-
-  Each group's weight follows what it actually trained on:
-  - a generator encoder/decoder ([G] per leaf, one per modality of its
-    `Group`) counts the samples holding its modality, a mapping T(n<-m)
-    ([P] per leaf) those holding both ends: an absent modality's generator
-    saw nothing, and weight 0 keeps the server from averaging in untouched
-    copies;
-  - a task encoder ([G] per leaf) counts the samples whose input it saw,
-    `task_seen` [max_n, M] (real, reconstructed or zero-filled; see
-    `task_seen_mask`);
-  - fusion and head count all samples.
+def contribution_weights(trainable: dict, data, model: Model, task_seen,
+                         groups) -> dict:
+  """How many samples trained each parameter group, shaped like `trainable`:
+  each group's declared rule (param_groups.Group.weight) on this client's
+  counts. task_seen [max_n, M]: the task inputs it saw (real,
+  reconstructed or zero-filled); groups: the trained groups' declarations.
   """
-  pairs = model.spec.pairs
-  members = {part: {g.name: np.asarray(g.members) for g in groups}
-             for part, groups in (('gen', model.groups),
-                                  ('task', model.task_groups))}
-  as_float = lambda m: m.sum(0).astype(jnp.float32)
-  mask = data.sample_mask[:, None] & data.modality_mask        # [max_n, M]
-  per_modality = as_float(mask)                                # [M]
-  per_pair = as_float(mask[:, pairs[:, 0]] & mask[:, pairs[:, 1]])  # [P]
-  per_task_input = as_float(data.sample_mask[:, None] & task_seen)  # [M]
-  total = as_float(data.sample_mask)
-
-  def weight(path, leaf):
-    del leaf
-    keys = [getattr(k, 'key', None) for k in path]
-    if keys[0] == 'map':
-      return per_pair
-    if keys[0] == 'gen':
-      return per_modality[members['gen'][keys[2]]]
-    if keys[1] == 'enc':
-      return per_task_input[members['task'][keys[2]]]
-    return total
-
-  return jax.tree_util.tree_map_with_path(weight, trainable)
+  counts = param_groups.counts(data, model, task_seen)
+  return {g.name: g.weight(counts, model, trainable[g.name]) for g in groups}
 
 
 def _schedule(sample_mask, key, batch_size: int, local_epochs: int):

@@ -1,32 +1,35 @@
-"""The one place where a run's settings are defined, documented and validated.
+"""A run's settings: each field, its help, and the checks it needs alone.
 
 `experiments/train.py` turns every field of `Config` into an absl flag of the
 same name (same default, same help), so a field added here is a flag there.
-Library code receives the frozen `Config` and reads what it needs.
+Plain settings: no registry, no JAX (workdir.py and grid.py read them
+without either). What the settings make of a run (the method and its
+generator, the stages, each stage's plan, DP on or off, the cohort) and the
+flag choices and checks that read the registries are `recipe.Recipe`'s.
+A method's own knobs sit in its section (`FedReconSettings`,
+`DittoSettings`, `UnimodalSettings`), which Config flattens into flags of
+the same names, and which the method declares it reads (`Method.settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
-from fedrecon_jax import data, generators, hparams, methods, server
-from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
-
-# Flag choices read from the registries.
-METHODS = tuple(methods.REGISTRY)
-SERVER_OPTS = server.AGGREGATIONS
-SERVER_OPTIMIZERS = tuple(server.OPTIMIZERS)
 TASK_ENCODER_WEIGHTS = ('seen', 'present')
 
 # Numeric settings that enter the round programs as traced values, not
-# constants: runs that differ only in these (and the seed, missing_rate,
-# alpha) share one compiled program, and a group of them runs as one
-# (rounds.make_round's runs axis). FedProx's term is compiled in only when
-# fedprox_mu > 0, so that sign is part of the program (`program_key`).
-HPARAMS = hparams.NAMES
+# constants (hparams.Hparams, whose fields these are): runs that differ only
+# in these (and the seed, missing_rate, alpha) share one compiled program,
+# and a group of them runs as one (rounds.make_round's runs axis). FedProx's
+# term is compiled in only when fedprox_mu > 0, so that sign is part of the
+# program (`recipe.Recipe.program_key`).
+HPARAMS = ('client_lr', 'gen_lr', 'momentum', 'weight_decay', 'clip_norm',
+           'fedprox_mu', 'server_lr', 'gen_server_lr', 'server_eps',
+           'server_b1', 'server_b2', 'beta', 'match_weight', 'dp_clip',
+           'dp_noise_multiplier', 'dp_target_quantile', 'dp_clip_lr',
+           'dp_clip_count_stddev')
 
 # What runs that share one program may differ in: HPARAMS, and settings
 # that change only the data a run's clients hold (its partition, padded to
@@ -49,11 +52,41 @@ def _f(default: Any, help_: str, **choices):
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """A FedRecon run. Each field is also the absl flag `--<field>`."""
+class FedReconSettings:
+  """Knobs of FedRecon's methods (methods/fedrecon.py, and ditto on it)."""
+  # Choices: the generator registry's kinds without mappings
+  # (recipe.CHOICES).
+  joint_posterior: str = _f('poe', 'Generator of fedrecon_no_map.')
+  train_mapping_in_stage2: bool = _f(False, 'Keep training T(n<-m) with '
+                                     'L_match during the task stage.')
+
+
+@dataclasses.dataclass(frozen=True)
+class DittoSettings(FedReconSettings):
+  """Ditto's knob (methods/ditto.py), beside FedRecon's stages it runs."""
+  ditto_lambda: float = _f(0.1, "Ditto's pull of each personal task model "
+                           'towards the global one (--method=ditto).')
+
+
+@dataclasses.dataclass(frozen=True)
+class UnimodalSettings:
+  """The unimodal baseline's knob (methods/unimodal.py)."""
+  unimodal_modality: str = _f('best', "Modality of --method=unimodal, or "
+                              "'best' (best ridge probe on train data).")
+
+
+def section(cfg: Any, settings: type) -> Any:
+  """cfg's fields of the section class `settings` (e.g. DittoSettings)."""
+  return settings(**{f.name: getattr(cfg, f.name)
+                     for f in dataclasses.fields(settings)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(DittoSettings, UnimodalSettings):
+  """A FedRecon run. Each field is also the absl flag `--<field>`; the
+  methods' sections (the base classes) come first."""
   # Data and partition.
-  dataset: str = _f('uci_multifeature', 'TFDS builder to train on.',
-                    choices=data.DATASETS)
+  dataset: str = _f('uci_multifeature', 'TFDS builder to train on.')
   data_dir: str = _f('', 'TFDS data_dir (default: $TFDS_DATA_DIR or '
                      '~/tensorflow_datasets).')
   manual_dir: str = _f('', 'Folder with user-provided files for polymnist / '
@@ -83,13 +116,7 @@ class Config:
       '(local_f1_macro) and personal models (personal_f1_macro; '
       '--method=ditto needs > 0) are scored. 0 = off, in [0, 1).')
   # Method.
-  method: str = _f('fedrecon', 'Training method.', choices=METHODS)
-  joint_posterior: str = _f('poe', 'Generator of fedrecon_no_map.',
-                            choices=generators.JOINT)
-  unimodal_modality: str = _f('best', "Modality of --method=unimodal, or "
-                              "'best' (best ridge probe on train data).")
-  train_mapping_in_stage2: bool = _f(False, 'Keep training T(n<-m) with '
-                                     'L_match during the task stage.')
+  method: str = _f('fedrecon', 'Training method.')
   # Federated schedule.
   clients_per_round: int = _f(10, 'Cohort size sampled each round.')
   gen_rounds: int = _f(30, 'Stage-1 rounds (generator + mapping).')
@@ -103,8 +130,6 @@ class Config:
   weight_decay: float = _f(1e-5, 'Client weight decay.')
   clip_norm: float = _f(10.0, 'Client gradient clipping (global norm).')
   fedprox_mu: float = _f(0.0, 'FedProx proximal coefficient (0 = off).')
-  ditto_lambda: float = _f(0.1, "Ditto's pull of each personal task model "
-                           'towards the global one (--method=ditto).')
   # Client-level DP-FedAvg (dp.py, privacy.py); on when dp_clip > 0.
   dp_clip: float = _f(0.0, 'DP-FedAvg: clip each client\'s update to this '
                       'L2 norm (0 = DP off; inf = no clipping).')
@@ -147,13 +172,12 @@ class Config:
       "skipped counts), each under 'nonprivate/' in metrics.jsonl: they are "
       'outside the DP guarantee. False drops them.')
   # Server.
-  server_opt: str = _f('fedopt', 'Server aggregation.', choices=SERVER_OPTS)
+  server_opt: str = _f('fedopt', 'Server aggregation.')
   server_optimizer: str = _f('adam', 'Server optimizer on the pseudo-gradient '
                              'for --server_opt=fedopt: adam|yogi|adagrad are '
                              'FedAdam/FedYogi/FedAdagrad (Reddi et al. 2021, '
                              'Alg. 2); sgdm is FedAvgM; optax_* are optax\'s '
-                             'bias-corrected versions.',
-                             choices=SERVER_OPTIMIZERS)
+                             'bias-corrected versions.')
   server_lr: float = _f(0.01, 'Server learning rate (fedopt).')
   server_eps: float = _f(1e-3, 'Adaptivity tau of adam/yogi/adagrad; '
                          'Reddi et al. 2021 use ~1e-3, not 1e-8.')
@@ -175,9 +199,10 @@ class Config:
                    'use 2.5 on PolyMNIST; experiments/paper/table2.py sets it).')
   match_weight: float = _f(1.0, 'Weight of L_match.')
   cross_decoding: str = _f(
-      'all', 'Cross-modal decoding of the mapping / moe / mmvaeplus '
-      "objectives: 'all' decodes each source latent with every other "
-      "present decoder; 'one' with one random target per source and step, "
+      'all', 'Cross-modal decoding of the generator objectives that read it '
+      "(Generator.cross_decoding): 'all' decodes each source latent with "
+      "every other present decoder; 'one' with one random target per source "
+      "and step, "
       'scaled by M-1 (unbiased, M decodes instead of M(M-1); modalities of '
       'one kind and shape).',
       choices=('all', 'one'))
@@ -220,20 +245,6 @@ class Config:
   process_id: int = _f(-1, 'This process (-1 = auto-detect).')
 
   @property
-  def method_spec(self) -> methods.Method:
-    """What --method does (the methods registry)."""
-    return methods.get(self.method)
-
-  @property
-  def generator(self) -> generators.Generator | None:
-    """The generator kind its method trains (None: no generator stage)."""
-    return self.method_spec.generator(self)
-
-  @property
-  def uses_generator(self) -> bool:
-    return self.generator is not None
-
-  @property
   def chunk_setting(self) -> int | str:
     """--clients_per_device as 'auto' or an int >= 0 (-1 if invalid)."""
     value = str(self.clients_per_device).strip()
@@ -241,147 +252,92 @@ class Config:
       return value
     return int(value) if value.isdigit() else -1
 
-  @property
-  def stage1_rounds(self) -> int:
-    return self.gen_rounds if self.uses_generator else 0
-
-  @property
-  def total_rounds(self) -> int:
-    return self.stage1_rounds + self.rounds
-
-  def stage(self, round_: int) -> int:
-    """Rounds count from 1; the first stage1_rounds train the generator."""
-    return GEN_STAGE if round_ <= self.stage1_rounds else TASK_STAGE
-
   def validate(self) -> 'Config':
-    """Raises ValueError naming the flag and its allowed values."""
+    """Raises ValueError naming the flag and its allowed values: the checks
+    a Config needs alone (recipe.validate adds those that read the
+    registries)."""
     for f in dataclasses.fields(self):
       choices = f.metadata.get('choices')
       value = getattr(self, f.name)
       if choices and value not in choices:
         raise ValueError(f'--{f.name}={value!r} is not one of {choices}.')
-    _check(bool(self.manual_dir) or not data.needs_manual_dir(self.dataset),
-           'manual_dir', self.manual_dir,
-           f'the folder of your arrays for --dataset={self.dataset}')
-    _check(self.alpha > 0 and math.isfinite(self.alpha), 'alpha',
+    check(self.alpha > 0 and math.isfinite(self.alpha), 'alpha',
            self.alpha, 'a finite number > 0')
-    _check(0 <= self.missing_rate < 1, 'missing_rate', self.missing_rate,
+    check(0 <= self.missing_rate < 1, 'missing_rate', self.missing_rate,
            'in [0, 1)')
-    _check(0 <= self.validation_fraction < 1, 'validation_fraction',
+    check(0 <= self.validation_fraction < 1, 'validation_fraction',
            self.validation_fraction, 'in [0, 1)')
-    _check(0 <= self.local_test_fraction < 1, 'local_test_fraction',
+    check(0 <= self.local_test_fraction < 1, 'local_test_fraction',
            self.local_test_fraction, 'in [0, 1)')
-    _check(self.local_test_fraction > 0 or not self.method_spec.local_test,
-           'local_test_fraction', self.local_test_fraction,
-           f'> 0 for --method={self.method}, which scores personal models on '
-           "each client's local test split (e.g. 0.2)")
     for name in ('num_clients', 'clients_per_round', 'local_epochs',
                  'batch_size', 'latent_dim', 'gen_width', 'map_width',
                  'task_width', 'min_client_size', 'keep_checkpoints'):
-      _check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
+      check(getattr(self, name) >= 1, name, getattr(self, name), '>= 1')
     for name in ('gen_rounds', 'rounds', 'checkpoint_every', 'num_devices',
                  'num_processes'):
-      _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
-    _check(self.chunk_setting != -1, 'clients_per_device',
+      check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+    check(self.chunk_setting != -1, 'clients_per_device',
            self.clients_per_device, "'auto' or an integer >= 0")
-    _check(0 < self.memory_fraction <= 1, 'memory_fraction',
+    check(0 < self.memory_fraction <= 1, 'memory_fraction',
            self.memory_fraction, 'in (0, 1]')
-    _check(self.device_memory_gb >= 0, 'device_memory_gb',
+    check(self.device_memory_gb >= 0, 'device_memory_gb',
            self.device_memory_gb, '>= 0')
-    _check(self.eval_every >= 1, 'eval_every', self.eval_every, '>= 1')
+    check(self.eval_every >= 1, 'eval_every', self.eval_every, '>= 1')
     for name in ('client_lr', 'gen_lr', 'server_lr', 'gen_server_lr'):
       v = getattr(self, name)
-      _check(v > 0 and math.isfinite(v), name, v, 'a finite number > 0')
+      check(v > 0 and math.isfinite(v), name, v, 'a finite number > 0')
     for name in ('momentum', 'server_b1', 'server_b2'):
-      _check(0 <= getattr(self, name) < 1, name, getattr(self, name),
+      check(0 <= getattr(self, name) < 1, name, getattr(self, name),
              'in [0, 1)')
-    _check(self.server_eps > 0, 'server_eps', self.server_eps, '> 0')
+    check(self.server_eps > 0, 'server_eps', self.server_eps, '> 0')
     for name in ('weight_decay', 'fedprox_mu', 'ditto_lambda', 'beta',
                  'match_weight', 'dp_clip', 'dp_noise_multiplier', 'dp_delta',
                  'dp_target_epsilon'):
-      _check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
-    _check(self.clip_norm > 0, 'clip_norm', self.clip_norm, '> 0')
-    _check(self.dp_clip > 0 or self.dp_noise_multiplier == 0,
+      check(getattr(self, name) >= 0, name, getattr(self, name), '>= 0')
+    check(self.clip_norm > 0, 'clip_norm', self.clip_norm, '> 0')
+    check(self.dp_clip > 0 or self.dp_noise_multiplier == 0,
            'dp_noise_multiplier', self.dp_noise_multiplier,
            '0 unless --dp_clip > 0')
-    _check(math.isfinite(self.dp_clip) or self.dp_noise_multiplier == 0,
+    check(math.isfinite(self.dp_clip) or self.dp_noise_multiplier == 0,
            'dp_noise_multiplier', self.dp_noise_multiplier,
            '0 when --dp_clip=inf (noise z C would be infinite)')
-    _check(self.dp_delta < 1, 'dp_delta', self.dp_delta, 'in [0, 1)')
+    check(self.dp_delta < 1, 'dp_delta', self.dp_delta, 'in [0, 1)')
     self._validate_dp()
-    _check(self.natural_split or self.clients_per_round <= self.num_clients,
+    check(self.natural_split or self.clients_per_round <= self.num_clients,
            'clients_per_round', self.clients_per_round,
            f'<= --num_clients ({self.num_clients})')
-    _check(self.total_rounds >= 1, 'rounds', self.rounds,
-           '>= 1 in total with --gen_rounds')
-    _check(bool(self.workdir), 'workdir', self.workdir, 'a non-empty path')
+    check(bool(self.workdir), 'workdir', self.workdir, 'a non-empty path')
     return self
 
   def _validate_dp(self) -> None:
-    """Issue 37's settings: sampling, accountant, adaptive clipping, and
-    the data-dependent choices DP refuses."""
-    _check(0 <= self.dp_target_quantile <= 1, 'dp_target_quantile',
+    """Issue 37's settings: sampling, accountant, adaptive clipping."""
+    check(0 <= self.dp_target_quantile <= 1, 'dp_target_quantile',
            self.dp_target_quantile, 'in [0, 1]')
     for name in ('dp_clip_lr', 'dp_clip_count_stddev'):
       v = getattr(self, name)
-      _check(v >= 0 and math.isfinite(v), name, v, 'a finite number >= 0')
+      check(v >= 0 and math.isfinite(v), name, v, 'a finite number >= 0')
     if self.dp_clip <= 0:
-      _check(self.dp_clip_lr == 0, 'dp_clip_lr', self.dp_clip_lr,
+      check(self.dp_clip_lr == 0, 'dp_clip_lr', self.dp_clip_lr,
              '0 unless --dp_clip > 0 (adaptive clipping is part of DP)')
       return
-    _check(math.isfinite(self.dp_clip) or self.dp_clip_lr == 0, 'dp_clip_lr',
+    check(math.isfinite(self.dp_clip) or self.dp_clip_lr == 0, 'dp_clip_lr',
            self.dp_clip_lr, '0 when --dp_clip=inf (no clip to adapt)')
-    _check(self.dp_clip_lr == 0 or self.dp_noise_multiplier == 0
+    check(self.dp_clip_lr == 0 or self.dp_noise_multiplier == 0
            or self.dp_clip_count_stddev > 0, 'dp_clip_count_stddev',
            self.dp_clip_count_stddev,
            '> 0 when --dp_clip_lr > 0 under noise (an exact count of '
            'clipped clients is not private)')
-    _check(self.client_sampling == 'poisson' or self.dp_accountant == 'rdp',
+    check(self.client_sampling == 'poisson' or self.dp_accountant == 'rdp',
            'dp_accountant', self.dp_accountant,
            "'rdp' with --client_sampling=fixed (dp_accounting's PLD has no "
            'sampling-without-replacement event), or use '
            '--client_sampling=poisson')
-    # A modality picked by a probe fitted on all clients' pooled training
-    # data is a release DP does not cover.
-    _check(self.method != 'unimodal' or self.unimodal_modality != 'best',
-           'unimodal_modality', self.unimodal_modality,
-           "a modality's name under DP (--dp_clip > 0): 'best' fits a probe "
-           "on the clients' pooled training data, outside the guarantee")
-
-  def hparams(self) -> hparams.Hparams:
-    """The HPARAMS as float32 scalars: the round programs' traced inputs."""
-    return hparams.Hparams.of(self)
-
-  def program_key(self) -> tuple:
-    """Equal for configs whose runs can share a round program and a loop
-    (and so run as one group): every field but PER_RUN_FIELDS (and where the
-    compilation cache lives), plus whether FedProx's term is compiled in."""
-    skip = PER_RUN_FIELDS + ('compilation_cache',)
-    fields = {k: v for k, v in self.to_dict().items() if k not in skip}
-    return tuple(sorted(fields.items())) + (('fedprox', self.fedprox_mu > 0),
-                                            ('dp', self.dp_clip > 0))
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
 
-def per_program(build):
-  """Caches build(cfg, *args) on (cfg.program_key(), *args): runs that share
-  a program (the cells of a sweep, in one process) share what it builds, and
-  with it JAX's traces and compiled programs, instead of re-tracing each
-  run's. `build` may read only the fields program_key covers."""
-  cache = {}
-
-  @functools.wraps(build)
-  def cached(cfg, *args):
-    key = (cfg.program_key(), *args)
-    if key not in cache:
-      cache[key] = build(cfg, *args)
-    return cache[key]
-
-  return cached
-
-
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+def check(ok: bool, name: str, value: Any, allowed: str) -> None:
+  """Raises ValueError naming flag --name, its value and what it allows."""
   if not ok:
     raise ValueError(f'--{name}={value!r} is invalid: must be {allowed}.')

@@ -1,5 +1,5 @@
 """A run's experiment: everything derived from its Config before the first
-round (data, partition, model, test set)."""
+round (its recipe, data, partition, model, test set)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from fedrecon_jax import data, local_split, partition
+from fedrecon_jax import data, local_split, partition, recipe
 from fedrecon_jax.data import base, validate
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
@@ -18,6 +18,7 @@ from fedrecon_jax.models import DataSpec, Model
 class Experiment:
   """Everything a run derives from its Config before the first round."""
   cfg: Config
+  recipe: recipe.Recipe
   spec: DataSpec
   model: Model
   population: partition.ClientData   # numpy, [K, max_n, ...]
@@ -68,16 +69,16 @@ def load_data(cfg: Config) -> data.Dataset:
 
 @functools.cache
 def _model(spec: DataSpec, latent_dim, gen_width, map_width, task_width,
-           latent_sizes):
-  # One Model per architecture: the programs built from it (plan.make_plan,
+           latent_sizes, extra_groups):
+  # One Model per architecture: the programs built from it (Recipe.plan,
   # the evaluator) are then shared by every run of it in a process.
   return Model(spec, latent_dim=latent_dim, gen_width=gen_width,
                map_width=map_width, task_width=task_width,
-               latent_sizes=latent_sizes)
+               latent_sizes=latent_sizes, extra_groups=extra_groups)
 
 
 def build(cfg: Config) -> Experiment:
-  cfg.validate()
+  recipe_ = recipe.of(recipe.validate(cfg))
   ds = load_data(cfg)
   spec = DataSpec(ds.modalities, ds.kinds,
                   tuple(x.shape[1:] for x in ds.train.xs), ds.num_classes)
@@ -98,8 +99,8 @@ def build(cfg: Config) -> Experiment:
   test_present = partition.sample_modality_mask(
       len(ds.test.y), m, cfg.missing_rate, seed=_seed(cfg, 1))
   test_complete = np.ones_like(test_present)
-  keep = (None if cfg.method_spec.modalities is None
-          else cfg.method_spec.modalities(cfg, ds))
+  modalities = recipe_.method.modalities
+  keep = None if modalities is None else modalities(recipe_, ds)
   if keep is not None:
     # Modalities the method does not see are dropped from its clients and
     # its test set; a client sample without a kept one holds nothing usable.
@@ -116,11 +117,11 @@ def build(cfg: Config) -> Experiment:
     population, local_test = local_split.split(
         population, cfg.local_test_fraction, cfg.seed)
   validate.report_empty_clients(population.num_samples, cfg.workdir)
-  gen = cfg.generator
+  gen = recipe_.generator
   model = _model(spec, cfg.latent_dim, cfg.gen_width, cfg.map_width,
                  cfg.task_width, gen.latent_sizes(cfg.latent_dim) if gen
-                 else None)
-  return Experiment(cfg, spec, model, population, ds.test.xs, ds.test.y,
+                 else None, gen.extra_groups if gen else ())
+  return Experiment(cfg, recipe_, spec, model, population, ds.test.xs, ds.test.y,
                     test_present, test_complete, keep, local_test)
 
 

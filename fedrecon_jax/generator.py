@@ -22,11 +22,11 @@ __all__ = ['CROSS_DECODING', 'complete', 'draw_noise', 'infer_latents',
            'kl_std_normal', 'objective', 'objective_from_noise',
            'product_of_experts', 'reconstruct', 'sample_latents']
 
-# Cross-modal decoding of the mapping and MoE objectives: 'all' decodes every
-# source latent with every other present decoder (M(M-1) decodes); 'one'
-# decodes it with one target drawn per source and step, scaled by M - 1: an
-# unbiased estimate of the same loss with M decodes (needs modalities of one
-# kind and shape).
+# Cross-modal decoding of the objectives that read it (those whose
+# Generator declares cross_decoding): 'all' decodes every source latent with
+# every other present decoder (M(M-1) decodes); 'one' decodes it with one
+# target drawn per source and step, scaled by M - 1: an unbiased estimate of
+# the same loss with M decodes (needs modalities of one kind and shape).
 CROSS_DECODING = ('all', 'one')
 
 
@@ -37,7 +37,8 @@ def objective(kind, model: Model, params: dict, xs: Sequence[jax.Array],
 
   Every negative log-likelihood is the modality kind's (`Model.nll`): Laplace
   for images, unit-variance Gaussian for features, with their constants.
-  cross_decoding: see CROSS_DECODING (mapping and moe only).
+  cross_decoding: see CROSS_DECODING (read by the kinds that declare it,
+  Generator.cross_decoding).
   """
   noise = generators.get(kind).noise(key, len(xs), present.shape[0],
                                      model.latent_dim)

@@ -194,11 +194,14 @@ def make_grid(axis_flags: dict, fixed_flags: dict,
   return Grid({k: axes[k] for k in order if k in axes}, fixed)
 
 
-def validate_cells(grid: Grid, sweep_root: str) -> list[Cell]:
+def validate_cells(grid: Grid, sweep_root: str,
+                   check=Config.validate) -> list[Cell]:
+  """The grid's cells, each cell's Config checked by `check` (cfg ->
+  raises ValueError; recipe.validate adds the registries' checks)."""
   cells = grid.cells()
   for cell in cells:
     try:
-      grid.config(cell, sweep_root).validate()
+      check(grid.config(cell, sweep_root))
     except ValueError as e:
       hint = [flag_name(k) for k in grid.axes if f'--{k}=' in str(e)]
       raise GridError(f'Cell {cell.name}: {e}' + (

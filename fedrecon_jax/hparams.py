@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from flax import struct
 
+from fedrecon_jax import config
+
 
 @struct.dataclass
 class Hparams:
@@ -40,4 +42,8 @@ class Hparams:
     return cls(**{k: np.float32(getattr(source, k)) for k in NAMES})
 
 
+# config.HPARAMS names them for the settings that do not import JAX.
 NAMES = tuple(f.name for f in dataclasses.fields(Hparams))
+if NAMES != config.HPARAMS:
+  raise ImportError(f'hparams.Hparams {NAMES} != config.HPARAMS '
+                    f'{config.HPARAMS}: keep them one list.')

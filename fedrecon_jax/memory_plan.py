@@ -32,7 +32,8 @@ import jax
 import numpy as np
 
 from fedrecon_jax import rounds, server
-from fedrecon_jax.config import Config, GEN_STAGE, TASK_STAGE
+from fedrecon_jax.config import Config
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
 
 
 # Clients in flight per CPU device that run a round fastest, measured on a
@@ -118,8 +119,9 @@ def plan_round(build: Callable[[int], Any], lower: Callable[[Any], Any], *,
 
 
 def choose_round(stage_plan, mesh, params, population, h, *, runs: int = 0,
-               cfg: Config) -> Plan:
-  """The round program of a stage, chunked as cfg.clients_per_device says.
+               cfg: Config, donate: bool = False) -> Plan:
+  """The round program of a stage, chunked as cfg.clients_per_device says
+  (donate: see rounds.make_round).
 
   Config fields: clients_per_device, memory_fraction, device_memory_gb.
   `params` (every group), `population` (as placed on the mesh) and h are
@@ -130,7 +132,8 @@ def choose_round(stage_plan, mesh, params, population, h, *, runs: int = 0,
 
   def build(per_device):
     return rounds.make_round(stage_plan, mesh, runs=runs,
-                             clients_per_chunk=per_device * clients)
+                             clients_per_chunk=per_device * clients,
+                             donate=donate)
 
   def lower(round_):
     key = jax.random.key(0)
@@ -149,16 +152,13 @@ def choose_round(stage_plan, mesh, params, population, h, *, runs: int = 0,
 def solo_round_bytes(cfg: Config) -> int:
   """Bytes one run of cfg's program needs on one device: the larger of its
   stages' all-at-once round programs (XLA's memory analysis, compiled here)."""
-  from fedrecon_jax import experiment, plan  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import experiment  # pylint: disable=g-import-not-at-top
   exp = experiment.build(cfg)
   params = jax.eval_shape(exp.model.init, jax.random.key(0))
-  h, mesh = cfg.hparams(), rounds.make_mesh(1)
-  stages = [s for s in (GEN_STAGE, TASK_STAGE)
-            if s != GEN_STAGE or cfg.stage1_rounds]
+  h, mesh = exp.recipe.hparams(), rounds.make_mesh(1)
   need = 0
-  for stage in stages:
-    stage_plan = plan.make_plan(cfg, exp.model, stage,
-                                exp.population.y.shape[0])
+  for stage in exp.recipe.stages:
+    stage_plan = exp.recipe.plan(exp.model, stage, exp.population.y.shape[0])
     round_ = rounds.make_round(stage_plan, mesh)
     state = jax.eval_shape(functools.partial(
         server.init_state, stage_plan, round_=0), params, h)

@@ -282,13 +282,21 @@ class Head(nn.Module):
 # -------------------------------------------------------------- the container
 
 
+# fold_in index of the first extra group's init key.
+_EXTRA_KEYS = 2**31 - 1024
+
+
 class Model:
   """Module definitions for one dataset and pure functions over their params."""
 
   def __init__(self, spec: DataSpec, *, latent_dim: int, gen_width: int,
-               map_width: int, task_width: int, latent_sizes=None):
-    # latent_sizes: Generator.latent_sizes (default both latent_dim).
+               map_width: int, task_width: int, latent_sizes=None,
+               extra_groups=()):
+    # latent_sizes: Generator.latent_sizes (default both latent_dim);
+    # extra_groups: Generator.extra_groups, the param_groups.Group
+    # declarations of groups a generator adds (each builds its params).
     self.spec, self.latent_dim, d = spec, latent_dim, latent_dim
+    self.extra_groups = tuple(extra_groups)
     enc, self.dec_latent = latent_sizes or (d, d)
     self.groups = group_modalities(spec, GEN_ARCH, pad=True)
     self.task_groups = group_modalities(spec, TASK_ARCH, pad=False)
@@ -338,7 +346,10 @@ class Model:
     task['fuse'] = self.fusion.init(next(keys), h, jnp.ones((1, 1), bool))[
         'params']
     task['head'] = self.head.init(next(keys), h[:, 0])['params']
-    return {'gen': gen, 'map': mapping, 'task': task}
+    # Keys of their own, so that the other groups' do not change.
+    extra = {g.name: g.init(self, jax.random.fold_in(key, _EXTRA_KEYS + i))
+             for i, g in enumerate(self.extra_groups)}
+    return {'gen': gen, 'map': mapping, 'task': task, **extra}
 
   def init_params(self, key: chex.PRNGKey) -> dict:
     """`init`, jitted and compiled once per Model; on CPU without LLVM

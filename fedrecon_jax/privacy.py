@@ -175,12 +175,13 @@ def private_record(record: dict, keep_nonprivate: bool) -> dict:
 # ------------------------------------------------------------ a run's schedule
 
 
-def schedule(cfg, num_clients: int) -> list[Stage]:
-  """A Config's DP schedule over K = num_clients: the generator stage (if
-  the method has one) then the task stage, each with its (expected) cohort
-  (min(--clients_per_round, K)) and its rounds."""
-  cohort = min(cfg.clients_per_round, num_clients)
-  rounds = ((cfg.stage1_rounds,) if cfg.stage1_rounds else ()) + (cfg.rounds,)
+def schedule(recipe, num_clients: int) -> list[Stage]:
+  """A run's DP schedule over K = num_clients (recipe: its recipe.Recipe):
+  each of its stages (the generator stage if the method has one, then the
+  task stage) with its (expected) cohort and its rounds."""
+  cfg, cohort = recipe.cfg, recipe.cohort_size(num_clients)
+  first = recipe.stage1_rounds
+  rounds = ((first,) if first else ()) + (cfg.rounds,)
   count = cfg.dp_clip_count_stddev if cfg.dp_clip_lr > 0 else 0.0
   return [Stage(num_clients, cohort, n, cfg.dp_noise_multiplier,
                 cfg.client_sampling, count) for n in rounds]
@@ -191,9 +192,9 @@ def run_delta(cfg, num_clients: int) -> float:
   return cfg.dp_delta or default_delta(num_clients)
 
 
-def epsilon_after(cfg, num_clients: int, round_: int) -> float:
+def epsilon_after(recipe, num_clients: int, round_: int) -> float:
   """epsilon at the run's delta after its rounds 1..round_ (both stages)."""
-  stages = schedule(cfg, num_clients)
+  stages, cfg = schedule(recipe, num_clients), recipe.cfg
   done, left = [], round_
   for s in stages:
     done.append(min(left, s.rounds))
@@ -253,8 +254,9 @@ def _one_round_pld(stage: Stage):
           dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE))
 
 
-def check_run(cfg, num_clients: int) -> float:
+def check_run(recipe, num_clients: int) -> float:
   """The run's final epsilon; refuses one over --dp_target_epsilon."""
-  return check_target(schedule(cfg, num_clients),
+  cfg = recipe.cfg
+  return check_target(schedule(recipe, num_clients),
                       run_delta(cfg, num_clients), cfg.dp_target_epsilon,
                       cfg.dp_accountant)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from fedrecon_jax.config import GEN_STAGE
+from fedrecon_jax.methods import GEN_STAGE
 
 
 def duration(seconds: float | None) -> str:
@@ -57,18 +57,18 @@ class RunProgress:
   line. The run's ETA prices the later stage's rounds at the current rate
   (its program is not compiled yet, so it is a rough lower bound)."""
 
-  def __init__(self, cfg):
-    self.cfg = cfg
+  def __init__(self, recipe):
+    self.recipe = recipe   # recipe.Recipe: the run's stages and rounds
     self._stage, self._rate, self._last = None, None, time.time()
 
   def round_done(self, round_: int) -> str:
-    stage = self.cfg.stage(round_)
+    stage = self.recipe.stage(round_)
     if stage != self._stage:
       self._stage, self._rate = stage, Rate(start=self._last)
     self._rate.tick()
     self._last = time.time()
-    stage_end = (self.cfg.stage1_rounds if stage == GEN_STAGE
-                 else self.cfg.total_rounds)
+    stage_end = (self.recipe.stage1_rounds if stage == GEN_STAGE
+                 else self.recipe.total_rounds)
     return (f'[{self._rate.per_second():.3g} rounds/s, stage ETA '
             f'{duration(self._rate.eta(stage_end - round_))}, run ETA '
-            f'{duration(self._rate.eta(self.cfg.total_rounds - round_))}]')
+            f'{duration(self._rate.eta(self.recipe.total_rounds - round_))}]')

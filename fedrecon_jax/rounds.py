@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fedrecon_jax import distributed, dp, sampling, server
-from fedrecon_jax.plan import StagePlan
+from fedrecon_jax.methods.base import StagePlan
 from fedrecon_jax.server import ServerState
 
 RUNS, CLIENTS = 'runs', 'clients'
@@ -266,6 +266,7 @@ class Round:
   chunk: int               # clients per chunk (a multiple of the clients axis)
   chunked: bool            # False: one chunk, the whole (padded) cohort
   jitted: Any
+  donate: bool = False     # the state's buffers become the next state's
 
   @property
   def padded_cohort(self) -> int:
@@ -286,7 +287,10 @@ class Round:
     init = functools.partial(server.init_state, self.plan, round_=round_)
     if self.runs:
       init = jax.vmap(init)
-    return self.place(jax.jit(init)(params, h))
+    state = self.place(jax.jit(init)(params, h))
+    # A donated buffer must be the state's own: jit hands params through
+    # uncopied, and on CPU they may alias the caller's host arrays.
+    return jax.tree.map(jnp.copy, state) if self.donate else state
 
   def args(self, state, population, key, h, cohort_size=None) -> tuple:
     n = cohort_size or self.plan.cohort
@@ -309,7 +313,7 @@ def make_round(plan: StagePlan, mesh: jax.sharding.Mesh, *, runs: int = 0,
   """The round program of a stage.
 
   Args:
-    plan: the stage (plan.make_plan).
+    plan: the stage (recipe.Recipe.plan).
     mesh: a (runs, clients) mesh (make_mesh).
     runs: R > 0 adds a leading runs axis to every argument; 0 = one run.
     clients_per_chunk: 0 = the whole cohort at once (its size fixed at
@@ -317,7 +321,10 @@ def make_round(plan: StagePlan, mesh: jax.sharding.Mesh, *, runs: int = 0,
       of the clients axis) run one after another in a loop inside the
       program, so memory is O(chunk) and one program serves every cohort
       size.
-    donate: donate the state's buffers to the outputs.
+    donate: donate the state's buffers (params, server optimizer and
+      client states, [K, ...] for Ditto's) to the next state, so a round
+      holds one copy of them, not two; the state passed in is then
+      deleted (training's loop drops it anyway).
   """
   devices = mesh.shape[CLIENTS]
   if clients_per_chunk:
@@ -335,7 +342,8 @@ def make_round(plan: StagePlan, mesh: jax.sharding.Mesh, *, runs: int = 0,
                    donate_argnums=(0,) if donate else (),
                    compiler_options=compiler_options(
                        mesh.devices.flat[0].platform))
-  return Round(plan, mesh, runs, chunk, bool(clients_per_chunk), jitted)
+  return Round(plan, mesh, runs, chunk, bool(clients_per_chunk), jitted,
+               donate)
 
 
 def sequential_round(plan: StagePlan, state: ServerState, population, key, h):

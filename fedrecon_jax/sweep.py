@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import traceback
 
-from fedrecon_jax import memory_plan, preemption, progress, train, workdir
+from fedrecon_jax import memory_plan, preemption, progress, recipe, train
+from fedrecon_jax import workdir
 from fedrecon_jax.config import Config
 from fedrecon_jax.grid import Grid, GridError, check_sweep_root
 from fedrecon_jax.grid import validate_cells
@@ -36,7 +37,7 @@ def groups(cfgs: list[Config], runs_per_program) -> list[list[Config]]:
   memory_plan.runs_per_program per program): each group trains as one."""
   by_key = {}
   for cfg in cfgs:
-    by_key.setdefault(cfg.program_key(), []).append(cfg)
+    by_key.setdefault(recipe.of(cfg).program_key, []).append(cfg)
   out = []
   for same in by_key.values():
     size = (memory_plan.runs_per_program(same[0], len(same))
@@ -67,7 +68,7 @@ def run_sweep(grid: Grid, sweep_root: str, shard_index: int = 0,
   is left to it. A preempted group stops the sweep: Preempted goes up (exit
   75), and re-running resumes it.
   """
-  cells = validate_cells(grid, sweep_root)
+  cells = validate_cells(grid, sweep_root, check=recipe.validate)
   mine = shard(cells, shard_index, num_shards)
   check_sweep_root(grid, sweep_root)
   print(f'sweep: {len(cells)} cells, {len(mine)} in shard '

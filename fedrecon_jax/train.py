@@ -22,10 +22,10 @@ import numpy as np
 
 from fedrecon_jax import checkpoint, compile_stats, config, evaluation
 from fedrecon_jax import experiment, memory_plan, metrics_writer, partition
-from fedrecon_jax import plan
-from fedrecon_jax import preemption, privacy, progress, rounds, server
+from fedrecon_jax import preemption, privacy, progress, recipe, rounds, server
 from fedrecon_jax import workdir
 from fedrecon_jax.config import Config
+from fedrecon_jax.methods import TASK_STAGE
 
 
 def use_compilation_cache(setting: str) -> str:
@@ -62,9 +62,7 @@ def run_group(cfgs: Sequence[Config]) -> list[dict]:
   alone, and the other way round). Returns the summaries in order; raises as
   `run` does. A run that diverges stops being logged; the others go on.
   """
-  for cfg in cfgs:
-    cfg.validate()
-  keys = {cfg.program_key() for cfg in cfgs}
+  keys = {recipe.of(recipe.validate(cfg)).program_key for cfg in cfgs}
   if len(keys) > 1:
     raise ValueError('run_group: the runs differ in a setting that shapes '
                      'the program; only ' + ', '.join(config.PER_RUN_FIELDS)
@@ -123,9 +121,9 @@ def _run_locked(runs: list[_Run], primary: bool) -> list[dict]:
       summary = _diverged_summary(run_, seconds)
     else:
       final = _take(state, i, stacked)
+      last = run_.exp.recipe.total_rounds
       summary = _summary(run_.cfg, run_.exp, run_.last_eval or run_.evaluate(
-          final.params, run_.cfg.stage(run_.cfg.total_rounds),
-          final.clients), seconds)
+          final.params, run_.exp.recipe.stage(last), final.clients), seconds)
     if primary:
       workdir.write_summary(run_.cfg.workdir, summary)
     summaries.append(summary)
@@ -139,8 +137,7 @@ def _start(runs: list[_Run], primary: bool) -> server.ServerState:
   for run_ in runs:
     cfg, exp = run_.cfg, run_.exp
     evaluate = evaluation.make_evaluator(
-        plan.make_plan(cfg, exp.model, config.TASK_STAGE,
-                       exp.population.y.shape[0]),
+        exp.recipe.plan(exp.model, TASK_STAGE, exp.population.y.shape[0]),
         exp.model, exp.test_xs, exp.test_y, exp.test_present,
         exp.test_complete, local_test=exp.local_test)
     # The evaluator runs on this process's default device: replicated
@@ -148,10 +145,10 @@ def _start(runs: list[_Run], primary: bool) -> server.ServerState:
     run_.evaluate = (evaluate if jax.process_count() == 1 else
                      lambda params, stage, clients, f=evaluate: f(
                          *jax.device_get((params, stage, clients))))
-    if cfg.dp_clip > 0:   # refuses an over-budget schedule, writing nothing
-      privacy.check_run(cfg, exp.population.y.shape[0])
+    if exp.recipe.dp:   # refuses an over-budget schedule, writing nothing
+      privacy.check_run(exp.recipe, exp.population.y.shape[0])
     if primary:  # before anything is written, not at the first save
-      workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp, cfg),
+      workdir.check_free_space(cfg.workdir, _checkpoint_bytes(exp),
                                cfg.keep_checkpoints)
     run_.ckpt = checkpoint.Checkpointer(cfg)
   restored = [r.ckpt.restore_or_none(r.exp, r.cfg) for r in runs]
@@ -193,7 +190,7 @@ def _stack(trees: list, stacked: bool):
 def _rounds(runs: list[_Run], mesh, state, stop, primary):
   """Runs rounds state.round + 1 .. total of every run; returns (state,
   the signal that stopped it or None)."""
-  cfg, stacked = runs[0].cfg, len(runs) > 1
+  cfg, stacked, recipe_ = runs[0].cfg, len(runs) > 1, runs[0].exp.recipe
   # Shapes bucketed: max_n rounded up to whole batches adds no local step,
   # so runs (and seeds) whose clients need as many steps share a program.
   max_n = max(r.exp.population.y.shape[1] for r in runs)
@@ -204,12 +201,12 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
   key = _stack([jax.random.key_data(jax.random.key(r.cfg.seed)) for r in runs],
                stacked)
   key = jax.random.wrap_key_data(key)
-  h = _stack([r.cfg.hparams() for r in runs], stacked)
-  progress_ = progress.RunProgress(cfg)
+  h = _stack([r.exp.recipe.hparams() for r in runs], stacked)
+  progress_ = progress.RunProgress(recipe_)
   round_fns = {}   # stage -> (its round program, the population it reads)
   start = int(_take(state, 0, stacked).round)
-  for r in range(start + 1, cfg.total_rounds + 1):
-    stage = cfg.stage(r)
+  for r in range(start + 1, recipe_.total_rounds + 1):
+    stage = recipe_.stage(r)
     compiled_before = compile_stats.snapshot()
     if stage not in round_fns:
       round_fns[stage] = _stage_round(runs, stage, mesh, state.params,
@@ -219,7 +216,7 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
     # as fedavg's, changes nothing), or a stage's first round.
     if (r == start + 1 and not jax.tree.leaves((state.opt_state,
                                                 state.clients, state.dp))
-        or cfg.stage(r - 1) != stage):
+        or recipe_.stage(r - 1) != stage):
       state = round_fn.init(state.params, h, r - 1)
     t0 = time.time()
     state, metrics = round_fn(state, stage_population, key, h)
@@ -236,7 +233,7 @@ def _rounds(runs: list[_Run], mesh, state, stop, primary):
       break
     # Asked every round on every process: the multi-process sync point
     # counts the calls.
-    stop_now = stop.requested(r) and r < cfg.total_rounds
+    stop_now = stop.requested(r) and r < recipe_.total_rounds
     for i, run_ in enumerate(runs):
       if run_.diverged is None:   # no checkpoint of non-finite params
         run_.ckpt.maybe_save(_take(state, i, stacked), r,
@@ -250,7 +247,7 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, state, t0: float,
                compile_s: float, progress_text: str | None, primary: bool,
                stacked: bool) -> None:
   """Evaluates if due, writes and prints round r's record of one run."""
-  cfg = run_.cfg
+  cfg, recipe_ = run_.cfg, run_.exp.recipe
   metrics = dict(metrics)
   params_finite = bool(metrics.pop('params_finite'))
   record = {'round': r, 'stage': stage,
@@ -263,11 +260,12 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, state, t0: float,
   if record.get('cohort_overflow'):
     logging.warning('Round %d: %d Poisson-sampled clients past the cohort '
                     'capacity were left out.', r, record['cohort_overflow'])
-  if cfg.dp_clip > 0:
+  if recipe_.dp:
     record = privacy.private_record(record, cfg.dp_log_nonprivate)
     record['epsilon'] = privacy.epsilon_after(
-        cfg, run_.exp.population.y.shape[0], r)
-  end_of_stage = r == cfg.total_rounds or cfg.stage(r + 1) != stage
+        recipe_, run_.exp.population.y.shape[0], r)
+  end_of_stage = (r == recipe_.total_rounds
+                  or recipe_.stage(r + 1) != stage)
   if why is None and (r % cfg.eval_every == 0 or end_of_stage):
     run_.last_eval = run_.evaluate(state.params, stage, state.clients)
     record.update(run_.last_eval)
@@ -279,7 +277,7 @@ def _log_round(run_: _Run, r: int, stage: int, metrics, state, t0: float,
   run_.writer.write(record)
   if primary:
     who = f'{os.path.basename(cfg.workdir.rstrip("/"))}: ' if stacked else ''
-    print(f'{who}round {r}/{cfg.total_rounds} stage {stage} '
+    print(f'{who}round {r}/{recipe_.total_rounds} stage {stage} '
           f'{progress_text or ""} ' + ' '.join(
               f'{k}={v:.4g}' for k, v in record.items()
               if k not in ('round', 'stage')), flush=True)
@@ -291,14 +289,13 @@ def _stage_round(runs, stage, mesh, params, population, h):
   """A stage's round program, chunked as --clients_per_device says, and
   the population it reads (filled by the frozen generator if it needs)."""
   cfg, exp = runs[0].cfg, runs[0].exp
-  stage_plan = plan.make_plan(cfg, exp.model, stage,
-                              exp.population.y.shape[0])
+  stage_plan = exp.recipe.plan(exp.model, stage, exp.population.y.shape[0])
   num_runs = len(runs) if len(runs) > 1 else 0   # 0: no runs axis
   population = rounds.fill_population(stage_plan, mesh, num_runs, params,
                                       population)
+  # The state's buffers are donated to the next state: not held twice.
   chosen = memory_plan.choose_round(stage_plan, mesh, params, population, h,
-                                  runs=num_runs,
-                                  cfg=cfg)
+                                    runs=num_runs, cfg=cfg, donate=True)
   if cfg.chunk_setting == 'auto' and jax.process_index() == 0:
     print(f'stage {stage}: clients_per_device='
           f'{chosen.clients_per_device or "all"} '
@@ -334,16 +331,17 @@ def _last_eval(records) -> dict | None:
 
 def _summary(cfg: Config, exp: experiment.Experiment, last_eval: dict,
              seconds: float) -> dict:
-  summary = {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
+  total = exp.recipe.total_rounds
+  summary = {'config': cfg.to_dict(), 'rounds': total,
              'wall_seconds': seconds, 'devices': _devices(), **last_eval}
-  if cfg.dp_clip > 0:
+  if exp.recipe.dp:
     k = exp.population.y.shape[0]
-    summary['epsilon'] = privacy.epsilon_after(cfg, k, cfg.total_rounds)
+    summary['epsilon'] = privacy.epsilon_after(exp.recipe, k, total)
     summary['dp_delta'] = privacy.run_delta(cfg, k)
   if exp.kept is not None:
     summary['modalities_kept'] = [
         m for m, k in zip(exp.spec.modalities, exp.kept) if k]
-  if cfg.uses_generator:
+  if exp.recipe.generator is not None:
     summary['zero_fill_mse'] = float(evaluation.fill_mse(
         exp.test_xs, [0.0] * len(exp.test_xs)).mean())
     summary['mean_fill_mse'] = float(evaluation.fill_mse(
@@ -355,18 +353,18 @@ def _diverged_summary(run_: _Run, seconds: float) -> dict:
   """No top-level metrics, so nothing averages a diverged run by mistake."""
   cfg, (round_, why) = run_.cfg, run_.diverged
   logging.warning('Run %s diverged at round %d: %s.', cfg.workdir, round_, why)
-  return {'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
+  return {'config': cfg.to_dict(), 'rounds': run_.exp.recipe.total_rounds,
           'diverged_at_round': round_, 'diverged_because': why,
           'last_finite_eval': run_.last_finite_eval,
           'wall_seconds': seconds, 'devices': _devices()}
 
 
-def _checkpoint_bytes(exp: experiment.Experiment, cfg: Config) -> int:
+def _checkpoint_bytes(exp: experiment.Experiment) -> int:
   """Size of one checkpoint: params plus the largest server state."""
   params = jax.eval_shape(exp.model.init, jax.random.key(0))
   n = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
   # Adam-like server states hold two more copies; metrics ride in the meta.
-  return 3 * n + 4096 * cfg.total_rounds
+  return 3 * n + 4096 * exp.recipe.total_rounds
 
 
 def _devices() -> str:

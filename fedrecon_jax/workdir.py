@@ -157,9 +157,12 @@ def write_summary(workdir: str, summary: dict) -> None:
 
 def is_finished(cfg: config_lib.Config) -> bool:
   """summary.json exists, parses and covers all of cfg's rounds (a diverged
-  run is finished too: rerunning it would diverge again)."""
+  run is finished too: rerunning it would diverge again). --rounds is the
+  only round count a resume may change, so the summary of a run with cfg's
+  --rounds covers them all."""
   summary = read_summary(cfg.workdir)
-  return summary is not None and summary.get('rounds') == cfg.total_rounds
+  return (summary is not None
+          and summary.get('config', {}).get('rounds') == cfg.rounds)
 
 
 def differing_flags(saved: dict, now: dict) -> list[tuple[str, object, object]]:

@@ -10,7 +10,9 @@ import pytest
 
 from fedrecon_jax import client, rounds, server
 from fedrecon_jax.methods import base, fedrecon
-from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.hparams import Hparams
+from fedrecon_jax import recipe
 
 from toy import cfg_for, init_params, make_population, small_model
 import toy
@@ -22,7 +24,7 @@ aggregate = jax.jit(server.aggregate, static_argnames='tx')
 
 def fedavg(stage):
   cfg = cfg_for(server_opt='fedavg')
-  return base.server_tx(cfg, stage)(cfg.hparams())
+  return base.server_tx(cfg, stage)(Hparams.of(cfg))
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +41,7 @@ def test_masked_aggregation_ignores_clients_without_the_modality(setup):
   take = lambda i: jax.tree.map(lambda x: x[i], population)
   key = jax.random.key(1)
   # Client 1 lacks modality 'a'; client 0 has it.
-  h = cfg.hparams()
+  h = Hparams.of(cfg)
   outs = [update(h, trainable, frozen, take(i), key) for i in (0, 1)]
   enc = lambda params, i: model.member(params['gen']['enc'], i)
   assert float(outs[1][1]['gen']['enc']['mlp']['Dense_0']['kernel'][0]) == 0.0
@@ -72,7 +74,7 @@ def test_task_encoder_weight_follows_what_it_trained_on(setup, method, weights,
   population = toy.filled(cfg, TASK_STAGE, params, population)
   take = lambda i: jax.tree.map(lambda x: x[i], population)
   # Client 1 (30 samples) lacks modality 'a'; client 0 (12) holds it.
-  h = cfg.hparams()
+  h = Hparams.of(cfg)
   outs = [update(h, trainable, frozen, take(i), jax.random.key(1))
           for i in (0, 1)]
   w = [model.member(o[1]['task']['enc'], 0, task=True)['MLP_0']['Dense_0'][
@@ -104,7 +106,7 @@ def test_padding_changes_nothing(setup):
     padded = jax.tree.map(pad, data)
     update = toy.stage_plan(cfg, stage).client_update
     trainable, frozen = rounds.split_params(params, groups)
-    h = cfg.hparams()
+    h = Hparams.of(cfg)
     a = update(h, trainable, frozen, data, jax.random.key(5))
     b = update(h, trainable, frozen, padded, jax.random.key(5))
     chex.assert_trees_all_close(a, b, atol=1e-6, rtol=1e-6)
@@ -159,7 +161,7 @@ def test_filling_once_per_stage_equals_completing_every_step(setup):
   model, params, population = setup
   cfg = cfg_for(local_epochs=2)
   trainable, frozen = rounds.split_params(params, ('task',))
-  h, key = cfg.hparams(), jax.random.key(2)
+  h, key = Hparams.of(cfg), jax.random.key(2)
   data = jax.tree.map(lambda x: x[1], population)   # 'a' absent: filled
   filled = jax.tree.map(lambda x: x[1], toy.filled(cfg, TASK_STAGE, params,
                                                    population))
@@ -168,8 +170,8 @@ def test_filling_once_per_stage_equals_completing_every_step(setup):
   got = update(h, trainable, frozen, filled, key)
   with pytest.raises(ValueError, match='filled by rounds.fill_population'):
     update(h, trainable, frozen, data, key)
-  every_step = fedrecon.task_stage(cfg, model, toy.K, train_generator=False,
-                                   fill_once=False)
+  every_step = fedrecon.task_stage(recipe.of(cfg), model,
+                                   train_generator=False, fill_once=False)
   assert every_step.fill is None
   want = every_step.client_update(h, trainable, frozen, data, key)
   chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
@@ -182,5 +184,5 @@ def test_filling_once_per_stage_equals_completing_every_step(setup):
 def test_only_a_frozen_generator_fills_once(method, train_map, fills):
   cfg = cfg_for(method=method, train_mapping_in_stage2=train_map)
   assert (toy.stage_plan(cfg, TASK_STAGE).fill is not None) is fills
-  if cfg.uses_generator:
+  if recipe.of(cfg).generator is not None:
     assert toy.stage_plan(cfg, GEN_STAGE).fill is None

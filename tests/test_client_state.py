@@ -16,8 +16,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fedrecon_jax import checkpoint, rounds, server
-from fedrecon_jax.config import TASK_STAGE
+from fedrecon_jax.methods import TASK_STAGE
 from fedrecon_jax.methods import ClientState
+from fedrecon_jax.hparams import Hparams
 
 import toy
 
@@ -71,7 +72,7 @@ def _python_loop_reference(cfg, plan, population, key):
 @pytest.mark.parametrize('chunk', [0, 1, 3])
 def test_rounds_carry_each_clients_state(setup, chunk):
   cfg, plan, params, population = setup
-  h, key = cfg.hparams(), jax.random.key(7)
+  h, key = Hparams.of(cfg), jax.random.key(7)
   round_ = rounds.make_round(plan, rounds.make_mesh(1),
                              clients_per_chunk=chunk)
   state, pop = round_.init(params, h), round_.place(population)
@@ -91,7 +92,7 @@ def test_rounds_carry_each_clients_state(setup, chunk):
 
 def test_checkpoint_saves_the_client_state(setup, tmp_path):
   cfg, plan, params, population = setup
-  h = cfg.hparams()
+  h = Hparams.of(cfg)
   round_ = rounds.make_round(plan, rounds.make_mesh(1))
   state, _ = round_(round_.init(params, h), round_.place(population),
                     jax.random.key(1), h)

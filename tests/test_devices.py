@@ -7,7 +7,7 @@ import sys
 import jax
 import numpy as np
 
-from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
 
 import toy
 
@@ -15,7 +15,7 @@ _EIGHT_DEVICE_SCRIPT = r'''
 import sys, numpy as np, jax
 sys.path.insert(0, {tests!r})
 import toy
-from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
 assert len(jax.devices()) == 8, jax.devices()
 params = toy.init_params(toy.small_model())
 pop = toy.make_population()

@@ -13,7 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fedrecon_jax import checkpoint, rounds, server, train
-from fedrecon_jax.config import TASK_STAGE, Config
+from fedrecon_jax.config import Config
+from fedrecon_jax.methods import TASK_STAGE
+from fedrecon_jax.hparams import Hparams
 
 import tiny
 import toy
@@ -38,7 +40,7 @@ def _run(lam, steps=2):
   model, params = toy.small_model(), toy.init_params(toy.small_model())
   plan = toy.stage_plan(cfg, TASK_STAGE)
   round_ = toy.make_round(cfg, TASK_STAGE)
-  h, key = cfg.hparams(), jax.random.key(3)
+  h, key = Hparams.of(cfg), jax.random.key(3)
   pop = toy.filled(cfg, TASK_STAGE, params, toy.make_population())
   state = round_.init(params, h)
   personal = [jax.tree.map(np.asarray, params['task'])] * toy.K
@@ -95,7 +97,7 @@ def test_large_lambda_pulls_personal_models_to_global():
 
 def test_checkpoint_carries_personal_models(tmp_path):
   _, plan, params, state, _, _, _ = _run(0.1)
-  h = toy.cfg_for(method='ditto').hparams()
+  h = Hparams.of(toy.cfg_for(method='ditto'))
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(tmp_path / 'c', checkpoint._tree(state))  # pylint: disable=protected-access
     ckpt.wait_until_finished()

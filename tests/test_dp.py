@@ -12,7 +12,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from fedrecon_jax import dp, rounds, sampling, server
-from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.hparams import Hparams
 import toy
 
 
@@ -160,7 +161,7 @@ def test_round_inf_clip_zero_noise_is_uniform_fedavg_bitwise(stage, chunk):
       (toy.cfg_for(server_opt='fedavg'), _uniform_weights)):
     round_ = rounds.make_round(change(toy.stage_plan(cfg, stage)),
                                rounds.make_mesh(1), clients_per_chunk=chunk)
-    h = cfg.hparams()
+    h = Hparams.of(cfg)
     state = round_.init(params, h)
     pop = round_.fill(params, round_.place(population))
     for _ in range(2):
@@ -267,7 +268,7 @@ def _reference_dp_rounds(cfg, stage, params, population, key, rounds_):
   denominator qK and Andrew et al.'s clip update. Returns (trained params
   raveled, the clip after each round)."""
   plan = toy.stage_plan(cfg, stage)
-  h = cfg.hparams()
+  h = Hparams.of(cfg)
   update = jax.jit(plan.client_update)
   population = toy.filled(cfg, stage, params, population)
   trainable, frozen = rounds.split_params(params, plan.groups)
@@ -313,7 +314,7 @@ def test_poisson_dp_round_equals_a_python_loop(chunk):
   population, key = toy.make_population(), jax.random.key(11)
   round_ = toy.make_round(cfg, TASK_STAGE, clients_per_chunk=chunk)
   assert round_.plan.rate == pytest.approx(2 / 6)
-  h = cfg.hparams()
+  h = Hparams.of(cfg)
   state = round_.init(params, h)
   pop = round_.fill(params, round_.place(population))
   clips = []
@@ -344,8 +345,8 @@ def test_poisson_round_without_dp_equals_sequential_round():
 
 
 def test_next_clip_is_andrew_et_al_geometric_update():
-  h = toy.cfg_for(dp_clip_lr=0.2, dp_target_quantile=0.7,
-                  dp_clip_count_stddev=1.5).hparams()
+  h = Hparams.of(toy.cfg_for(dp_clip_lr=0.2, dp_target_quantile=0.7,
+                             dp_clip_count_stddev=1.5))
   key = jax.random.key(4)
   # 6 of 10 clients unclipped: the centred count 6 - 5 = 1.
   got = float(dp.next_clip(key, 2.0, 1.0, h, 10.0))

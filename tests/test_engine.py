@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import pytest
 
 from fedrecon_jax import rounds
-from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.hparams import Hparams
 
 import toy
 
@@ -38,7 +39,7 @@ def test_generator_frozen_in_stage2(setup):
   params, population = setup
   for method, frozen in (('fedrecon', True), ('fedrecon_no_freeze', False)):
     cfg = toy.cfg_for(method=method)
-    round_, h = toy.make_round(cfg, TASK_STAGE), cfg.hparams()
+    round_, h = toy.make_round(cfg, TASK_STAGE), Hparams.of(cfg)
     state = round_.init(params, h)
     pop = round_.fill(params, round_.place(population))
     for r in range(3):

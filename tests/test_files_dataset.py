@@ -14,6 +14,7 @@ import pytest
 from fedrecon_jax import checkpoint, data, train
 from fedrecon_jax.config import Config
 from fedrecon_jax.data import files, loader
+from fedrecon_jax import recipe
 
 import tiny
 
@@ -265,7 +266,7 @@ def test_bad_layout_names_file_and_field(tmp_path, broken):
 
 def test_files_without_manual_dir_is_refused():
   with pytest.raises(ValueError, match='--manual_dir'):
-    Config(dataset='files', workdir='/tmp/unused').validate()
+    recipe.validate(Config(dataset='files', workdir='/tmp/unused'))
   with pytest.raises(ValueError, match='--manual_dir'):
     loader.builder('files', data_dir='/tmp/unused')
   assert data.needs_manual_dir('files')

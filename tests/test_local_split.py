@@ -23,8 +23,11 @@ from sklearn.metrics import f1_score
 
 from fedrecon_jax import data, evaluation, experiment, generator, local_split
 from fedrecon_jax import partition
-from fedrecon_jax.config import TASK_STAGE, Config
+from fedrecon_jax.config import Config
+from fedrecon_jax.methods import TASK_STAGE
 from fedrecon_jax.generators import mapping
+from fedrecon_jax.hparams import Hparams
+from fedrecon_jax import recipe
 
 import tiny
 import toy
@@ -126,10 +129,10 @@ def test_runs_without_the_flag_keep_their_partition(env):
 
 def test_ditto_without_local_test_split_is_refused():
   with pytest.raises(ValueError, match=r'--local_test_fraction=0\.0.*ditto'):
-    toy.cfg_for(method='ditto').validate()
-  toy.cfg_for(method='ditto', local_test_fraction=0.2).validate()
+    recipe.validate(toy.cfg_for(method='ditto'))
+  recipe.validate(toy.cfg_for(method='ditto', local_test_fraction=0.2))
   with pytest.raises(ValueError, match='--local_test_fraction'):
-    toy.cfg_for(local_test_fraction=1.0).validate()
+    recipe.validate(toy.cfg_for(local_test_fraction=1.0))
 
 
 def _reference_f1(model, params, personal, local):
@@ -211,7 +214,7 @@ def test_ditto_personal_models_beat_the_global_model_on_skewed_clients():
   cfg = toy.cfg_for(method='ditto', ditto_lambda=0.1, local_epochs=2)
   model, params = toy.small_model(), toy.init_params(toy.small_model())
   train, local = local_split.split(_skewed_population(0), 0.25, seed=0)
-  round_, h = toy.make_round(cfg, TASK_STAGE), cfg.hparams()
+  round_, h = toy.make_round(cfg, TASK_STAGE), Hparams.of(cfg)
   state = round_.init(params, h)
   pop = round_.fill(params, round_.place(train))
   for _ in range(10):

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from fedrecon_jax import memory_plan, plan as plan_lib, rounds
-from fedrecon_jax.config import TASK_STAGE
+from fedrecon_jax import memory_plan, recipe, rounds
+from fedrecon_jax.methods import TASK_STAGE
+from fedrecon_jax.hparams import Hparams
 
 import toy as t
 
@@ -32,11 +33,11 @@ def big():
 def plan(big, **kw):
   model, params, population, mesh = big
   cfg = t.cfg_for(num_clients=K, server_opt='fedavg', **kw)
-  stage_plan = plan_lib.make_plan(cfg, model, TASK_STAGE, K)
+  stage_plan = recipe.of(cfg).plan(model, TASK_STAGE, K)
   return memory_plan.choose_round(
       stage_plan, mesh, params,
       rounds.fill_population(stage_plan, mesh, 0, params, population),
-      cfg.hparams(), cfg=cfg)
+      Hparams.of(cfg), cfg=cfg)
 
 
 def test_auto_chunks_a_1024_client_round_that_does_not_fit(big, monkeypatch):
@@ -51,7 +52,7 @@ def test_auto_chunks_a_1024_client_round_that_does_not_fit(big, monkeypatch):
                  device_memory_gb=limit_gb)
   assert 0 < chunked.clients_per_device < K
   assert chunked.program_bytes <= limit_gb * 2**30 < whole.program_bytes
-  h, key = t.cfg_for().hparams(), jax.random.key(4)
+  h, key = Hparams.of(t.cfg_for()), jax.random.key(4)
   got, want = (p.round(p.round.init(params, h),
                        p.round.fill(params, p.round.place(population)), key,
                        h)[0] for p in (chunked, whole))
@@ -79,11 +80,11 @@ def test_auto_runs_per_program_fits_the_budget(env):
   exps = [experiment.build(c) for c in cfgs[:3]]
   n = max(e.population.y.shape[1] for e in exps)
   pop = t.stacked(*[partition.pad_clients(e.population, n) for e in exps])
-  stage_plan = plan_lib.make_plan(cfgs[0], exps[0].model, TASK_STAGE,
-                                  cfgs[0].num_clients)
+  stage_plan = recipe.of(cfgs[0]).plan(exps[0].model, TASK_STAGE,
+                                       cfgs[0].num_clients)
   group = rounds.make_round(stage_plan, rounds.make_mesh(1), runs=3)
   params = exps[0].model.init_params(jax.random.key(0))
-  h = t.stacked(*[c.hparams() for c in cfgs[:3]])
+  h = t.stacked(*[Hparams.of(c) for c in cfgs[:3]])
   params = t.stacked(*[params] * 3)
   pop = group.fill(params, group.place(pop))
   compiled = group.lower(group.init(params, h), pop,

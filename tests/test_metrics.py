@@ -9,6 +9,7 @@ import pytest
 
 from fedrecon_jax import evaluation, generator, recon_metrics
 from fedrecon_jax.config import Config
+from fedrecon_jax import recipe
 
 
 def test_macro_f1_known_answer():
@@ -73,4 +74,4 @@ def test_kl_of_prior_is_zero():
 def test_config_errors_name_the_flag(field, value, needle):
   cfg = dataclasses.replace(Config(workdir='/tmp/w'), **{field: value})
   with pytest.raises(ValueError, match=needle):
-    cfg.validate()
+    recipe.validate(cfg)

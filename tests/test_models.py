@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrecon_jax import rounds
-from fedrecon_jax.config import GEN_STAGE
+from fedrecon_jax.hparams import Hparams
+from fedrecon_jax.methods import GEN_STAGE
 from fedrecon_jax.models import (AttentionFusion, ConvDecoder, ConvEncoder,
                                  DataSpec, Head, MLP, Model, PatchConv,
                                  TaskEncoder, depth_to_space)
@@ -107,7 +108,7 @@ def test_training_keeps_the_padding_zero():
   update = toy.stage_plan(cfg, GEN_STAGE).client_update
   trainable, frozen = rounds.split_params(params, ('gen', 'map'))
   data = jax.tree.map(lambda x: x[0], toy.make_population())
-  trained = update(cfg.hparams(), trainable, frozen, data,
+  trained = update(Hparams.of(cfg), trainable, frozen, data,
                    jax.random.key(2))[0]['gen']
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, b),
                        trained, trainable['gen'])

@@ -10,6 +10,7 @@ from dp_accounting import rdp
 
 from fedrecon_jax import privacy
 from fedrecon_jax.config import Config
+from fedrecon_jax import recipe
 
 # TensorFlow Privacy, tutorials/README.md, "Select Parameters" (the MNIST
 # DP-SGD tutorial): 60,000 examples, batch 256 Poisson-sampled, epsilon at
@@ -120,11 +121,11 @@ def test_per_round_pld_equals_the_accountant():
                gen_rounds=3, rounds=4, dp_clip=1.0, dp_noise_multiplier=2.0,
                client_sampling='poisson', dp_clip_lr=0.2,
                dp_clip_count_stddev=1.0)
-  stages = privacy.schedule(cfg, 120)
+  stages = privacy.schedule(recipe.of(cfg), 120)
   delta = privacy.run_delta(cfg, 120)
   for r in (2, 4, 7, 5):
     done = [min(r, 3), max(r - 3, 0)]
-    assert privacy.epsilon_after(cfg, 120, r) == pytest.approx(
+    assert privacy.epsilon_after(recipe.of(cfg), 120, r) == pytest.approx(
         privacy.epsilon(stages, delta, done, 'pld'), rel=1e-6)
 
 
@@ -168,7 +169,7 @@ def test_private_record_marks_or_drops_what_dp_does_not_cover():
 ])
 def test_config_refuses_naming_the_flag(flags, named):
   with pytest.raises(ValueError, match=named.replace('(', r'\(')):
-    Config(workdir='/tmp/unused', **flags).validate()
+    recipe.validate(Config(workdir='/tmp/unused', **flags))
 
 
 def test_config_accepts_dp_settings_it_can_account():
@@ -177,4 +178,4 @@ def test_config_accepts_dp_settings_it_can_account():
                      dp_noise_multiplier=1.0, dp_clip_lr=0.2,
                      dp_clip_count_stddev=0.5),
                 dict(method='unimodal', unimodal_modality='best')):
-    Config(workdir='/tmp/unused', **flags).validate()
+    recipe.validate(Config(workdir='/tmp/unused', **flags))

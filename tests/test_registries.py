@@ -8,6 +8,7 @@ import pytest
 
 from fedrecon_jax import config, generators, methods, server
 from fedrecon_jax.models import Model
+from fedrecon_jax import recipe
 
 import toy
 
@@ -24,16 +25,17 @@ def test_flag_choices_are_the_registries():
   assert set(generators.TRAINABLE) - set(generators.JOINT) == {
       'mapping', 'mmvaeplus_map'}
   with pytest.raises(ValueError, match='--method=.nope. is not one of'):
-    toy.cfg_for(method='nope').validate()
+    recipe.validate(toy.cfg_for(method='nope'))
 
 
 def test_each_method_names_its_generator_and_stages():
   for name, method in methods.REGISTRY.items():
     cfg = toy.cfg_for(method=name, joint_posterior='mopoe')
-    gen = method.generator(cfg)
-    assert cfg.uses_generator == (gen is not None)
-    assert method.stages(cfg)[-1] == methods.TASK_STAGE
-    assert (methods.GEN_STAGE in method.stages(cfg)) == cfg.uses_generator
+    recipe_ = recipe.of(cfg)
+    gen = recipe_.generator
+    assert recipe_.method is method
+    assert recipe_.stages[-1] == methods.TASK_STAGE
+    assert (methods.GEN_STAGE in recipe_.stages) == (gen is not None)
     assert gen is None or gen.trainable
 
 

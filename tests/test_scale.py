@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fedrecon_jax import compile_stats, rounds
-from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.hparams import Hparams
 
 import tiny
 import toy
@@ -42,7 +43,7 @@ def setup():
 def _train_like(engine, params, population, schedule):
   """Runs rounds the way train.run does (one run key, placed state, a
   fresh server state when the stage changes); compile count after each."""
-  state, after, h = None, [], CFG.hparams()
+  state, after, h = None, [], Hparams.of(CFG)
   key = jax.random.key(0)
   for r, stage in enumerate(schedule, 1):
     round_ = _round(engine, stage)
@@ -73,15 +74,15 @@ def test_no_compiles_after_warmup(setup, engine):
 
 def test_chunked_round_one_program_for_every_cohort_size(setup):
   params, population = setup
-  round_, h = _round('chunked', GEN_STAGE), CFG.hparams()
+  round_, h = _round('chunked', GEN_STAGE), Hparams.of(CFG)
   state, pop = round_.init(params, h), round_.place(population)
   jax.block_until_ready(round_(state, pop, jax.random.key(0), h))
   start = _compile_count()
   for n in (1, 3, 5):
     jax.block_until_ready(round_(state, pop, jax.random.key(n), h,
                                  cohort_size=n))
-  # (jit's _cache_size() would also count the same executable once per
-  # argument placement, so compiles are what is counted.)
+  # (A jit's traces would not show a recompile for another argument
+  # placement, so compiles are what is counted.)
   assert _compile_count() == start, compile_stats.snapshot().by_function
 
 
@@ -90,7 +91,7 @@ def test_chunked_round_equals_make_round(setup, stage):
   """Every client (one with a NaN sample); the last chunk holds pads."""
   params, _ = setup
   population = toy.with_nan_client()
-  key, h = jax.random.key(3), CFG.hparams()
+  key, h = jax.random.key(3), Hparams.of(CFG)
   outs = []
   for engine in ('make_round', 'chunked'):
     round_ = _round(engine, stage)
@@ -107,7 +108,7 @@ def test_one_client_per_chunk_equals_make_round(setup):
   without a vmap; same round as all at once, NaN client skipped."""
   params, _ = setup
   population = toy.with_nan_client()
-  key, h = jax.random.key(5), CFG.hparams()
+  key, h = jax.random.key(5), Hparams.of(CFG)
   outs = []
   for chunk in (0, 1):
     round_ = toy.make_round(CFG, GEN_STAGE, clients_per_chunk=chunk)
@@ -135,7 +136,7 @@ distributed.initialize({address!r}, 2, {pid}, local_device_count={local})
 import jax, numpy as np
 sys.path.insert(0, {tests!r})
 import toy
-from fedrecon_jax.config import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
 assert jax.process_count() == 2 and len(jax.devices()) == {total}
 model = toy.small_model()
 # The parent's initial params (an eager init would take longer than the

@@ -15,7 +15,9 @@ import pytest
 
 from fedrecon_jax import server
 from fedrecon_jax.methods import base
-from fedrecon_jax.config import Config, GEN_STAGE, TASK_STAGE
+from fedrecon_jax.config import Config
+from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
+from fedrecon_jax.hparams import Hparams
 
 ETA, B1, B2, TAU = 0.01, 0.9, 0.99, 1e-3
 ROUNDS, CLIENTS = 5, 4
@@ -62,7 +64,7 @@ def fedavgm_reference(x, client_params, weights, beta=0.9):
 
 def run_server(cfg, stage, x0, client_params, weights):
   """5 rounds through server.aggregate, params as a small pytree."""
-  tx = base.server_tx(cfg, stage)(cfg.hparams())
+  tx = base.server_tx(cfg, stage)(Hparams.of(cfg))
   unflat = lambda a: {'w': jnp.asarray(a[:6].reshape(2, 3), jnp.float32),
                       'b': jnp.asarray(a[6:], jnp.float32)}
   params = unflat(x0)
@@ -160,7 +162,7 @@ def test_fedavg_weights_each_entry_by_its_own_weight(chunked):
 
   f32 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), t)
   stack = lambda ts: f32(jax.tree.map(lambda *a: np.stack(a), *ts))
-  tx = base.server_tx(cfg(server_opt='fedavg'), TASK_STAGE)(cfg().hparams())
+  tx = base.server_tx(cfg(server_opt='fedavg'), TASK_STAGE)(Hparams.of(cfg()))
   params = f32(x)
   opt_state = server.init_opt_state(tx, params)
   if chunked:
@@ -180,7 +182,7 @@ def test_every_server_optimizer_is_elementwise(name):
   """apply_sums steps the params raveled: each --server_optimizer (and a
   global-norm clip, which reads all entries as one vector either way)
   passes the check."""
-  h = cfg().hparams()
+  h = Hparams.of(cfg())
   server.check_elementwise(server.transformation('fedopt', name, 0.1, h), name)
   server.check_elementwise(optax.chain(optax.clip_by_global_norm(0.5),
                                        optax.sgd(0.1)), 'clip')
@@ -197,11 +199,11 @@ def test_a_per_leaf_server_transformation_is_refused(tx, monkeypatch):
   the check and when a plan is built with it."""
   with pytest.raises(ValueError, match='not elementwise'):
     server.check_elementwise(tx, 'probe')
-  from fedrecon_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import recipe  # pylint: disable=g-import-not-at-top
   import toy  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(server.OPTIMIZERS, 'sgdm', lambda *a: tx)
-  # A batch size no other test uses: a plan of its own (make_plan caches).
+  # A batch size no other test uses: a plan of its own (plans are cached).
   c = toy.cfg_for(server_optimizer='sgdm', batch_size=11)
   with pytest.raises(ValueError, match='--method=fedrecon stage 2.*not '
                      'elementwise'):
-    plan_lib.make_plan(c, toy.small_model(), TASK_STAGE, toy.K)
+    recipe.of(c).plan(toy.small_model(), TASK_STAGE, toy.K)

@@ -12,6 +12,7 @@ import pytest
 from experiments.paper import report
 from fedrecon_jax import sweep, train, workdir
 from fedrecon_jax import grid as grid_lib
+from fedrecon_jax import recipe
 
 import tiny
 
@@ -99,7 +100,9 @@ def fake_run(calls, fail=()):
       raise RuntimeError('boom')
     os.makedirs(cfg.workdir, exist_ok=True)
     with open(os.path.join(cfg.workdir, 'summary.json'), 'w') as f:
-      json.dump({'rounds': cfg.total_rounds, 'f1_macro': 0.5 + cfg.seed / 10,
+      json.dump({'config': cfg.to_dict(),
+                 'rounds': recipe.of(cfg).total_rounds,
+                 'f1_macro': 0.5 + cfg.seed / 10,
                  'accuracy': 0.5}, f)
     return {}
   return run
@@ -197,7 +200,8 @@ def test_report_marks_diverged_cells_and_does_not_average_them(
   def run(cfg):   # unimodal seed 1 and both zero_fill seeds diverge
     if cfg.method == 'unimodal' and cfg.seed == 0:
       return finish(cfg)
-    summary = {'rounds': cfg.total_rounds, 'diverged_at_round': 2,
+    summary = {'config': cfg.to_dict(),
+               'rounds': recipe.of(cfg).total_rounds, 'diverged_at_round': 2,
                'diverged_because': 'the global params are non-finite',
                'last_finite_eval': None}
     os.makedirs(cfg.workdir, exist_ok=True)

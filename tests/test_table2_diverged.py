@@ -4,6 +4,7 @@ import os
 
 from experiments.paper import table2, table2_page
 from fedrecon_jax import workdir
+from fedrecon_jax import recipe
 
 
 def test_diverged_variant_is_a_row_not_a_crash(tmp_path):
@@ -12,7 +13,7 @@ def test_diverged_variant_is_a_row_not_a_crash(tmp_path):
   os.makedirs(cfg.workdir)
   # What train.run writes when a run diverges (train._diverged_summary).
   workdir.write_summary(cfg.workdir, {
-      'config': cfg.to_dict(), 'rounds': cfg.total_rounds,
+      'config': cfg.to_dict(), 'rounds': recipe.of(cfg).total_rounds,
       'diverged_at_round': 7, 'diverged_because': 'non-finite params',
       'last_finite_eval': None, 'wall_seconds': 1.0, 'devices': 'cpu'})
   # Finished, so run_variant does not train; it must not try to score.

@@ -13,6 +13,7 @@ import jax
 
 from fedrecon_jax import train
 from fedrecon_jax.config import Config
+from fedrecon_jax import recipe
 
 import tiny
 
@@ -77,11 +78,11 @@ def test_every_method_runs(tmp_path, data_dir, method, extra):
                **TINY, **extra)
   summary = train.run(cfg)
   records = read_jsonl(tmp_path / 'metrics.jsonl')
-  assert len(records) == cfg.total_rounds
+  assert len(records) == recipe.of(cfg).total_rounds
   # Compile time is recorded where programs were built: the first round.
   assert records[0]['compile_seconds'] > 0
   assert 0.0 <= summary['f1_macro'] <= 1.0
-  assert ('recon_mse' in summary) == cfg.uses_generator
+  assert ('recon_mse' in summary) == (recipe.of(cfg).generator is not None)
   if method == 'unimodal':
     # The ridge probe must pick the strong view, the middle one of
     # uci_multifeature_small's (kar .93 vs fou .79, mor .63).
@@ -112,7 +113,7 @@ def test_cli_rejects_bad_flag_by_name(tmp_path):
 def test_runs_of_one_program_in_a_process_trace_it_once(tmp_path, data_dir,
                                                         caplog):
   """A sweep's cells run in one process: a second seed of a program reuses
-  its round and evaluation programs (config.per_program) instead of
+  its round and evaluation programs (recipe.Recipe.plan's cache) instead of
   re-tracing them."""
   def traced(seed):
     caplog.clear()

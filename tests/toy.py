@@ -1,20 +1,23 @@
 """The round tests' toy federation: 6 synthetic clients, 3 small vector
 modalities, a small model, and helpers that build and run its rounds.
 
-Rounds are built through the same `plan` -> `rounds.make_round` path as
+Rounds are built through the same `Recipe.plan` -> `rounds.make_round` path as
 train.run and their arguments placed as it places them (`Round.place`), so a
 test's round compiles the program other tests (and later runs, through the
 persistent compilation cache) reuse.
 """
 
+import contextlib
 import functools
 
+import chex
 import jax
 import numpy as np
 
-from fedrecon_jax import partition, plan, rounds
+from fedrecon_jax import partition, recipe, rounds
 from fedrecon_jax.config import Config
 from fedrecon_jax.models import DataSpec, Model
+from fedrecon_jax.hparams import Hparams
 
 SHAPES = ((5,), (7,), (4,))
 SPEC = DataSpec(('a', 'b', 'c'), ('vector',) * 3, SHAPES, 3)
@@ -63,7 +66,7 @@ def init_params(model):
 
 @functools.cache
 def stage_plan(cfg, stage):
-  return plan.make_plan(cfg, small_model(), stage, K)
+  return recipe.of(cfg).plan(small_model(), stage, K)
 
 
 @functools.cache
@@ -73,10 +76,29 @@ def make_round(cfg, stage, num_devices=1, runs=0, clients_per_chunk=0):
                            clients_per_chunk=clients_per_chunk)
 
 
+@contextlib.contextmanager
+def max_round_traces(n: int):
+  """Round programs built inside may trace their round function at most n
+  times in all (chex.assert_max_traces raises on the next): a retrace, for
+  a new shape or placement, would be a recompile. They are fresh programs
+  (the caches of built rounds are cleared before and after)."""
+  original = rounds.one_round
+  chex.clear_trace_counter()   # counted per function, across tests
+  make_round.cache_clear()
+  rounds.make_round.cache_clear()
+  rounds.one_round = chex.assert_max_traces(original, n=n)
+  try:
+    yield
+  finally:
+    rounds.one_round = original
+    make_round.cache_clear()
+    rounds.make_round.cache_clear()
+
+
 def one_round(cfg, stage, params, population, key, num_devices=1, **kw):
   """(params, metrics) after one round from a fresh server state."""
   round_ = make_round(cfg, stage, num_devices, **kw)
-  h = cfg.hparams()
+  h = Hparams.of(cfg)
   state, metrics = round_(round_.init(params, h),
                           round_.fill(params, round_.place(population)), key, h)
   return state.params, metrics
@@ -93,7 +115,7 @@ def runs_round(r, stage, params, num_devices=1):
   seed i (key and partition) and client_lr 0.05 (i + 1)."""
   cfgs = [cfg_for(seed=i, client_lr=0.05 * (i + 1)) for i in range(r)]
   round_ = make_round(cfgs[0], stage, num_devices, runs=r)
-  h = stacked(*[c.hparams() for c in cfgs])
+  h = stacked(*[Hparams.of(c) for c in cfgs])
   key = jax.random.wrap_key_data(
       stacked(*[jax.random.key_data(jax.random.key(i)) for i in range(r)]))
   params = stacked(*[params] * r)
@@ -115,14 +137,14 @@ def solo_and_grouped(cfgs, stage, params, rounds=2):
   keys = [jax.random.key(i) for i in range(r)]
   solo = []
   for cfg, pop, key in zip(cfgs, pops, keys):
-    round_, h = make_round(cfgs[0], stage), cfg.hparams()
+    round_, h = make_round(cfgs[0], stage), Hparams.of(cfg)
     state = round_.init(params, h)
     for _ in range(rounds):
       state, metrics = round_(state, round_.fill(params, round_.place(pop)),
                               key, h)
     solo.append((state, metrics))
   group = make_round(cfgs[0], stage, runs=r)
-  h = stacked(*[c.hparams() for c in cfgs])
+  h = stacked(*[Hparams.of(c) for c in cfgs])
   key = jax.random.wrap_key_data(stacked(*map(jax.random.key_data, keys)))
   stacked_params = stacked(*[params] * r)
   pop = group.fill(stacked_params, group.place(stacked(*pops)))
@@ -134,7 +156,7 @@ def solo_and_grouped(cfgs, stage, params, rounds=2):
 
 def sequential_round(cfg, stage, params, population, key):
   """The same round, clients one after another (rounds.sequential_round)."""
-  h = cfg.hparams()
+  h = Hparams.of(cfg)
   sp = stage_plan(cfg, stage)
   state = make_round(cfg, stage).init(params, h)
   population = rounds.fill_population(sp, rounds.make_mesh(1), 0, params,

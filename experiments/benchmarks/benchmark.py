@@ -19,10 +19,10 @@ Variants, each timed in this process after a warm-up (median of --rounds):
                  chunks of --clients_per_device x devices, one after another
                  inside one program, aggregation accumulated as it goes; the
                  program serves every N (compiled once per stage).
-  auto           memory_plan.choose_round with --clients_per_device=auto: what
-                 a training run picks (all at once if XLA says it fits
-                 --memory_fraction of the device, else the largest chunk
-                 that does); the note says which.
+  auto           memory_plan.choose_round with --clients_per_device=auto, the
+                 state donated: what a training run picks (all at once if
+                 XLA says it fits --memory_fraction of the device, else the
+                 largest chunk that does); the note says which.
   sequential     rounds.sequential_round: one jitted single-client update called
                  per client in Python, then server.aggregate over the stack.
                  At N > --seq_max_clients it runs a cohort of seq_max_clients
@@ -169,7 +169,6 @@ def _measure(bench: _Bench, row: dict, run_cfg, ran: int, rounds_wanted: int,
   row['compiles_setup'] = after_warmup - before
   row['compiles_after_warmup'] = (compile_stats.snapshot().compiles
                                   - after_warmup)
-  row['jit_cache_size'] = runner.cache_size()
   history['round_s'] = round_s = statistics.median(timed)
   row['rounds_timed'] = len(timed)
   row['clients_run'] = ran

@@ -24,7 +24,7 @@ from absl import flags
 import jax
 from jax.profiler import ProfileData
 
-from fedrecon_jax import experiment, metrics_writer, plan, rounds
+from fedrecon_jax import experiment, metrics_writer, recipe, rounds
 from fedrecon_jax.config import Config
 
 _STAGE = flags.DEFINE_integer('stage', 1, 'Stage whose client update runs.')
@@ -47,8 +47,8 @@ def main(argv):
   cfg = Config(workdir=tempfile.mkdtemp())
   exp = experiment.build(cfg)
   params = exp.model.init_params(jax.random.key(0))
-  stage_plan = plan.make_plan(cfg, exp.model, _STAGE.value, cfg.num_clients)
-  h = cfg.hparams()
+  stage_plan = recipe.of(cfg).plan(exp.model, _STAGE.value, cfg.num_clients)
+  h = recipe.of(cfg).hparams()
   trainable, frozen = rounds.split_params(params, stage_plan.groups)
   round_ = rounds.make_round(stage_plan, rounds.make_mesh(1))
   population = round_.fill(params, round_.place(exp.population))

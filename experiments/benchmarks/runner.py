@@ -41,12 +41,12 @@ class Runner:
 
   def __init__(self, variant, cfg, model, stage, mesh, num_clients,
                host_pop, device_pop, params, clients_per_device: int = 1):
-    from fedrecon_jax import plan, rounds  # pylint: disable=g-import-not-at-top
+    from fedrecon_jax import recipe, rounds  # pylint: disable=g-import-not-at-top
     self.variant = variant
     self.kind = variant.removesuffix('_donate')
     self.cfg, self.stage, self.mesh = cfg, stage, mesh
-    self.h = cfg.hparams()
-    self.plan = plan.make_plan(cfg, model, stage, num_clients)
+    self.h = recipe.of(cfg).hparams()
+    self.plan = recipe.of(cfg).plan(model, stage, num_clients)
     self.save_hlo = ''
     self.note = ''
     self.params = params
@@ -90,7 +90,8 @@ class Runner:
       t = time.perf_counter()
       plan = memory_plan.choose_round(
           self.plan, self.mesh, self.params, self.pop, self.h,
-          cfg=dataclasses.replace(self.cfg, clients_per_device='auto'))
+          cfg=dataclasses.replace(self.cfg, clients_per_device='auto'),
+          donate=True)   # as train.py builds it
       self.round = plan.round
       self.state = self.round.init(self.params, self.h)
       self.note = (f'auto: {plan.clients_per_device or "all"} per device, '
@@ -107,7 +108,8 @@ class Runner:
       trainable, frozen = rounds.split_params(self.params, self.plan.groups)
       one = jax.tree.map(lambda x: x[0], self.pop)
       t = time.perf_counter()
-      compiled = update.lower(self.h, trainable, frozen, one, key).compile()
+      compiled = update.lower(self.h, trainable, frozen, one, key,
+                              ()).compile()
       return {'compile_s': time.perf_counter() - t,
               'xla_flops_program': xla_flops(compiled),
               'xla_memory_gb': memory_gb(compiled),
@@ -139,26 +141,21 @@ class Runner:
     self.state = state
     return time.perf_counter() - t
 
-  def cache_size(self) -> int | None:
-    if self.kind == 'sequential':
-      return None
-    size = getattr(self.round.jitted, '_cache_size', None)
-    return size() if size else None
-
 
 
 def client_flops(cfg, model, stage, host_pop, params) -> tuple[float, int]:
   """(FLOPs of one client's local update, its local steps)."""
-  from fedrecon_jax import plan, rounds  # pylint: disable=g-import-not-at-top
-  stage_plan = plan.make_plan(cfg, model, stage, host_pop.y.shape[0])
+  from fedrecon_jax import recipe, rounds  # pylint: disable=g-import-not-at-top
+  stage_plan = recipe.of(cfg).plan(model, stage, host_pop.y.shape[0])
   update, _ = rounds._sequential_parts(stage_plan)  # pylint: disable=protected-access
   trainable, frozen = rounds.split_params(params, stage_plan.groups)
   pop = host_pop
   if stage_plan.fill is not None:   # what the round's clients read
     pop = jax.eval_shape(stage_plan.fill, params, host_pop)
   one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), pop)
-  compiled = update.lower(cfg.hparams(), trainable, frozen, one,
-                          jax.random.key(0)).compile()
+  # () : no per-client state (ClientState) in the benchmark's methods.
+  compiled = update.lower(recipe.of(cfg).hparams(), trainable, frozen, one,
+                          jax.random.key(0), ()).compile()
   steps = -(-host_pop.y.shape[1] // cfg.batch_size) * cfg.local_epochs
   # XLA's cost analysis counts the body of the step loop once.
   return xla_flops(compiled) * steps, steps

@@ -52,7 +52,7 @@ _OUT = flags.DEFINE_string('out', 'experiments/results/runs_benchmark_cpu.json',
 
 def main(argv):
   del argv
-  from fedrecon_jax import experiment, partition, plan  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import experiment, partition, recipe  # pylint: disable=g-import-not-at-top
   from fedrecon_jax.config import Config  # pylint: disable=g-import-not-at-top
   t_start = time.time()
   runs_list = sorted(int(r) for r in _RUNS.value)
@@ -85,7 +85,7 @@ def main(argv):
     return table
 
   for stage in (int(s) for s in _STAGES.value):
-    stage_plan = plan.make_plan(cfgs[0], model, stage, cfgs[0].num_clients)
+    stage_plan = recipe.of(cfgs[0]).plan(model, stage, cfgs[0].num_clients)
     base, too_big = None, False
     for r in runs_list:
       chunk = (_STAGE1_CHUNK.value if stage == 1 else
@@ -124,20 +124,21 @@ def main(argv):
 
 def _time_one(row, stage_plan, cfgs, pops, params, steps):
   """Compiles and times one (stage, R) round program into `row`."""
-  from fedrecon_jax import rounds  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax import recipe, rounds  # pylint: disable=g-import-not-at-top
   r = len(cfgs)
   runs = r if r > 1 else 0
   stack = lambda *xs: np.stack([np.asarray(x) for x in xs])
   round_ = rounds.make_round(stage_plan, rounds.make_mesh(1, runs=runs),
                              runs=runs, clients_per_chunk=row['clients_per_chunk'])
   if runs:
-    h = jax.tree.map(stack, *[c.hparams() for c in cfgs])
+    h = jax.tree.map(stack, *[recipe.of(c).hparams() for c in cfgs])
     key = jax.random.wrap_key_data(stack(*[
         jax.random.key_data(jax.random.key(c.seed)) for c in cfgs]))
     pop = jax.tree.map(stack, *pops)
     p = jax.tree.map(lambda x: stack(*[x] * r), params)
   else:
-    h, key, pop, p = cfgs[0].hparams(), jax.random.key(0), pops[0], params
+    h, key, pop, p = (recipe.of(cfgs[0]).hparams(), jax.random.key(0),
+                      pops[0], params)
   t = time.perf_counter()
   pop = jax.block_until_ready(round_.fill(p, round_.place(pop)))
   row['fill_s'] = time.perf_counter() - t   # once per stage, not per round

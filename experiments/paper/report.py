@@ -26,7 +26,8 @@ import numpy as np
 
 from fedrecon_jax import metrics_writer, workdir
 from fedrecon_jax.grid import Cell, Grid, GridError, read_grid
-from fedrecon_jax.config import Config, TASK_STAGE
+from fedrecon_jax.config import Config
+from fedrecon_jax.methods import TASK_STAGE
 
 RESULTS_FILE = 'results.md'
 PLOTS_DIR = 'plots'
@@ -162,9 +163,10 @@ def _by_label(grid, runs) -> dict[str, list[Run]]:
 def task_curve(run: Run) -> dict[int, float]:
   # Rounds counted from the start of the task stage, so methods with and
   # without a generator stage line up.
-  return {r['round'] - run.cfg.stage1_rounds: r['f1_macro']
-          for r in run.records
-          if r.get('stage') == TASK_STAGE and 'f1_macro' in r}
+  task = [r for r in run.records if r.get('stage') == TASK_STAGE]
+  first = min((r['round'] for r in task), default=1)
+  return {r['round'] - first + 1: r['f1_macro'] for r in task
+          if 'f1_macro' in r}
 
 
 def _save(fig, out_dir: str, name: str) -> str:

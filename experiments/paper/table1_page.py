@@ -13,7 +13,7 @@ import numpy as np
 
 from experiments.paper import report
 from fedrecon_jax import grid as grid_lib
-from fedrecon_jax.config import METHODS
+from fedrecon_jax.recipe import CHOICES
 
 # The paper's headline: FedRecon minus FedOpt (unimodal), macro-F1 points.
 PAPER_MARGIN = {0.1: 2.81, 5.0: 3.84}
@@ -38,7 +38,7 @@ def table1_section(runs, metric: str = 'f1_macro') -> list[str]:
   done = [r for r in runs if r.summary is not None and metric in r.summary]
   cols = sorted({(r.cfg.server_opt, r.cfg.alpha, r.cfg.missing_rate)
                  for r in done})
-  methods = [m for m in METHODS
+  methods = [m for m in CHOICES['method']
              if any(r.cfg.method == m for r in done)]
   cells = report.group(done, ('method', 'server_opt', 'alpha',
                               'missing_rate'))

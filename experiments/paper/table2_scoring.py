@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fedrecon_jax import checkpoint, experiment, generators
+from fedrecon_jax import checkpoint, experiment, generators, recipe
 from fedrecon_jax import metrics_writer, probes, recon_metrics, workdir
 from fedrecon_jax.config import Config
 
@@ -67,10 +67,10 @@ def score(cfg: Config, variant: str, probes_dir: str, *, probe_steps: int,
   ckpt = checkpoint.Checkpointer(cfg)
   restored = ckpt.restore_or_none(exp, cfg)
   state = restored[0] if restored is not None else None
-  if state is None or int(state.round) != cfg.total_rounds:
+  if state is None or int(state.round) != exp.recipe.total_rounds:
     ckpt.close()
     raise ValueError(f'{cfg.workdir}: no checkpoint of round '
-                     f'{cfg.total_rounds}; use a new --root.')
+                     f'{exp.recipe.total_rounds}; use a new --root.')
   # Probes are central judges trained on every real training sample (the
   # validation samples held out when there are any), not part of the
   # federated method; cached per dataset and shared by the variants and
@@ -80,7 +80,7 @@ def score(cfg: Config, variant: str, probes_dir: str, *, probe_steps: int,
       probes_dir, ds.modalities, ds.train.xs, ds.train.y, ds.num_classes,
       key=jax.random.key(PROBE_SEED), steps=probe_steps)
   per_round = round_seconds(cfg)
-  kinds = {variant: cfg.generator.name}
+  kinds = {variant: exp.recipe.generator.name}
   ablation = generators.get(kinds[variant]).ablation
   if ablation is not None:
     kinds[NO_MAPPING] = ablation
@@ -123,7 +123,7 @@ def coherence_curve(cfg: Config, exp: experiment.Experiment,
   'train_seconds' (cumulative, compile included), 'coherence_single_mean'
   (mean over ordered pairs n <- m, m != n)}].
   """
-  kind = cfg.generator.name
+  kind = recipe.of(cfg).generator.name
   curve = []
   for step in sorted(ckpt.mngr.all_steps()):
     state, _ = ckpt.restore_or_none(exp, cfg, max_round=step)

@@ -36,7 +36,7 @@ from absl import flags
 import jax
 
 from experiments.paper import provenance, table2, table2_scoring
-from fedrecon_jax import metrics_writer, train, workdir
+from fedrecon_jax import metrics_writer, recipe, train, workdir
 
 VALIDATION_FRACTION = 0.2
 BETAS = (1.0, 2.5)
@@ -51,7 +51,7 @@ def extra_knob(dataset: str, variant: str) -> tuple[str, tuple]:
   """(field, values) of the variant's own knob: the L_match weight of a
   generator with mappings, every other one's latent size."""
   cfg = table2.variant_config(dataset, variant, '/unused')
-  if cfg.generator.uses_mappings:
+  if recipe.of(cfg).generator.uses_mappings:
     return 'match_weight', (cfg.match_weight / 3, cfg.match_weight * 3)
   return 'latent_dim', LATENT_SIZES
 
@@ -80,7 +80,7 @@ def _run_trials(cfgs: list, variant: str, probes_dir: str,
   """Trains the unfinished ones as one program where they share one, then
   scores each; returns one record per trial."""
   todo = [c for c in cfgs if not workdir.is_finished(c)]
-  keys = {c.program_key() for c in todo}
+  keys = {recipe.of(c).program_key for c in todo}
   t0 = time.time()
   if len(keys) == 1:
     train.run_group(todo)

@@ -18,6 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedrecon_jax import param_groups
+from fedrecon_jax.param_groups import Group
+
 # objective(model, params, xs, pres [M, B], mu, logvar [M, B, d], noise, *,
 #   beta, match_weight, cross_decoding) -> (per-sample loss [B], terms [B]).
 Objective = Callable[..., tuple[jax.Array, dict]]
@@ -46,9 +49,10 @@ class Generator:
   sample_latents: Sample
   # Where it sits in flag choices and Table 2 (then by name).
   order: int
-  # Parameter groups its objective trains (and clients send): 'gen' (the
-  # MVAE), plus 'map' for the mappings T(n<-m).
-  groups: tuple[str, ...] = ('gen',)
+  # Parameter groups its objective trains (and clients send), each with
+  # its aggregation weight: param_groups.GEN (the MVAE), plus MAP for the
+  # mappings T(n<-m), or a group of its own (with an init).
+  groups: tuple[Group, ...] = (param_groups.GEN,)
   # latent_dim -> (each encoder's latent size, each decoder's input size);
   # an encoder outputs a mean and a log-variance of its size.
   latent_sizes: Callable[[int], tuple[int, int]] = _same_size
@@ -57,6 +61,10 @@ class Generator:
   # An inference-only kind scored beside this one in Table 2 (the
   # no-mapping read of FedRecon's generator), or None.
   ablation: str | None = None
+  # Whether its objective reads --cross_decoding (generator.CROSS_DECODING:
+  # 'one' decodes one target per source, which needs modalities of one
+  # kind and shape); False: it ignores the flag.
+  cross_decoding: bool = False
 
   @property
   def trainable(self) -> bool:
@@ -64,7 +72,12 @@ class Generator:
 
   @property
   def uses_mappings(self) -> bool:
-    return 'map' in self.groups
+    return param_groups.MAP in self.groups
+
+  @property
+  def extra_groups(self) -> tuple[Group, ...]:
+    """Its groups the Model does not build (those with an init)."""
+    return tuple(g for g in self.groups if g.init is not None)
 
   def noise(self, key: jax.Array, num_modalities: int, batch: int,
             latent_dim: int) -> dict:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from fedrecon_jax.generators import base
+from fedrecon_jax.param_groups import GEN, MAP
 
 
 def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
@@ -112,6 +113,7 @@ def sample_raw(model, params, xs, pres, mu, logvar, key):
 
 
 MAPPING = base.Generator('mapping', objective, infer_latents, sample_latents,
-                         order=0, groups=('gen', 'map'), ablation='raw')
+                         order=0, groups=(GEN, MAP), ablation='raw',
+                         cross_decoding=True)
 RAW = base.Generator('raw', None, infer_raw, sample_raw, order=100)
 GENERATORS = (MAPPING, RAW)

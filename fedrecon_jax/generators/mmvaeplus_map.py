@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from fedrecon_jax.generators import base, mapping, mmvaeplus
+from fedrecon_jax.param_groups import GEN, MAP
 
 
 def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
@@ -60,5 +61,5 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
 
 GENERATORS = (base.Generator(
     'mmvaeplus_map', objective, mapping.infer_latents, sample_latents,
-    order=5, groups=('gen', 'map'), latent_sizes=lambda d: (2 * d, 2 * d),
-    draw_noise=mmvaeplus.draw_noise),)
+    order=5, groups=(GEN, MAP), latent_sizes=lambda d: (2 * d, 2 * d),
+    draw_noise=mmvaeplus.draw_noise, cross_decoding=True),)

@@ -48,4 +48,4 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
 
 
 GENERATORS = (base.Generator('moe', objective, infer_latents, sample_latents,
-                             order=2),)
+                             order=2, cross_decoding=True),)

@@ -3,10 +3,13 @@ stages (`StagePlan`, with the optional per-client state `ClientState`), and
 the pieces the methods here share.
 
 A method, like fedjax's FederatedAlgorithm, is a value holding pure
-functions: `plan(cfg, model, stage, num_clients)` builds a stage's plan,
-the only thing the engine (rounds, train, checkpoint, evaluation) reads.
-`cfg` stops there. A new method is one module of this package listing its
-`Method`s in `METHODS` (see WORKSPACE.md, "Adding a method").
+functions: `plan(recipe, model, stage)` builds a stage's plan, the only
+thing the engine (rounds, train, checkpoint, evaluation) reads; the run's
+`recipe.Recipe` adds the cohort and DP to it. The Config stops there: a
+plan reads its settings, its method's own knobs (`Method.settings`,
+`recipe.knobs`) and the generator (`recipe.generator`). A new method is one
+module of this package listing its `Method`s in `METHODS` (see
+WORKSPACE.md, "Adding a method").
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedrecon_jax import client, generator, sampling, server
+from fedrecon_jax import client, generator, param_groups, sampling, server
 from fedrecon_jax.generators import Generator
 from fedrecon_jax.hparams import Hparams
+from fedrecon_jax.param_groups import Group
 
 # A method's stages: an optional generator stage (--gen_rounds), then the
 # task stage (--rounds).
@@ -57,13 +61,14 @@ class ClientState:
 class StagePlan:
   """What a round of one stage computes; built once per program."""
   stage: int
-  groups: tuple[str, ...]     # parameter groups the clients train
+  groups: tuple[str, ...]     # names of the parameter groups clients train
   # (h, trainable, frozen, data, key) -> (params, weights, metrics): one
   # client, its data without a client axis (client.make_client_update).
   client_update: Callable
   server_tx: Callable[[Hparams], optax.GradientTransformation]
-  num_clients: int            # K, the population the cohort is drawn from
-  cohort: int                 # clients sampled per round
+  # Set by the run's recipe (Recipe.plan), not by the method:
+  num_clients: int = 0        # K, the population the cohort is drawn from
+  cohort: int = 0             # clients sampled per round
   # (params, population) -> the population the stage's rounds read, filled
   # once per stage by the frozen generator (client.make_fill); None: as is.
   fill: Callable | None = None
@@ -86,20 +91,22 @@ class StagePlan:
 class Method:
   """A training method: a name (--method) and how it builds its plans."""
   name: str
-  # (cfg, model, stage, num_clients) -> StagePlan, for each of its stages.
+  # (recipe, model, stage) -> StagePlan, for each of the recipe's stages.
   plan: Callable[..., StagePlan]
-  # cfg -> the generator its generator stage trains; None: no such stage.
-  generator: Callable[[Any], Generator | None] = lambda cfg: None
-  # (cfg, dataset) -> [M] bool, the modalities its clients and test set may
-  # hold (the rest are dropped from the data); None: all of them.
+  # knobs -> the generator its generator stage trains; None: no such stage.
+  generator: Callable[[Any], Generator | None] = lambda knobs: None
+  # Its own settings section of the Config (config.DittoSettings, ...):
+  # what `generator` and the plans read as `knobs`; None: none.
+  settings: type | None = None
+  # (recipe, dataset) -> [M] bool, the modalities its clients and test set
+  # may hold (the rest are dropped from the data); None: all of them.
   modalities: Callable | None = None
-  # Whether its evaluation needs each client's local test split (Config
+  # Whether its evaluation needs each client's local test split (recipe
   # then requires --local_test_fraction > 0).
   local_test: bool = False
+  # (cfg, dp on) -> None, raising ValueError for settings it refuses.
+  check: Callable[[Any, bool], None] | None = None
   order: int = 0              # position in --method's choices (then name)
-
-  def stages(self, cfg) -> tuple[int, ...]:
-    return ((GEN_STAGE,) if self.generator(cfg) else ()) + (TASK_STAGE,)
 
 
 # ------------------------------------------------------ shared plan pieces
@@ -128,37 +135,44 @@ def server_tx(cfg, stage: int) -> Callable[[Hparams], Any]:
   return tx
 
 
-def weights_fn(model, seen_present: bool):
-  """(trainable, data) -> client.contribution_weights: a task encoder counts
-  every sample it saw an input for (real, reconstructed or zero), or with
-  seen_present only the real ones."""
+# The task model's group: its encoders count the samples whose input they
+# saw (client.Counts.task_input), fusion and head every sample.
+TASK = Group('task', param_groups.task_weights)
+
+
+def weights_fn(model, seen_present: bool, groups: tuple[Group, ...]):
+  """(trainable, data) -> client.contribution_weights of `groups`: a task
+  encoder counts every sample it saw an input for (real, reconstructed or
+  zero), or with seen_present only the real ones."""
   def weights(trainable, data):
     seen = (data.modality_mask if seen_present
             else jnp.ones_like(data.modality_mask))
-    return client.contribution_weights(trainable, data, model, seen)
+    return client.contribution_weights(trainable, data, model, seen, groups)
   return weights
 
 
-def stage_plan(cfg, stage: int, num_clients: int, *, groups, loss: LossFn,
-               weights, filled: bool = False, **fields) -> StagePlan:
-  """A StagePlan whose client update minimises `loss` with the stage's
-  client optimizer (and FedProx's term when --fedprox_mu > 0)."""
+def stage_plan(cfg, stage: int, *, groups: tuple[Group, ...], loss: LossFn,
+               model, seen_present: bool, filled: bool = False,
+               **fields) -> StagePlan:
+  """A StagePlan whose clients train `groups` to minimise `loss` with the
+  stage's client optimizer (and FedProx's term when --fedprox_mu > 0), each
+  group weighted by its declared rule (seen_present: see weights_fn)."""
   update = client.make_client_update(
-      loss, client_tx(cfg, stage), weights, batch_size=cfg.batch_size,
-      local_epochs=cfg.local_epochs, prox=cfg.fedprox_mu > 0, filled=filled,
+      loss, client_tx(cfg, stage), weights_fn(model, seen_present, groups),
+      batch_size=cfg.batch_size, local_epochs=cfg.local_epochs,
+      prox=cfg.fedprox_mu > 0, filled=filled,
       what=f'Stage {stage} of {cfg.method!r}')
   # Jitted, so the round's second trace of it (its sums' shapes, then the
   # loop body) hits jit's trace cache instead of tracing it again.
-  return StagePlan(stage=stage, groups=tuple(groups),
+  return StagePlan(stage=stage, groups=tuple(g.name for g in groups),
                    client_update=jax.jit(update),
-                   server_tx=server_tx(cfg, stage), num_clients=num_clients,
-                   dp=cfg.dp_clip > 0, **cohort(cfg, num_clients), **fields)
+                   server_tx=server_tx(cfg, stage), **fields)
 
 
-def cohort(cfg, num_clients: int) -> dict:
-  """StagePlan's cohort (and rate) for --client_sampling over K clients."""
-  size = min(cfg.clients_per_round, num_clients)
-  if cfg.client_sampling == sampling.FIXED:
+def cohort(client_sampling: str, size: int, num_clients: int) -> dict:
+  """StagePlan's cohort (and rate) for --client_sampling: `size` clients
+  per round (or expected, Poisson) of K = num_clients."""
+  if client_sampling == sampling.FIXED:
     return {'cohort': size}
   rate = size / num_clients
   return {'cohort': sampling.poisson_capacity(num_clients, rate),
@@ -177,13 +191,13 @@ def generator_loss(cfg, model, gen: Generator) -> LossFn:
   return with_h
 
 
-def generator_stage(cfg, model, num_clients: int) -> StagePlan:
-  """The generator stage of a method whose cfg.generator is set: clients
-  train the generator's groups on its objective."""
-  gen = cfg.generator
-  return stage_plan(cfg, GEN_STAGE, num_clients, groups=gen.groups,
-                    loss=generator_loss(cfg, model, gen),
-                    weights=weights_fn(model, False), generator=gen)
+def generator_stage(recipe, model) -> StagePlan:
+  """The generator stage of a method with a generator: clients train the
+  generator's groups on its objective."""
+  gen = recipe.generator
+  return stage_plan(recipe.cfg, GEN_STAGE, groups=gen.groups,
+                    loss=generator_loss(recipe.cfg, model, gen), model=model,
+                    seen_present=False, generator=gen)
 
 
 def task_loss(model, view: View, extra=None) -> LossFn:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedrecon_jax.config import DittoSettings
 from fedrecon_jax.generators import mapping
 from fedrecon_jax.methods import base, fedrecon
 
@@ -69,15 +70,15 @@ def client_state(model, lam: float, steps: int,
   return base.ClientState(init, update, predict)
 
 
-def plan(cfg, model, stage, num_clients) -> base.StagePlan:
+def plan(recipe, model, stage) -> base.StagePlan:
   if stage == base.GEN_STAGE:
-    return base.generator_stage(cfg, model, num_clients)
-  task = fedrecon.task_stage(cfg, model, num_clients, train_generator=False)
+    return base.generator_stage(recipe, model)
+  task = fedrecon.task_stage(recipe, model, train_generator=False)
   return dataclasses.replace(task, client_state=client_state(
-      model, cfg.ditto_lambda, cfg.local_epochs, task.view))
+      model, recipe.knobs.ditto_lambda, recipe.cfg.local_epochs, task.view))
 
 
 # Scored on each client's local test split (--local_test_fraction > 0):
 # personal_f1_macro (the v_k) beside local_f1_macro (the global w).
-METHODS = (base.Method('ditto', plan, lambda cfg: mapping.MAPPING,
-                       local_test=True, order=20),)
+METHODS = (base.Method('ditto', plan, lambda knobs: mapping.MAPPING,
+                       settings=DittoSettings, local_test=True, order=20),)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedrecon_jax.config import UnimodalSettings, check
 from fedrecon_jax.methods import base
 
 
@@ -16,31 +17,39 @@ def _view(params, xs, present):
   return xs, present
 
 
-def plan(cfg, model, stage, num_clients) -> base.StagePlan:
+def plan(recipe, model, stage) -> base.StagePlan:
   del stage   # only the task stage
   return base.stage_plan(
-      cfg, base.TASK_STAGE, num_clients, groups=('task',),
-      loss=base.task_loss(model, _view),
-      weights=base.weights_fn(model, base.seen_present(cfg, True)),
-      view=_view)
+      recipe.cfg, base.TASK_STAGE, groups=(base.TASK,),
+      loss=base.task_loss(model, _view), model=model,
+      seen_present=base.seen_present(recipe.cfg, True), view=_view)
 
 
-def modalities(cfg, ds) -> np.ndarray:
+def modalities(recipe, ds) -> np.ndarray:
   """[M] bool: only the run's one modality."""
   keep = np.zeros(len(ds.modalities), bool)
-  keep[_index(cfg, ds)] = True
+  keep[_index(recipe.knobs.unimodal_modality, recipe.cfg.seed, ds)] = True
   return keep
 
 
-def _index(cfg, ds) -> int:
-  if cfg.unimodal_modality != 'best':
-    if cfg.unimodal_modality not in ds.modalities:
-      raise ValueError(f'--unimodal_modality={cfg.unimodal_modality!r} is not '
+def check_settings(cfg, dp: bool) -> None:
+  # A modality picked by a probe fitted on all clients' pooled training
+  # data is a release DP does not cover.
+  check(not dp or cfg.unimodal_modality != 'best', 'unimodal_modality',
+        cfg.unimodal_modality,
+        "a modality's name under DP (--dp_clip > 0): 'best' fits a probe "
+        "on the clients' pooled training data, outside the guarantee")
+
+
+def _index(modality: str, run_seed: int, ds) -> int:
+  if modality != 'best':
+    if modality not in ds.modalities:
+      raise ValueError(f'--unimodal_modality={modality!r} is not '
                        f"one of {ds.modalities} or 'best'.")
-    return ds.modalities.index(cfg.unimodal_modality)
+    return ds.modalities.index(modality)
   # 'best': a ridge probe per modality on a held-out fifth of the train split.
   n = len(ds.train.y)
-  seed = np.random.SeedSequence([cfg.seed, 2]).generate_state(1)[0]
+  seed = np.random.SeedSequence([run_seed, 2]).generate_state(1)[0]
   perm = np.random.default_rng(int(seed)).permutation(n)
   tr, va = perm[: 4 * n // 5], perm[4 * n // 5:]
   y = ds.train.y
@@ -64,4 +73,6 @@ def ridge_probe_accuracy(x_train, y_train, x_val, y_val, num_classes: int,
   return float(np.mean(np.asarray(y_val) == (v @ w).argmax(1)))
 
 
-METHODS = (base.Method('unimodal', plan, modalities=modalities, order=11),)
+METHODS = (base.Method('unimodal', plan, settings=UnimodalSettings,
+                       modalities=modalities, check=check_settings,
+                       order=11),)

@@ -6,14 +6,13 @@ from __future__ import annotations
 from fedrecon_jax.methods import base
 
 
-def plan(cfg, model, stage, num_clients) -> base.StagePlan:
+def plan(recipe, model, stage) -> base.StagePlan:
   del stage   # only the task stage
   return base.stage_plan(
-      cfg, base.TASK_STAGE, num_clients, groups=('task',),
-      loss=base.task_loss(model, base.zeros_view),
+      recipe.cfg, base.TASK_STAGE, groups=(base.TASK,),
+      loss=base.task_loss(model, base.zeros_view), model=model,
       # FedMultimodal averages every client by its sample count.
-      weights=base.weights_fn(model, base.seen_present(cfg)),
-      view=base.zeros_view)
+      seen_present=base.seen_present(recipe.cfg), view=base.zeros_view)
 
 
 METHODS = (base.Method('zero_fill', plan, order=10),)
