@@ -141,11 +141,7 @@ def test_a_generator_declares_its_own_parameter_group():
 
 # ------------------------------------------------ declared cross-decoding
 
-@pytest.mark.parametrize('kind', [
-    k if k != 'mmvaeplus' else pytest.param(k, marks=pytest.mark.xfail(
-        strict=True, reason='mmvaeplus.py (changed on another branch) reads '
-        '--cross_decoding but does not declare it yet'))
-    for k in generators.TRAINABLE])
+@pytest.mark.parametrize('kind', generators.TRAINABLE)
 def test_cross_decoding_is_declared_by_the_kinds_that_read_it(kind):
   gen = generators.get(kind)
   model = Model(SPEC, latent_dim=D, gen_width=8, map_width=8, task_width=4,

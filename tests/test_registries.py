@@ -6,15 +6,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fedrecon_jax import config, generators, methods, server
+from fedrecon_jax import config, generators, methods, recipe, server
 from fedrecon_jax.models import Model
-from fedrecon_jax import recipe
 
 import toy
 
 
 def test_flag_choices_are_the_registries():
-  choices = {f.name: f.metadata.get('choices')
+  choices = {f.name: recipe.choices(f)
              for f in dataclasses.fields(config.Config)}
   assert choices['method'] == tuple(methods.REGISTRY)
   assert choices['joint_posterior'] == generators.JOINT

@@ -152,4 +152,5 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
 
 GENERATORS = (base.Generator(
     'mmvaeplus', objective, infer_latents, sample_latents, order=4,
-    latent_sizes=lambda d: (2 * d, 2 * d), draw_noise=draw_noise),)
+    latent_sizes=lambda d: (2 * d, 2 * d), draw_noise=draw_noise,
+    cross_decoding=True),)
