@@ -4,17 +4,17 @@ experiments.train` subprocesses that get killed, corrupted and re-run."""
 import errno
 import os
 import shutil
-import struct
 
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.handlers import standard_checkpoint_handler as sch
 import pytest
 
-from fedrecon_jax import checkpoint, metrics_writer, server, workdir
+from fedrecon_jax import checkpoint, metrics_writer, server, tb_events
+from fedrecon_jax import workdir
 from fedrecon_jax.config import Config
 
-from experiments import fault_storm
+from experiments.faults import compare
 import tiny
 
 # Tiny runs: 3 generator + 5 task rounds, checkpoints at 2, 4, 6, 8.
@@ -130,25 +130,6 @@ def test_check_compatible_lists_every_differing_flag():
   checkpoint.check_compatible(saved, Config(workdir='/a'))
 
 
-def _tb_scalars(logdir):
-  """(tag, step, value) of every scalar in the event files of logdir."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  out = []
-  for name in sorted(os.listdir(logdir)):
-    if not name.startswith('events.out.tfevents'):
-      continue
-    with open(os.path.join(logdir, name), 'rb') as f:
-      data = f.read()
-    pos = 0
-    while pos < len(data):  # TFRecord: len u64, crc u32, data, crc u32
-      (n,) = struct.unpack('<Q', data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
-      pos += 16 + n
-      for v in event.summary.value:
-        out.append((v.tag, event.step, v.simple_value))
-  return out
-
-
 def test_metrics_writer_writes_jsonl_and_tensorboard(tmp_path):
   workdir = str(tmp_path)
   with metrics_writer.MetricsWriter(workdir) as w:
@@ -156,10 +137,53 @@ def test_metrics_writer_writes_jsonl_and_tensorboard(tmp_path):
     w.write({'round': 2, 'stage': 2, 'ce': 0.25})
   assert [r['round'] for r in metrics_writer.read_metrics(
       os.path.join(workdir, 'metrics.jsonl'))] == [1, 2]
-  scalars = _tb_scalars(workdir)
-  assert ('f1_macro', 1, 0.25) in scalars
-  assert ('ce', 2, 0.25) in scalars
-  assert not any(tag in ('round', 'stage') for tag, _, _ in scalars)
+  scalars = tb_events.read_scalars(workdir)
+  assert scalars[('f1_macro', 1)] == [0.25]
+  assert scalars[('ce', 2)] == [0.25]
+  assert not any(tag in ('round', 'stage') for tag, _ in scalars)
+
+
+@pytest.mark.parametrize('file', ['metrics', 'tensorboard'])
+def test_a_full_disk_in_an_append_keeps_whole_rounds_and_says_so(
+    tmp_path, monkeypatch, file):
+  """ENOSPC halfway through round 3's line or TensorBoard record: the
+  half is cut off, the error names the workdir and what is kept, and a
+  writer resuming at round 2 (its checkpoint) writes the files an
+  unfailed writer writes."""
+  rounds = [{'round': r, 'stage': 1, 'ce': r / 3} for r in (1, 2, 3)]
+  want = str(tmp_path / 'want')
+  with metrics_writer.MetricsWriter(want) as w:
+    for r in rounds:
+      w.write(r)
+  got = str(tmp_path / 'got')
+  w = metrics_writer.MetricsWriter(got)
+  for r in rounds[:2]:
+    w.write(r)
+  os.makedirs(os.path.join(got, 'checkpoints', '2'))
+  sizes = {p: os.path.getsize(p) for p in (w.path, w._tb.path)}  # pylint: disable=protected-access
+  write_all = metrics_writer.write_all
+
+  def full(fd, data):   # the disk fills halfway through `file`'s write
+    if data.startswith(b'{') == (file == 'metrics'):
+      write_all(fd, data[:len(data) // 2])
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    write_all(fd, data)
+
+  monkeypatch.setattr(metrics_writer, 'write_all', full)
+  kept = '1-2' if file == 'metrics' else '1-3'
+  with pytest.raises(workdir.WorkdirError, match=(
+      rf'--workdir={got}: .*round 3 .*failed: \[Errno 28\] No space left on '
+      rf'device\. Kept metrics.jsonl rounds {kept} and the checkpoints \[2\]; '
+      're-running the command resumes')):
+    w.write(rounds[2])
+  monkeypatch.undo()
+  # The failed write was cut off: whole lines and records only.
+  failed = w.path if file == 'metrics' else w._tb.path  # pylint: disable=protected-access
+  assert os.path.getsize(failed) == sizes[failed]
+  with metrics_writer.MetricsWriter(got, 2, rounds[:2]) as w:   # resumed
+    w.write(rounds[2])
+  assert records(got) == records(want)
+  assert compare.tensorboard_differences(got, want) == []
 
 
 @pytest.mark.parametrize('when', ['in_save', 'in_background'])
@@ -222,7 +246,7 @@ def test_checkpoint_write_failing_halfway_stops_then_a_rerun_resumes_exactly(
   out = train(env, workdir_).stdout
   assert 'round 4/' not in out and 'round 5/' in out, out[-3000:]
   assert records(workdir_) == records(reference)
-  assert fault_storm.checkpoint_differences(workdir_, reference) == []
+  assert compare.checkpoint_differences(workdir_, reference) == []
   # The half-written save was set aside, not deleted.
   assert any(n.startswith('6.orbax-checkpoint-tmp') for n in os.listdir(
       os.path.join(workdir_, 'checkpoints_corrupt')))
