@@ -2,6 +2,7 @@
 experiments.train` subprocesses that get killed, corrupted and re-run."""
 
 import errno
+import json
 import os
 import shutil
 
@@ -223,30 +224,40 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch,
   assert meta['round'] == 1
 
 
-@pytest.mark.slow   # two tiny runs as subprocesses
-def test_checkpoint_write_failing_halfway_stops_then_a_rerun_resumes_exactly(
-    env, reference, tmp_path):
-  """The disk fills up while checkpoint 6 is committed (its files are in
-  orbax's tmp folder): the run stops with an error naming the workdir and
-  the checkpoints kept, and a re-run resumes from 4 to the uninterrupted
-  run's metrics and checkpoint, bitwise."""
+@pytest.mark.slow   # two tiny runs as subprocesses each
+@pytest.mark.parametrize('inject,failed,kept', [
+    ({'enospc_at_round': 6}, 'writing a checkpoint failed',
+     'Kept the earlier checkpoints [2, 4]'),
+    ({'enospc_in_append_at_round': 5},
+     'appending round 5 to metrics.jsonl failed',
+     'Kept metrics.jsonl rounds 1-4 and the checkpoints [2, 4]'),
+    ({'enospc_in_tensorboard_at_round': 5}, 'writing round 5 to ',
+     'Kept metrics.jsonl rounds 1-5 and the checkpoints [2, 4]'),
+], ids=['checkpoint_commit', 'metrics_append', 'tensorboard_write'])
+def test_a_full_disk_stops_the_run_then_a_rerun_resumes_exactly(
+    env, reference, tmp_path, inject, failed, kept):
+  """The disk fills up halfway through a write (experiments.fault_inject):
+  checkpoint 6's commit (its files in orbax's tmp folder), round 5's
+  metrics line, or round 5's TensorBoard record. The run stops with an
+  error naming the workdir and what it kept, and a re-run resumes from 4
+  to the uninterrupted run's files, every one compared."""
   workdir_ = str(tmp_path / 'full')
   cmd = [tiny.sys.executable, '-m', 'experiments.fault_inject',
          *train_cmd(workdir_)[2:]]
-  proc = tiny.run(cmd, {**env, 'FAULT_INJECT': '{"enospc_at_round": 6}'},
+  proc = tiny.run(cmd, {**env, 'FAULT_INJECT': json.dumps(inject)},
                   check=False)
   assert proc.returncode == 1, proc.stderr[-3000:]
-  assert (f'error: --workdir={workdir_}: writing a checkpoint failed: '
-          '[Errno 28] No space left on device') in proc.stderr, (
-              proc.stderr[-3000:])
-  assert 'Kept the earlier checkpoints [2, 4]' in proc.stderr
+  assert f'error: --workdir={workdir_}: {failed}' in proc.stderr, (
+      proc.stderr[-3000:])
+  assert '[Errno 28] No space left on device' in proc.stderr
+  assert kept in proc.stderr, proc.stderr[-3000:]
   assert steps(workdir_) == [2, 4]
   assert not os.path.exists(os.path.join(workdir_, 'summary.json'))
 
   out = train(env, workdir_).stdout
   assert 'round 4/' not in out and 'round 5/' in out, out[-3000:]
-  assert records(workdir_) == records(reference)
-  assert compare.checkpoint_differences(workdir_, reference) == []
-  # The half-written save was set aside, not deleted.
-  assert any(n.startswith('6.orbax-checkpoint-tmp') for n in os.listdir(
-      os.path.join(workdir_, 'checkpoints_corrupt')))
+  got = compare.compare([(workdir_, reference)])
+  assert compare.clean(got) and not got['problems'], got
+  if 'enospc_at_round' in inject:   # set aside, not deleted
+    assert any(n.startswith('6.orbax-checkpoint-tmp') for n in os.listdir(
+        os.path.join(workdir_, 'checkpoints_corrupt')))

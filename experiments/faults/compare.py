@@ -128,7 +128,14 @@ def _read_checkpoint(workdir: str, step: int):
   import numpy as np
   import orbax.checkpoint as ocp
   path = os.path.join(workdir, 'checkpoints', str(step))
-  state = ocp.StandardCheckpointer().restore(os.path.join(path, 'state'))
+  item = os.path.join(path, 'state')
+  ckptr = ocp.StandardCheckpointer()
+  # Onto this process's device, whatever mesh saved it (a 2-process run's
+  # spans devices this process does not have).
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  state = ckptr.restore(item, jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+      ckptr.metadata(item).item_metadata))
   with open(os.path.join(path, 'meta', 'metadata')) as f:
     meta = json.load(f)
   meta['config'] = _config(meta['config'])

@@ -111,7 +111,7 @@ class Part:
       self.seconds[last[0]] += time.time() - last[1]
     self.starts += live.starts
     self.exits.update(live.exits)
-    log(f'{target.name} pass {self.passes[target.name] + 1}: '
+    log(f'{target.name} pass {self.passes[target.name]}: '
         f'{live.starts} starts, faults so far '
         f'{ {k: self.effective(k) for k in kinds.KINDS} }')
 
@@ -164,6 +164,11 @@ def run_part(root: str, seed: int, per_kind: int, chosen=None,
   than the sweep (the tests' `run`). Returns the part's result."""
   env = dict(os.environ if env is None else env)
   env.setdefault('TFDS_DATA_DIR', os.path.join(root, 'tfds'))
+  # As the tests (conftest.py): LLVM -O0 halves the compiles of programs
+  # that run a few rounds, and the programs are the tests' own.
+  if '--xla_backend_optimization_level' not in env.get('XLA_FLAGS', ''):
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '')
+                        + ' --xla_backend_optimization_level=0').strip()
   part = Part(seed, per_kind)
   chosen = list(chosen or kinds.KINDS)
   by_target = collections.defaultdict(list)
