@@ -144,6 +144,23 @@ def test_metrics_writer_writes_jsonl_and_tensorboard(tmp_path):
   assert not any(tag in ('round', 'stage') for tag, _ in scalars)
 
 
+def test_a_sigkill_after_a_round_loses_none_of_its_tensorboard_scalars(
+    tmp_path):
+  """Each round's record is on disk before the next round (and before its
+  checkpoint): tensorboardX's SummaryWriter (flush_secs=10) lost all 5."""
+  code = ('import os, signal, sys\n'
+          'from fedrecon_jax import metrics_writer\n'
+          'w = metrics_writer.MetricsWriter(sys.argv[1])\n'
+          'for r in range(1, 6):\n'
+          '  w.write({"round": r, "stage": 1, "ce": r / 3})\n'
+          'os.kill(os.getpid(), signal.SIGKILL)\n')
+  proc = tiny.subprocess.run([tiny.sys.executable, '-c', code, str(tmp_path)],
+                             cwd=tiny.REPO, check=False)
+  assert proc.returncode == -9
+  assert sorted(tb_events.read_scalars(str(tmp_path))) == [
+      ('ce', r) for r in range(1, 6)]
+
+
 @pytest.mark.parametrize('file', ['metrics', 'tensorboard'])
 def test_a_full_disk_in_an_append_keeps_whole_rounds_and_says_so(
     tmp_path, monkeypatch, file):
@@ -161,7 +178,8 @@ def test_a_full_disk_in_an_append_keeps_whole_rounds_and_says_so(
   for r in rounds[:2]:
     w.write(r)
   os.makedirs(os.path.join(got, 'checkpoints', '2'))
-  sizes = {p: os.path.getsize(p) for p in (w.path, w._tb.path)}  # pylint: disable=protected-access
+  tb_path = w._tb.path  # pylint: disable=protected-access
+  sizes = {p: os.path.getsize(p) for p in (w.path, tb_path)}
   write_all = metrics_writer.write_all
 
   def full(fd, data):   # the disk fills halfway through `file`'s write
@@ -179,7 +197,7 @@ def test_a_full_disk_in_an_append_keeps_whole_rounds_and_says_so(
     w.write(rounds[2])
   monkeypatch.undo()
   # The failed write was cut off: whole lines and records only.
-  failed = w.path if file == 'metrics' else w._tb.path  # pylint: disable=protected-access
+  failed = w.path if file == 'metrics' else tb_path
   assert os.path.getsize(failed) == sizes[failed]
   with metrics_writer.MetricsWriter(got, 2, rounds[:2]) as w:   # resumed
     w.write(rounds[2])

@@ -42,7 +42,7 @@ from experiments.faults import targets
 
 TOTAL = targets.TOTAL_ROUNDS
 SPREAD = 1.0            # a timed kill lands within this after its round
-SURVIVOR_SECONDS = 10.0
+SURVIVOR_SECONDS = 5.0
 SECOND_WRITER_SECONDS = 120.0
 
 
