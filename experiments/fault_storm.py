@@ -44,7 +44,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)   # orbax's per-read warnings
   unknown = set(FLAGS.kinds) - set(kinds.KINDS)
   if unknown:
     sys.exit(f'error: --kinds: unknown {sorted(unknown)}; choose from '

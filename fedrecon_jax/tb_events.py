@@ -2,12 +2,12 @@
 the loop's own thread, and read back as TensorBoard reads them.
 
 tensorboardX's SummaryWriter queues events for a background thread that
-flushes every flush_secs. A SIGKILL lost the rounds still queued, which a
-resume never wrote again (they were already checkpointed), and a full disk
-killed the thread unseen, after which the run blocked once the queue was
-full. Here a round is one TFRecord of one Event, appended with
-`append` (metrics_writer's: the whole record or, on an error, nothing)
-before the round's checkpoint is saved; an error reaches the loop.
+flushes every flush_secs: a SIGKILL lost the rounds not yet flushed, which a
+resume never wrote again (they were already checkpointed), and a write
+error (a full disk) was raised in that thread, not in the loop. Here a
+round is one TFRecord of one Event, appended with `append`
+(metrics_writer's: the whole record or, on an error, nothing) before the
+round's checkpoint is saved, so an error stops the loop.
 """
 
 from __future__ import annotations

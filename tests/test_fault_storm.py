@@ -7,8 +7,6 @@ from experiments.faults import compare, kinds, page, storm, targets
 
 import tiny
 
-_CLEAN = ('rounds_lost', 'rounds_duplicated', 'torn_lines', 'unreadable_left')
-
 
 def test_the_storm_runs_the_tests_tiny_model():
   # Same programs as the other end-to-end tests: compiled once per suite.
@@ -17,10 +15,7 @@ def test_the_storm_runs_the_tests_tiny_model():
 
 def _check(result, per_kind, chosen):
   assert result['effective'] == {k: per_kind for k in chosen}, result
-  for key in _CLEAN:
-    assert result[key] == 0, (key, result)
-  assert result['values_differing'] == {f: 0 for f in compare.FILES}, result
-  assert not result['problems'], result
+  assert compare.clean(result) and not result['problems'], result
 
 
 def test_a_short_seeded_storm_loses_and_changes_nothing(env, tmp_path):
@@ -32,20 +27,29 @@ def test_a_short_seeded_storm_loses_and_changes_nothing(env, tmp_path):
   result = storm.run_part(str(tmp_path), seed=0, per_kind=1, chosen=chosen,
                           target='run', env=env)
   _check(result, 1, chosen)
-  assert result['faults']['sigterm'] == {'handled': 1}, result
-  assert result['starts'] == 4, result   # each fault cost a start
+  assert result['starts'] >= 4, result   # each fault cost a start
 
 
-@pytest.mark.slow   # references and passes of 4 targets: several minutes
+@pytest.mark.slow   # references and passes of 3 targets: several minutes
 def test_one_counted_fault_of_each_kind_loses_and_changes_nothing(
     env, tmp_path):
   result = storm.run_part(str(tmp_path), seed=1, per_kind=1, env=env)
   _check(result, 1, kinds.KINDS)
   assert result['passes'].keys() == {'sweep', 'distributed', 'shards'}
-  # The page adds parts up.
-  folder = str(tmp_path / 'parts')
-  page.write_part(folder, result)
-  page.write_part(folder, {**result, 'seed': 2})
-  total = page.add_up(page.read_parts(folder))
-  assert total['effective'] == {k: 2 for k in kinds.KINDS}
-  assert '| sigterm | 2 |' in page.render(page.read_parts(folder))
+
+
+def test_the_page_adds_the_parts_up(tmp_path):
+  folder = str(tmp_path)
+  for seed, handled in ((0, 2), (1, 3)):
+    page.write_part(folder, {
+        'seed': seed, 'commit': 'abc', 'per_kind': 2, 'starts': 9,
+        'wall_seconds': 60.0, 'overhead_seconds': 10.0,
+        'faults': {'sigterm': {'handled': handled, 'outside_handler': 1}},
+        'effective': {'sigterm': handled}, 'seconds': {'sigterm': 25.0},
+        'workdirs': 4, 'rounds_lost': 0, 'quarantined': seed,
+        'values_differing': {f: 0 for f in compare.FILES}, 'problems': []})
+  text = page.render(page.read_parts(folder))
+  # 5 counted, 2 not (outside the handler), 50 s / 5.
+  assert '| sigterm | 5 | outside_handler: 2 | 10 |' in text, text
+  assert '| saves quarantined | 1 |' in text
+  assert 'Not reached yet: sigkill 0' in text

@@ -90,7 +90,9 @@ def render(parts: list[dict]) -> str:
       '(timings, the launch\'s workdir path and port): '
       '`experiments/faults/compare.py`. Seconds are wall time on a '
       'machine shared with other jobs (upper bounds), charged to the kind '
-      'of the fault that began them up to the next fault.',
+      'of the fault that began them up to the next fault. The page before '
+      '(500 faults at d0f0d3e: every fault sent counted, metrics and '
+      'checkpoints compared) is in git history.',
       '',
       f'Goal: {GOAL} counted faults of each kind. ' + (
           'Reached.' if not short else 'Not reached yet: ' + ', '.join(
