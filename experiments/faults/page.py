@@ -89,8 +89,10 @@ def render(parts: list[dict]) -> str:
       'what is compared with an uninterrupted run and what is left out '
       '(timings, the launch\'s workdir path and port): '
       '`experiments/faults/compare.py`. Seconds are wall time on a '
-      'machine shared with other jobs (upper bounds), charged to the kind '
-      'of the fault that began them up to the next fault. The page before '
+      'machine shared with other jobs (upper bounds), charged to a kind '
+      'from when the storm starts aiming one of its faults (waiting for '
+      'its phase, which after a kill includes the restart) until it starts '
+      'aiming the next. The page before '
       '(500 faults at d0f0d3e: every fault sent counted, metrics and '
       'checkpoints compared) is in git history.',
       '',

@@ -5,10 +5,11 @@ uninterrupted reference (compare.py).
 
 The seed draws the order of the kinds, the rounds kills are aimed at and
 their delays; a part's result is a JSON object (`run_part`) that
-page.py adds up with the other parts'. Seconds are charged to the kind of
-the fault that began them, up to the next fault: its kill, the restart and
-the rounds redone. The references, the passes' last starts and the
-comparisons are `overhead_seconds`.
+page.py adds up with the other parts'. Seconds are charged to a kind from
+when the storm starts aiming one of its faults (waiting for the phase,
+which after a kill includes the restart) until it starts aiming the next.
+The references, the passes' last rounds and the comparisons are
+`overhead_seconds`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Part:
     self.starts = 0
     self.exits = collections.Counter()
     self.t0 = time.time()
+    self.commit = provenance.commit()   # the code the faults hit
 
   def effective(self, kind: str) -> int:
     counted = kinds.KINDS[kind][2]
@@ -136,7 +138,7 @@ class Part:
 
   def result(self) -> dict:
     return {
-        'commit': provenance.commit(), 'seed': self.seed,
+        'commit': self.commit, 'seed': self.seed,
         'per_kind': self.per_kind, 'cpu_count': os.cpu_count(),
         'faults': {k: dict(v) for k, v in self.paths.items() if v},
         'effective': {k: self.effective(k) for k in kinds.KINDS
