@@ -8,8 +8,8 @@ written, with two things left out because they differ between any two
 runs: wall-clock timings (keys and tags ending in 'seconds': metrics'
 `seconds` / `compile_seconds`, summary's `wall_seconds`) and, in each
 copy of the config (config.json, summary.json, checkpoint meta), where
-the run was launched (`workdir`, compared by its last folder, the cell's
-name; `coordinator_address`, a free port per start).
+the run was launched (`workdir`; `coordinator_address`, a free port per
+start).
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import os
 from fedrecon_jax import tb_events
 
 _TIMING = 'seconds'
+# Where a run was launched: its path (a sweep cell's settings are in the
+# other fields too) and process 0's free port.
+_LAUNCH = ('workdir', 'coordinator_address')
 FILES = ('metrics', 'summary', 'config', 'tensorboard', 'checkpoints')
 
 
@@ -30,9 +33,7 @@ def _untimed(record: dict) -> dict:
 
 
 def _config(cfg: dict) -> dict:
-  cfg = {k: v for k, v in cfg.items() if k != 'coordinator_address'}
-  cfg['workdir'] = os.path.basename(str(cfg.get('workdir', '')).rstrip('/'))
-  return cfg
+  return {k: v for k, v in cfg.items() if k not in _LAUNCH}
 
 
 def _json(workdir: str, name: str):
