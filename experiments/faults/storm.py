@@ -79,6 +79,17 @@ class Part:
     """A fresh root of target restarted until finished, hit by plan's kinds
     in turn (popped once one counts)."""
     live = live_lib.Live(target, root, env, root + '.out')
+    try:
+      self._hit(live, target, root, plan)
+    finally:   # no process outlives a pass that raised
+      live.kill_all()
+    self.starts += live.starts
+    self.exits.update(live.exits)
+    log(f'{target.name} pass {self.passes[target.name]}: '
+        f'{live.starts} starts, faults so far '
+        f'{ {k: self.effective(k) for k in kinds.KINDS} }')
+
+  def _hit(self, live, target, root: str, plan: list) -> None:
     misses, last = 0, None
     while True:
       live.reap()
@@ -111,11 +122,6 @@ class Part:
                              f'counted path ({dict(self.paths[kind])})')
     if last is not None:
       self.seconds[last[0]] += time.time() - last[1]
-    self.starts += live.starts
-    self.exits.update(live.exits)
-    log(f'{target.name} pass {self.passes[target.name]}: '
-        f'{live.starts} starts, faults so far '
-        f'{ {k: self.effective(k) for k in kinds.KINDS} }')
 
   def run_target(self, target: targets.Target, plan: list, root: str,
                  env: dict, log) -> None:
