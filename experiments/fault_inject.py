@@ -14,10 +14,14 @@ arguments:
     its files in orbax's tmp folder, so a kill timed on that folder lands
     inside the save.
   * append_seconds: s -> every metrics.jsonl line is written as two
-    `write`s s seconds apart (flushed in between), so a kill timed on a line
-    without its newline tears it.
+    `write`s s seconds apart, so a kill timed on a line without its newline
+    tears it.
+  * enospc_in_append_at_round: r -> round r's metrics.jsonl line fails with
+    ENOSPC after half of it is written (metrics_writer.append cuts it off).
+  * enospc_in_tensorboard_at_round: r -> round r's TensorBoard record fails
+    the same way.
 The patches change when bytes reach the disk, never which bytes: an
-uninjected run's results are the reference.
+uninjected run's results are the reference (a failed write stops the run).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import sys
 import time
 
 ENV = 'FAULT_INJECT'
+# Which appended file each disk-full key fails.
+_ENOSPC_KEYS = {'enospc_in_append_at_round': 'metrics',
+                'enospc_in_tensorboard_at_round': 'tensorboard'}
 
 
 class _Failed:
@@ -75,38 +82,48 @@ def _patch_saves(enospc_at_round: int | None, save_seconds: float) -> None:
   handler.async_save = async_save
 
 
-def _patch_appends(seconds: float) -> None:
+def _round_of(data: bytes) -> tuple[str, int | None]:
+  """('metrics', round) for a metrics.jsonl line, ('tensorboard', step) for
+  a round's TensorBoard record (None for its file's first records)."""
+  if data.startswith(b'{'):
+    return 'metrics', json.loads(data)['round']
+  # pylint: disable-next=g-import-not-at-top
+  from tensorboardX.proto import event_pb2
+  event = event_pb2.Event.FromString(data[12:-4])   # TFRecord framing
+  return 'tensorboard', event.step if event.HasField('summary') else None
+
+
+def _patch_appends(seconds: float, enospc: dict[str, int]) -> None:
+  """Tears appends (`seconds`) and fails those of enospc's {file: round}."""
   from fedrecon_jax import metrics_writer  # pylint: disable=g-import-not-at-top
-  writer = metrics_writer.MetricsWriter
-  write = writer.write
+  write_all = metrics_writer.write_all
 
-  def torn_write(self, record):
-    if not self.files:
-      return write(self, record)
-    line = json.dumps(record) + '\n'
-    half = len(line) // 2
-    with open(self.path, 'a') as f:
-      f.write(line[:half])
-      f.flush()
+  def torn(fd, data):
+    file, round_ = _round_of(data)
+    half = len(data) // 2
+    if file in enospc and enospc[file] == round_:
+      write_all(fd, data[:half])
+      raise OSError(errno.ENOSPC, 'No space left on device (injected)')
+    if seconds and file == 'metrics':
+      write_all(fd, data[:half])
       time.sleep(seconds)
-    # The real write appends the whole line; cut the first half back off
-    # first, so the file ends up as the uninjected run writes it.
-    with open(self.path, 'r+') as f:
-      f.truncate(os.path.getsize(self.path) - half)
-    return write(self, record)
+      data = data[half:]
+    write_all(fd, data)
 
-  writer.write = torn_write
+  metrics_writer.write_all = torn
 
 
 def install(spec: dict) -> None:
   """Applies the patches `spec` (see the module docstring) asks for."""
-  unknown = set(spec) - {'enospc_at_round', 'save_seconds', 'append_seconds'}
+  enospc = {file: spec[k] for k, file in _ENOSPC_KEYS.items() if k in spec}
+  unknown = set(spec) - {'enospc_at_round', 'save_seconds', 'append_seconds',
+                         *_ENOSPC_KEYS}
   if unknown:
     raise ValueError(f'${ENV}: unknown keys {sorted(unknown)}.')
   if 'enospc_at_round' in spec or spec.get('save_seconds'):
     _patch_saves(spec.get('enospc_at_round'), spec.get('save_seconds', 0.0))
-  if spec.get('append_seconds'):
-    _patch_appends(spec['append_seconds'])
+  if spec.get('append_seconds') or enospc:
+    _patch_appends(spec.get('append_seconds', 0.0), enospc)
 
 
 def main() -> None:

@@ -1,20 +1,24 @@
 """Per-round metrics: one JSON line each in metrics.jsonl, plus TensorBoard.
 
 metrics.jsonl is the record of truth (the report and resumption read it); the
-TensorBoard event files beside it (tensorboardX: protobuf only, no TensorFlow)
-are for looking at curves while a run goes. Each line is written with one
-`write` and flushed, so a SIGKILL can at worst tear the last line, which
-`read_metrics` skips.
+TensorBoard event files beside it (tb_events: protobuf only, no TensorFlow)
+are for looking at curves while a run goes. Both are appended with `append`:
+a SIGKILL can at worst tear the last line or record, which the readers skip
+and a resume cuts off; a write that fails (a full disk) is cut back off, so
+the files keep whole rounds, and the run stops with an error naming them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from typing import Iterable, Sequence
 
 from absl import logging
+
+from fedrecon_jax import tb_events
 
 METRICS_FILE = 'metrics.jsonl'
 # Keys of a record that are coordinates, not metrics to plot.
@@ -87,17 +91,26 @@ def truncate_metrics(path: str, last_round: int,
   return records
 
 
-def _summary_writer(logdir: str, purge_step: int | None):
+def write_all(fd: int, data: bytes) -> None:
+  """os.write until all of data is written (a nearly full disk may take
+  part of it first). fault_inject tears and fails writes here."""
+  while data:
+    data = data[os.write(fd, data):]
+
+
+def append(path: str, data: bytes) -> None:
+  """Appends data to path whole, or not at all: on an error the file is cut
+  back to its size before (cutting needs no room), then it is raised."""
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
   try:
-    import tensorboardX  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    logging.warning('tensorboardX is not installed: metrics go to %s only.',
-                    METRICS_FILE)
-    return None
-  # purge_step hides the events of rounds >= it that a killed run left, so
-  # a resumed run's curves have no doubled rounds in TensorBoard either.
-  return tensorboardX.SummaryWriter(logdir=logdir, purge_step=purge_step,
-                                    flush_secs=10)
+    size = os.fstat(fd).st_size
+    try:
+      write_all(fd, data)
+    except OSError:
+      os.ftruncate(fd, size)
+      raise
+  finally:
+    os.close(fd)
 
 
 class MetricsWriter:
@@ -113,6 +126,7 @@ class MetricsWriter:
                files: bool = True):
     """files=False keeps the records in memory only (the processes other
     than 0 of a multi-process run, which share the workdir)."""
+    self.workdir = workdir
     self.path = os.path.join(workdir, METRICS_FILE)
     self.files = files
     self._tb = None
@@ -122,27 +136,38 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     self.records = truncate_metrics(self.path, resume_round, saved)
     if tensorboard:
-      self._tb = _summary_writer(workdir, resume_round + 1)
+      # purge_step hides the events of rounds >= it that a killed run left,
+      # so a resumed run's curves have no doubled rounds in TensorBoard.
+      self._tb = tb_events.ScalarWriter(workdir, resume_round + 1, append)
 
   def write(self, record: dict) -> None:
-    self.records.append(record)
+    """Appends round record's line, then its TensorBoard event; an OSError
+    becomes workdir.AppendFailed, naming what the workdir keeps."""
     if not self.files:
+      self.records.append(record)
       return
-    line = json.dumps(record) + '\n'
-    with open(self.path, 'a') as f:
-      f.write(line)
-      f.flush()
+    round_ = record['round']
+    with self._failing(f'appending round {round_} to {METRICS_FILE}'):
+      append(self.path, (json.dumps(record) + '\n').encode())
+    self.records.append(record)
     if self._tb is not None:
-      step = int(record['round'])
-      for k, v in record.items():
-        if (k not in _NOT_SCALARS and isinstance(v, (int, float))
-            and math.isfinite(v)):
-          self._tb.add_scalar(k, v, global_step=step)
+      with self._failing(f'writing round {round_} to {self._tb.path}'):
+        self._tb.write(int(round_), {
+            k: v for k, v in record.items() if k not in _NOT_SCALARS
+            and isinstance(v, (int, float)) and math.isfinite(v)})
+
+  @contextlib.contextmanager
+  def _failing(self, what: str):
+    try:
+      yield
+    except OSError as e:
+      # workdir imports this module for its atomic writes.
+      from fedrecon_jax import workdir  # pylint: disable=g-import-not-at-top
+      raise workdir.AppendFailed(self.workdir, what, e, [
+          r['round'] for r in self.records]) from e
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+    self._tb = None
 
   def __enter__(self) -> 'MetricsWriter':
     return self

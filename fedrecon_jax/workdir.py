@@ -36,6 +36,28 @@ class WorkdirError(ValueError):
   """The workdir cannot be written, or has no room for the run."""
 
 
+class AppendFailed(WorkdirError):
+  """Appending a round to metrics.jsonl or TensorBoard failed (a full disk).
+  The message names the checkpoints when it is shown, which is after the
+  loop has closed its checkpointer: a save still in flight at the failure
+  has committed by then, and is kept."""
+
+  def __init__(self, workdir: str, what: str, error: OSError,
+               rounds: list[int]):
+    super().__init__(workdir, what, error, rounds)
+
+  def __str__(self) -> str:
+    workdir, what, error, rounds = self.args
+    ckpts = os.path.join(workdir, 'checkpoints')
+    steps = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit()) if (
+        os.path.isdir(ckpts)) else []
+    span = f'rounds {rounds[0]}-{rounds[-1]}' if rounds else 'no round'
+    return (f'--workdir={workdir}: {what} failed: {error}. Kept '
+            f'{metrics_writer.METRICS_FILE} {span} and the checkpoints '
+            f'{steps}; re-running the command resumes from the latest once '
+            'the disk has room.')
+
+
 class WorkdirBusyError(ValueError):
   """Another live process holds the workdir's lock."""
 

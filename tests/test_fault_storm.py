@@ -1,25 +1,55 @@
-"""A storm of ten seeded faults (two of each kind) on a grouped sweep of the
-tests' tiny run: nothing lost, nothing changed (experiments.fault_storm)."""
+"""Storms on the tests' tiny run (experiments/faults): faults of each kind
+aimed at their phase, every file compared with an uninterrupted run."""
 
 import pytest
 
-from experiments import fault_storm
+from experiments.faults import compare, kinds, page, storm, targets
 
 import tiny
 
 
 def test_the_storm_runs_the_tests_tiny_model():
   # Same programs as the other end-to-end tests: compiled once per suite.
-  assert fault_storm.MODEL == tiny.MODEL
+  assert targets.MODEL == tiny.MODEL
 
 
-@pytest.mark.slow   # ~2 min: about 20 starts of a 4-cell sweep
-def test_ten_faults_lose_and_change_nothing(env, tmp_path):
-  result = fault_storm.storm(str(tmp_path), faults=10, seed=0, env=env)
-  assert result['faults'] == {k: 2 for k in fault_storm.KINDS}, result
-  assert result['cells_finished'] == 4 * result['passes'], result
-  assert result['restarts'] >= 5, result   # kills cost starts
-  for key in ('rounds_lost', 'rounds_duplicated', 'torn_lines',
-              'values_differing', 'unreadable_left'):
-    assert result[key] == 0, (key, result)
-  assert not result['problems'], result
+def _check(result, per_kind, chosen):
+  assert result['effective'] == {k: per_kind for k in chosen}, result
+  assert compare.clean(result) and not result['problems'], result
+
+
+def test_a_short_seeded_storm_loses_and_changes_nothing(env, tmp_path):
+  """Every CI run storms a little: one run of the tiny model hit by a
+  SIGTERM in its rounds, a SIGKILL in a metrics line and one in a
+  checkpoint commit (seeded), each counted only if it took its path, then
+  every file compared with an uninterrupted run's."""
+  chosen = ('sigterm', 'sigkill_in_append', 'sigkill_in_save')
+  result = storm.run_part(str(tmp_path), seed=0, per_kind=1, chosen=chosen,
+                          target='run', env=env)
+  _check(result, 1, chosen)
+  assert result['starts'] >= 4, result   # each fault cost a start
+
+
+@pytest.mark.slow   # references and passes of 3 targets: several minutes
+def test_one_counted_fault_of_each_kind_loses_and_changes_nothing(
+    env, tmp_path):
+  result = storm.run_part(str(tmp_path), seed=1, per_kind=1, env=env)
+  _check(result, 1, kinds.KINDS)
+  assert result['passes'].keys() == {'sweep', 'distributed', 'shards'}
+
+
+def test_the_page_adds_the_parts_up(tmp_path):
+  folder = str(tmp_path)
+  for seed, handled in ((0, 2), (1, 3)):
+    page.write_part(folder, {
+        'seed': seed, 'commit': 'abc', 'per_kind': 2, 'starts': 9,
+        'wall_seconds': 60.0, 'overhead_seconds': 10.0,
+        'faults': {'sigterm': {'handled': handled, 'outside_handler': 1}},
+        'effective': {'sigterm': handled}, 'seconds': {'sigterm': 25.0},
+        'workdirs': 4, 'rounds_lost': 0, 'quarantined': seed,
+        'values_differing': {f: 0 for f in compare.FILES}, 'problems': []})
+  text = page.render(page.read_parts(folder))
+  # 5 counted, 2 not (outside the handler), 50 s / 5.
+  assert '| sigterm | 5 | outside_handler: 2 | 10 |' in text, text
+  assert '| saves quarantined | 1 |' in text
+  assert 'Not reached yet: sigkill 0' in text

@@ -2,19 +2,20 @@
 experiments.train` subprocesses that get killed, corrupted and re-run."""
 
 import errno
+import json
 import os
 import shutil
-import struct
 
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.handlers import standard_checkpoint_handler as sch
 import pytest
 
-from fedrecon_jax import checkpoint, metrics_writer, server, workdir
+from fedrecon_jax import checkpoint, metrics_writer, server, tb_events
+from fedrecon_jax import workdir
 from fedrecon_jax.config import Config
 
-from experiments import fault_storm
+from experiments.faults import compare
 import tiny
 
 # Tiny runs: 3 generator + 5 task rounds, checkpoints at 2, 4, 6, 8.
@@ -130,25 +131,6 @@ def test_check_compatible_lists_every_differing_flag():
   checkpoint.check_compatible(saved, Config(workdir='/a'))
 
 
-def _tb_scalars(logdir):
-  """(tag, step, value) of every scalar in the event files of logdir."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  out = []
-  for name in sorted(os.listdir(logdir)):
-    if not name.startswith('events.out.tfevents'):
-      continue
-    with open(os.path.join(logdir, name), 'rb') as f:
-      data = f.read()
-    pos = 0
-    while pos < len(data):  # TFRecord: len u64, crc u32, data, crc u32
-      (n,) = struct.unpack('<Q', data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
-      pos += 16 + n
-      for v in event.summary.value:
-        out.append((v.tag, event.step, v.simple_value))
-  return out
-
-
 def test_metrics_writer_writes_jsonl_and_tensorboard(tmp_path):
   workdir = str(tmp_path)
   with metrics_writer.MetricsWriter(workdir) as w:
@@ -156,10 +138,71 @@ def test_metrics_writer_writes_jsonl_and_tensorboard(tmp_path):
     w.write({'round': 2, 'stage': 2, 'ce': 0.25})
   assert [r['round'] for r in metrics_writer.read_metrics(
       os.path.join(workdir, 'metrics.jsonl'))] == [1, 2]
-  scalars = _tb_scalars(workdir)
-  assert ('f1_macro', 1, 0.25) in scalars
-  assert ('ce', 2, 0.25) in scalars
-  assert not any(tag in ('round', 'stage') for tag, _, _ in scalars)
+  scalars = tb_events.read_scalars(workdir)
+  assert scalars[('f1_macro', 1)] == [0.25]
+  assert scalars[('ce', 2)] == [0.25]
+  assert not any(tag in ('round', 'stage') for tag, _ in scalars)
+
+
+def test_a_sigkill_after_a_round_loses_none_of_its_tensorboard_scalars(
+    tmp_path):
+  """Each round's record is on disk before the next round (and before its
+  checkpoint): tensorboardX's SummaryWriter (flush_secs=10) lost all 5."""
+  code = ('import os, signal, sys\n'
+          'from fedrecon_jax import metrics_writer\n'
+          'w = metrics_writer.MetricsWriter(sys.argv[1])\n'
+          'for r in range(1, 6):\n'
+          '  w.write({"round": r, "stage": 1, "ce": r / 3})\n'
+          'os.kill(os.getpid(), signal.SIGKILL)\n')
+  proc = tiny.subprocess.run([tiny.sys.executable, '-c', code, str(tmp_path)],
+                             cwd=tiny.REPO, check=False)
+  assert proc.returncode == -9
+  assert sorted(tb_events.read_scalars(str(tmp_path))) == [
+      ('ce', r) for r in range(1, 6)]
+
+
+@pytest.mark.parametrize('file', ['metrics', 'tensorboard'])
+def test_a_full_disk_in_an_append_keeps_whole_rounds_and_says_so(
+    tmp_path, monkeypatch, file):
+  """ENOSPC halfway through round 3's line or TensorBoard record: the
+  half is cut off, the error names the workdir and what is kept, and a
+  writer resuming at round 2 (its checkpoint) writes the files an
+  unfailed writer writes."""
+  rounds = [{'round': r, 'stage': 1, 'ce': r / 3} for r in (1, 2, 3)]
+  want = str(tmp_path / 'want')
+  with metrics_writer.MetricsWriter(want) as w:
+    for r in rounds:
+      w.write(r)
+  got = str(tmp_path / 'got')
+  w = metrics_writer.MetricsWriter(got)
+  for r in rounds[:2]:
+    w.write(r)
+  os.makedirs(os.path.join(got, 'checkpoints', '2'))
+  tb_path = w._tb.path  # pylint: disable=protected-access
+  sizes = {p: os.path.getsize(p) for p in (w.path, tb_path)}
+  write_all = metrics_writer.write_all
+
+  def full(fd, data):   # the disk fills halfway through `file`'s write
+    if data.startswith(b'{') == (file == 'metrics'):
+      write_all(fd, data[:len(data) // 2])
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    write_all(fd, data)
+
+  monkeypatch.setattr(metrics_writer, 'write_all', full)
+  kept = '1-2' if file == 'metrics' else '1-3'
+  with pytest.raises(workdir.WorkdirError, match=(
+      rf'--workdir={got}: .*round 3 .*failed: \[Errno 28\] No space left on '
+      rf'device\. Kept metrics.jsonl rounds {kept} and the checkpoints \[2\]; '
+      're-running the command resumes')):
+    w.write(rounds[2])
+  monkeypatch.undo()
+  # The failed write was cut off: whole lines and records only.
+  failed = w.path if file == 'metrics' else tb_path
+  assert os.path.getsize(failed) == sizes[failed]
+  with metrics_writer.MetricsWriter(got, 2, rounds[:2]) as w:   # resumed
+    w.write(rounds[2])
+  assert records(got) == records(want)
+  assert compare.tensorboard_differences(got, want) == []
 
 
 @pytest.mark.parametrize('when', ['in_save', 'in_background'])
@@ -199,30 +242,40 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch,
   assert meta['round'] == 1
 
 
-@pytest.mark.slow   # two tiny runs as subprocesses
-def test_checkpoint_write_failing_halfway_stops_then_a_rerun_resumes_exactly(
-    env, reference, tmp_path):
-  """The disk fills up while checkpoint 6 is committed (its files are in
-  orbax's tmp folder): the run stops with an error naming the workdir and
-  the checkpoints kept, and a re-run resumes from 4 to the uninterrupted
-  run's metrics and checkpoint, bitwise."""
+@pytest.mark.slow   # two tiny runs as subprocesses each
+@pytest.mark.parametrize('inject,failed,kept', [
+    ({'enospc_at_round': 6}, 'writing a checkpoint failed',
+     'Kept the earlier checkpoints [2, 4]'),
+    ({'enospc_in_append_at_round': 5},
+     'appending round 5 to metrics.jsonl failed',
+     'Kept metrics.jsonl rounds 1-4 and the checkpoints [2, 4]'),
+    ({'enospc_in_tensorboard_at_round': 5}, 'writing round 5 to ',
+     'Kept metrics.jsonl rounds 1-5 and the checkpoints [2, 4]'),
+], ids=['checkpoint_commit', 'metrics_append', 'tensorboard_write'])
+def test_a_full_disk_stops_the_run_then_a_rerun_resumes_exactly(
+    env, reference, tmp_path, inject, failed, kept):
+  """The disk fills up halfway through a write (experiments.fault_inject):
+  checkpoint 6's commit (its files in orbax's tmp folder), round 5's
+  metrics line, or round 5's TensorBoard record. The run stops with an
+  error naming the workdir and what it kept, and a re-run resumes from 4
+  to the uninterrupted run's files, every one compared."""
   workdir_ = str(tmp_path / 'full')
   cmd = [tiny.sys.executable, '-m', 'experiments.fault_inject',
          *train_cmd(workdir_)[2:]]
-  proc = tiny.run(cmd, {**env, 'FAULT_INJECT': '{"enospc_at_round": 6}'},
+  proc = tiny.run(cmd, {**env, 'FAULT_INJECT': json.dumps(inject)},
                   check=False)
   assert proc.returncode == 1, proc.stderr[-3000:]
-  assert (f'error: --workdir={workdir_}: writing a checkpoint failed: '
-          '[Errno 28] No space left on device') in proc.stderr, (
-              proc.stderr[-3000:])
-  assert 'Kept the earlier checkpoints [2, 4]' in proc.stderr
+  assert f'error: --workdir={workdir_}: {failed}' in proc.stderr, (
+      proc.stderr[-3000:])
+  assert '[Errno 28] No space left on device' in proc.stderr
+  assert kept in proc.stderr, proc.stderr[-3000:]
   assert steps(workdir_) == [2, 4]
   assert not os.path.exists(os.path.join(workdir_, 'summary.json'))
 
   out = train(env, workdir_).stdout
   assert 'round 4/' not in out and 'round 5/' in out, out[-3000:]
-  assert records(workdir_) == records(reference)
-  assert fault_storm.checkpoint_differences(workdir_, reference) == []
-  # The half-written save was set aside, not deleted.
-  assert any(n.startswith('6.orbax-checkpoint-tmp') for n in os.listdir(
-      os.path.join(workdir_, 'checkpoints_corrupt')))
+  got = compare.compare([(workdir_, reference)])
+  assert compare.clean(got) and not got['problems'], got
+  if 'enospc_at_round' in inject:   # set aside, not deleted
+    assert any(n.startswith('6.orbax-checkpoint-tmp') for n in os.listdir(
+        os.path.join(workdir_, 'checkpoints_corrupt')))
