@@ -3,6 +3,8 @@ does: the adaptive clip (ServerState.dp, in every checkpoint), the Poisson
 cohorts and the per-round epsilon (privacy.epsilon_after's running PLD,
 rebuilt from scratch by the resumed process) included."""
 
+import pytest
+
 import tiny
 
 # zero_fill (one stage) with the FedAvg server: no server optimizer state,
@@ -14,6 +16,9 @@ SCHEDULE = dict(method='zero_fill', rounds=8, checkpoint_every=2,
                 dp_target_quantile=0.3, dp_clip_count_stddev=0.5)
 
 
+# A whole DP run killed and resumed in subprocesses (~40-80 s): slow; the
+# default tier's storm and resume tests kill and resume the same loop.
+@pytest.mark.slow
 def test_dp_run_killed_and_resumed_matches_uninterrupted(env, tmp_path):
   reference = str(tmp_path / 'reference')
   tiny.run(tiny.train_cmd(reference, **SCHEDULE), env)

@@ -88,7 +88,9 @@ def test_polymnist_5k_images_as_files_load_equal(data_dir, tmp_path):
       np.testing.assert_array_equal(x, y[::2])
 
 
-@pytest.mark.parametrize('name', [tiny.DATASET, 'polymnist_5k_small'])
+# The image case compiles the conv networks twice (~30-50 s): slow.
+@pytest.mark.parametrize('name', [
+    tiny.DATASET, pytest.param('polymnist_5k_small', marks=pytest.mark.slow)])
 def test_training_on_files_equals_training_on_the_builtin(name, data_dir,
                                                          tmp_path):
   """tests/tiny.py's model, 2 + 2 rounds (1 + 1 on images: a conv round

@@ -9,12 +9,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import tiny
 
 ZS = (0.0, 1.0, 2.0)  # 0: clipped, no noise
 
 
+# Three sweeps, scoring and a page in a subprocess (~35-55 s): slow.
+@pytest.mark.slow
 def test_privacy_utility_page(env, tmp_path):
   root, out = str(tmp_path / 'runs'), str(tmp_path / 'out' / 'pu')
   cmd = [sys.executable, '-m', 'experiments.privacy_utility',
