@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from fedrecon_jax.methods import GEN_STAGE, TASK_STAGE
 
@@ -27,6 +28,9 @@ np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(out)])
 '''
 
 
+# A subprocess with 8 fake devices compiles every round program anew
+# (~25 s): slow (CI runs both tiers).
+@pytest.mark.slow
 def test_8_devices_match_1_device(tmp_path):
   """4 clients on 8 CPU devices (4 zero-weight pads) == 4 clients on 1, and
   8 runs split over 8 devices (a (runs 8, clients 1) mesh) == on 1."""

@@ -105,7 +105,7 @@ def test_per_sample_loss_is_mmvaeplus_plus_the_mapping_terms(spec, cross):
 def test_the_mappings_leave_the_mmvaeplus_untouched():
   """The MMVAE+ trains as mmvaeplus alone does: the same gradient on
   'gen'; and the mapping terms train 'map'."""
-  model, params, xs, noise = make_setup(SPEC)
+  model, params, xs, noise = make_setup(SPEC_SAME)
   grad = lambda kind: jax.grad(lambda p: loss_fn(model, kind, 'all')(
       p, xs, noise).mean())(params)
   ours, alone = grad(GEN), grad('mmvaeplus')
