@@ -18,9 +18,11 @@ from typing import Iterable, Sequence
 
 from absl import logging
 
-from fedrecon_jax import tb_events
+from fedrecon_jax import tb_events, workdir
+# Re-exported: callers write pages and JSON through metrics_writer.
+from fedrecon_jax.atomic import write_json_atomic, write_text_atomic  # pylint: disable=unused-import
 
-METRICS_FILE = 'metrics.jsonl'
+METRICS_FILE = workdir.METRICS_FILE
 # Keys of a record that are coordinates, not metrics to plot.
 _NOT_SCALARS = ('round', 'stage')
 
@@ -46,26 +48,6 @@ def read_metrics(path: str) -> list[dict]:
       if isinstance(record, dict) and 'round' in record:
         records.append(record)
   return records
-
-
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes text to path via a temporary file and a rename, so a reader
-  never sees half a file (summary.json marks a finished run). The
-  temporary name is per process: several may write one file."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  try:
-    with open(tmp, 'w') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):  # a failed write (full disk) leaves no debris
-      os.remove(tmp)
-
-
-def write_json_atomic(path: str, obj, **kwargs) -> None:
-  write_text_atomic(path, json.dumps(obj, **kwargs))
 
 
 def _write_lines_atomic(path: str, records: Iterable[dict]) -> None:
@@ -161,8 +143,6 @@ class MetricsWriter:
     try:
       yield
     except OSError as e:
-      # workdir imports this module for its atomic writes.
-      from fedrecon_jax import workdir  # pylint: disable=g-import-not-at-top
       raise workdir.AppendFailed(self.workdir, what, e, [
           r['round'] for r in self.records]) from e
 

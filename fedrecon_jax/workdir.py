@@ -24,10 +24,11 @@ import socket
 from absl import logging
 
 from fedrecon_jax import config as config_lib
-from fedrecon_jax import metrics_writer
+from fedrecon_jax import atomic
 
 SUMMARY = 'summary.json'
 LOCK_FILE = 'writer.lock'
+METRICS_FILE = 'metrics.jsonl'   # written by metrics_writer
 # Room kept free beyond the checkpoints: metrics.jsonl, TensorBoard, summary.
 _SLACK_BYTES = 64 << 20
 
@@ -53,7 +54,7 @@ class AppendFailed(WorkdirError):
         os.path.isdir(ckpts)) else []
     span = f'rounds {rounds[0]}-{rounds[-1]}' if rounds else 'no round'
     return (f'--workdir={workdir}: {what} failed: {error}. Kept '
-            f'{metrics_writer.METRICS_FILE} {span} and the checkpoints '
+            f'{METRICS_FILE} {span} and the checkpoints '
             f'{steps}; re-running the command resumes from the latest once '
             'the disk has room.')
 
@@ -173,7 +174,7 @@ def read_summary(workdir: str) -> dict | None:
 
 def write_summary(workdir: str, summary: dict) -> None:
   # Atomic: an existing summary.json means a finished run to sweeps.
-  metrics_writer.write_json_atomic(os.path.join(workdir, SUMMARY), summary,
+  atomic.write_json_atomic(os.path.join(workdir, SUMMARY), summary,
                                    indent=1)
 
 
