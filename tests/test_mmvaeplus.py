@@ -8,8 +8,9 @@ sources and targets. It shares with ours only the network outputs (encoder,
 one decoder at a time) and the uniforms that both turn into Laplace draws.
 Simplifications (also ours, see the module): K = 1; absent modalities leave
 the sources, targets and mixture. The prior r(w_d) the cross decodes draw w~_d
-from is Laplace(0, softmax(a_d) * D) with a learned raw log-scale a_d (the
-reference's `pw_params`) when the params hold one, else Laplace(0, 1).
+from is Laplace(0, softmax(a_d) * D + eta) with a learned raw log-scale a_d
+(the reference's `pw_params`, src/models/vae_polyMNIST_single_modality.py),
+else Laplace(0, 1) where the params hold none.
 """
 
 import functools
@@ -19,8 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedrecon_jax import generator, generators
+from fedrecon_jax import generator, generators, recipe, rounds
+from fedrecon_jax.hparams import Hparams
+from fedrecon_jax.methods import GEN_STAGE
 from fedrecon_jax.models import DataSpec, Model
+
+import toy
 
 SPEC = DataSpec(('a', 'img', 'c'), ('vector', 'image', 'vector'),
                 ((5,), (3, 28, 28), (4,)), 3)
@@ -31,14 +36,17 @@ BETA = 2.5
 GEN = generators.get('mmvaeplus')
 
 
-def make_setup(spec, learned_prior=False):
+def make_setup(spec, learned_prior=True):
+  """learned_prior: the prior's raw log-scales moved off their zeros;
+  None: a Model built without the group."""
   model = Model(spec, latent_dim=D, gen_width=8, map_width=8, task_width=4,
-                latent_sizes=GEN.latent_sizes(D))
+                latent_sizes=GEN.latent_sizes(D),
+                extra_groups=GEN.extra_groups if learned_prior is not None
+                else ())
   params = model.init_params(jax.random.key(0))
   rng = np.random.default_rng(0)
   if learned_prior:
-    params['gen']['prior_w'] = jnp.asarray(rng.normal(size=(M, D)),
-                                           jnp.float32)
+    params['prior_w'] = jnp.asarray(rng.normal(size=(M, D)), jnp.float32)
   xs = tuple((rng.uniform(size=(B, *shape)) if kind == 'image' else
               rng.normal(size=(B, *shape))).astype(np.float32)
              for kind, shape in zip(spec.kinds, spec.shapes))
@@ -70,11 +78,10 @@ def nll(kind, x_hat, x):
 
 def prior_scale(params, d):
   """r(w_d)'s Laplace scale [D]: the reference's pw_params, softmax of the
-  learned raw log-scale times D (no eta); 1 without one."""
-  if 'prior_w' not in params['gen']:
+  learned raw log-scale times D plus eta; 1 without one."""
+  if 'prior_w' not in params:
     return np.ones(D)
-  a = np.float64(params['gen']['prior_w'][d])
-  return np.exp(a) / np.exp(a).sum() * D
+  return softmax_scale(np.float64(params['prior_w'][d]))
 
 
 def reference(model, params, xs, noise, i, one=False):
@@ -120,7 +127,7 @@ def ours(model, cross):
 
 
 @pytest.mark.parametrize('spec,cross,learned', [
-    (SPEC, 'all', False), (SPEC_SAME, 'one', False), (SPEC, 'all', True),
+    (SPEC, 'all', None), (SPEC_SAME, 'one', False), (SPEC, 'all', True),
     (SPEC_SAME, 'one', True)])
 def test_per_sample_loss_matches_reference(spec, cross, learned):
   model, params, xs, noise = make_setup(spec, learned)
@@ -152,3 +159,36 @@ def test_reconstruction_latents():
     for n in range(M):
       want = mu[n, i] if PRESENT[i, n] else np.concatenate([np.zeros(D), z])
       np.testing.assert_allclose(got[n, i], want, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------ the learned prior's group
+
+
+def test_learned_prior_is_a_declared_group_trained_federatedly():
+  """MMVAE+ declares PRIOR_W: the Model builds it (zeros, [M, d]); a
+  client's update moves only the rows of the modalities it holds, and its
+  aggregation weight per row counts its samples holding that modality; a
+  federated round moves the server's prior."""
+  assert [g.name for g in GEN.groups] == ['gen', 'prior_w']
+  model = Model(toy.SPEC, latent_dim=D, gen_width=8, map_width=8,
+                task_width=4, latent_sizes=GEN.latent_sizes(D),
+                extra_groups=GEN.extra_groups)
+  params = model.init_params(jax.random.key(0))
+  np.testing.assert_array_equal(params['prior_w'], np.zeros((M, D)))
+  cfg = toy.cfg_for(method='fedrecon_no_map', joint_posterior='mmvaeplus',
+                    gen_optimizer='adam', gen_lr=0.05, local_epochs=2)
+  plan = recipe.of(cfg).plan(model, GEN_STAGE, toy.K)
+  assert plan.groups == ('gen', 'prior_w')
+  population = toy.make_population()     # client 1 lacks modality 0
+  h = Hparams.of(cfg)
+  trainable, frozen = rounds.split_params(params, plan.groups)
+  client = jax.tree.map(lambda x: x[1], population)
+  trained, weights, _ = plan.client_update(h, trainable, frozen, client,
+                                           jax.random.key(1))
+  np.testing.assert_array_equal(weights['prior_w'], [0, 30, 30])
+  moved = np.abs(np.asarray(trained['prior_w'])).max(-1)
+  assert moved[0] == 0 and (moved[1:] > 1e-4).all(), moved
+  round_ = rounds.make_round(plan, rounds.make_mesh(1))
+  state, _ = round_(round_.init(params, h), round_.place(population),
+                    jax.random.key(2), h)
+  assert (np.abs(np.asarray(state.params['prior_w'])).max(-1) > 1e-4).all()

@@ -12,14 +12,13 @@ over the present sources r, with u_r = (w_r, z_r) ~ q(u | x_r):
   log p(x_r | u_r) + sum_{n != r present} log p(x_n | (w~_n, z_r))
   + beta (log p(u_r) - log q(w_r | x_r) - log (1/|S|) sum_{m in S} q(z_r | x_m)),
 with w~_n drawn from the prior r(w_n) and S the present modalities; p(u) is
-Laplace(0, 1). r(w_n) is Laplace(0, softmax(a_n) * d) with a learned raw
-log-scale a_n when the generator params hold gen['prior_w'] [M, d] (the
-reference's `pw_params`), else Laplace(0, 1), the learned prior at its
-initialisation (a = 0). The federated model builder does not create
-gen['prior_w'] (experiments/results/mmvaeplus_images_cpu.md: in this
-project's budgets it stays within a few percent of 1, so the fixed prior is
-what the runs train); experiments/benchmarks/central_generator.py
---learned_prior adds it. The raw scales are the encoders' clipped
+Laplace(0, 1). r(w_n) is Laplace(0, softmax(a_n) * d + eta) with a learned
+raw log-scale a_n, params['prior_w'] [M, d], zeros at the start: the
+reference's per-modality `pw_params`, "important that [it] is learnable"
+(src/models/vae_polyMNIST_single_modality.py). It is this kind's own
+parameter group (`PRIOR_W`): the Model builds it, and a client's update of
+row n is weighted by its samples holding modality n, the targets whose
+cross decodes train it. The raw scales are the encoders' clipped
 log-variance outputs (clip +-10). Absent modalities are left out of the
 sources, the targets and the mixture over S. Coherence samples
 (`sample_latents`) draw an absent target's w_n from p(u)'s w part,
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedrecon_jax import param_groups
 from fedrecon_jax.generators import base
 
 ETA = 1e-6   # the reference's Constants.eta, the floor of a posterior scale
@@ -73,14 +73,29 @@ def posterior_scale(raw: jax.Array) -> jax.Array:
                           for h in (raw[..., :d], raw[..., d:])], -1)
 
 
-def prior_w_scale(gen: dict, num_modalities: int, d: int) -> jax.Array:
+def prior_w_scale(params: dict, num_modalities: int, d: int) -> jax.Array:
   """[M, d] scales of the priors r(w_n) the cross decodes draw w~_n from:
-  softmax(gen['prior_w'][n]) * d when the generator holds that learned raw
-  log-scale [M, d] (the reference's `pw_params`), else 1 (Laplace(0, 1),
-  the learned prior at its initialisation, zeros)."""
-  if 'prior_w' not in gen:
+  softmax(params['prior_w'][n]) * d + eta; 1 (the prior at its
+  initialisation, less eta) where the params hold no 'prior_w' (a kind that
+  reuses this objective without declaring PRIOR_W)."""
+  if 'prior_w' not in params:
     return jnp.ones((num_modalities, d))
-  return jax.nn.softmax(gen['prior_w'], axis=-1) * d
+  return jax.nn.softmax(params['prior_w'], axis=-1) * d + ETA
+
+
+def _prior_init(model, key: jax.Array) -> jax.Array:
+  del key   # zeros, as the reference initialises its raw log-scales
+  return jnp.zeros((model.spec.num_modalities, model.latent_dim))
+
+
+def _prior_weights(counts: param_groups.Counts, model, prior) -> jax.Array:
+  """[M]: r(w_n) learns from the cross decodes into n, which only samples
+  holding modality n make."""
+  del model, prior
+  return counts.modality
+
+
+PRIOR_W = param_groups.Group('prior_w', _prior_weights, init=_prior_init)
 
 
 def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
@@ -92,7 +107,7 @@ def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
   u = laplace_sample(mu, scale, noise['u'])               # [M, B, 2d]
   w, z = u[..., :d], u[..., d:]
   # w~ for target n from r(w_n) (axis 1 of noise['w'] is the target).
-  w_prior = laplace_sample(0.0, prior_w_scale(gen, num_m, d)[None, :, None],
+  w_prior = laplace_sample(0.0, prior_w_scale(params, num_m, d)[None, :, None],
                            noise['w'])                    # [M, M, B, d]
   lpu = laplace_logpdf(u, 0.0, 1.0)                       # [M, B]
   lqw = laplace_logpdf(w, mu[..., :d], scale[..., :d])    # [M, B]
@@ -152,5 +167,5 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
 
 GENERATORS = (base.Generator(
     'mmvaeplus', objective, infer_latents, sample_latents, order=4,
-    latent_sizes=lambda d: (2 * d, 2 * d), draw_noise=draw_noise,
-    cross_decoding=True),)
+    groups=(param_groups.GEN, PRIOR_W), latent_sizes=lambda d: (2 * d, 2 * d),
+    draw_noise=draw_noise, cross_decoding=True),)
