@@ -10,7 +10,7 @@ Simplifications (also ours, see the module): K = 1; absent modalities leave
 the sources, targets and mixture. The prior r(w_d) the cross decodes draw w~_d
 from is Laplace(0, softmax(a_d) * D + eta) with a learned raw log-scale a_d
 (the reference's `pw_params`, src/models/vae_polyMNIST_single_modality.py),
-else Laplace(0, 1) where the params hold none.
+zeros at the start (Laplace(0, 1 + eta)).
 """
 
 import functools
@@ -37,12 +37,10 @@ GEN = generators.get('mmvaeplus')
 
 
 def make_setup(spec, learned_prior=True):
-  """learned_prior: the prior's raw log-scales moved off their zeros;
-  None: a Model built without the group."""
+  """learned_prior: the prior's raw log-scales moved off their zeros."""
   model = Model(spec, latent_dim=D, gen_width=8, map_width=8, task_width=4,
                 latent_sizes=GEN.latent_sizes(D),
-                extra_groups=GEN.extra_groups if learned_prior is not None
-                else ())
+                extra_groups=GEN.extra_groups)
   params = model.init_params(jax.random.key(0))
   rng = np.random.default_rng(0)
   if learned_prior:
@@ -78,9 +76,7 @@ def nll(kind, x_hat, x):
 
 def prior_scale(params, d):
   """r(w_d)'s Laplace scale [D]: the reference's pw_params, softmax of the
-  learned raw log-scale times D plus eta; 1 without one."""
-  if 'prior_w' not in params:
-    return np.ones(D)
+  learned raw log-scale times D plus eta."""
   return softmax_scale(np.float64(params['prior_w'][d]))
 
 
@@ -127,7 +123,7 @@ def ours(model, cross):
 
 
 @pytest.mark.parametrize('spec,cross,learned', [
-    (SPEC, 'all', None), (SPEC_SAME, 'one', False), (SPEC, 'all', True),
+    (SPEC, 'all', False), (SPEC_SAME, 'one', False), (SPEC, 'all', True),
     (SPEC_SAME, 'one', True)])
 def test_per_sample_loss_matches_reference(spec, cross, learned):
   model, params, xs, noise = make_setup(spec, learned)

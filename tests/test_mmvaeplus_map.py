@@ -19,37 +19,13 @@ import numpy as np
 import pytest
 
 from fedrecon_jax import generator, generators
-from fedrecon_jax.models import DataSpec, Model
 
-SPEC = DataSpec(('a', 'img', 'c'), ('vector', 'image', 'vector'),
-                ((5,), (3, 28, 28), (4,)), 3)
-SPEC_SAME = DataSpec(('a', 'b', 'c'), ('vector',) * 3, ((4,),) * 3, 3)
-M, B, D = 3, 4, 3
-PRESENT = np.array([[1, 1, 1], [0, 1, 0], [1, 0, 1], [0, 1, 1]], bool)
+# MMVAE+'s setup (the same latent sizes, groups and noise) and likelihoods.
+from test_mmvaeplus import B, D, M, PRESENT, SPEC, SPEC_SAME
+from test_mmvaeplus import make_setup, nll, softmax_scale
+
 BETA, MATCH = 2.5, 0.7
 GEN = generators.get('mmvaeplus_map')
-
-
-def make_setup(spec):
-  model = Model(spec, latent_dim=D, gen_width=8, map_width=8, task_width=4,
-                latent_sizes=GEN.latent_sizes(D))
-  params = model.init_params(jax.random.key(0))
-  rng = np.random.default_rng(0)
-  xs = tuple((rng.uniform(size=(B, *shape)) if kind == 'image' else
-              rng.normal(size=(B, *shape))).astype(np.float32)
-             for kind, shape in zip(spec.kinds, spec.shapes))
-  return model, params, xs, GEN.noise(jax.random.key(1), M, B, D)
-
-
-def nll(kind, x_hat, x):
-  if kind == 'image':    # Laplace(x_hat, 0.75) per pixel
-    return float(np.sum(np.abs(x - x_hat) / 0.75 + np.log(2 * 0.75)))
-  return float(np.sum(0.5 * (x - x_hat)**2 + 0.5 * np.log(2 * np.pi)))
-
-
-def softmax_scale(raw):
-  e = np.exp(raw - raw.max())
-  return e / e.sum() * raw.size + 1e-6
 
 
 def mapping_terms(model, params, xs, noise, i, one=False):
@@ -104,13 +80,14 @@ def test_per_sample_loss_is_mmvaeplus_plus_the_mapping_terms(spec, cross):
 
 def test_the_mappings_leave_the_mmvaeplus_untouched():
   """The MMVAE+ trains as mmvaeplus alone does: the same gradient on
-  'gen'; and the mapping terms train 'map'."""
+  'gen' and on its prior 'prior_w'; and the mapping terms train 'map'."""
   model, params, xs, noise = make_setup(SPEC_SAME)
   grad = lambda kind: jax.grad(lambda p: loss_fn(model, kind, 'all')(
       p, xs, noise).mean())(params)
   ours, alone = grad(GEN), grad('mmvaeplus')
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6),
-               ours['gen'], alone['gen'])
+               (ours['gen'], ours['prior_w']),
+               (alone['gen'], alone['prior_w']))
   assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(ours['map']))
   assert all(np.abs(g).max() == 0 for g in jax.tree.leaves(alone['map']))

@@ -48,10 +48,11 @@ _CROSS = flags.DEFINE_enum('cross_decoding', 'one', list(
     generator.CROSS_DECODING), 'Cross decodes per source (mapping, moe, '
     'mmvaeplus).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Init and batch-order seed.')
-_LEARNED_PRIOR = flags.DEFINE_bool(
-    'learned_prior', False, 'mmvaeplus: learn the log-scale of the prior '
-    'r(w_n) of the cross decodes (gen["prior_w"], the reference\'s '
-    'pw_params); else Laplace(0, 1).')
+_FIXED_PRIOR = flags.DEFINE_bool(
+    'fixed_prior', False, 'mmvaeplus, an ablation: hold the prior r(w_n) of '
+    'the cross decodes at its start, Laplace(0, 1 + eta), instead of '
+    'learning its log-scale (params["prior_w"], the reference\'s '
+    'pw_params).')
 _SCALE = flags.DEFINE_enum(
     'posterior_scale', 'softmax', ['softmax', 'softplus'],
     'mmvaeplus, an ablation: the Laplace posteriors\' scale softmax(raw) * d '
@@ -98,16 +99,19 @@ def main(argv):
   gen_kind = generators.get(_KIND.value)
   model = Model(spec, latent_dim=_LATENT.value, gen_width=256,
                 map_width=256, task_width=64,
-                latent_sizes=gen_kind.latent_sizes(_LATENT.value))
+                latent_sizes=gen_kind.latent_sizes(_LATENT.value),
+                extra_groups=gen_kind.extra_groups)
   params = model.init_params(jax.random.key(_SEED.value))
-  params = {'gen': params['gen'], 'map': params['map']}
-  if _LEARNED_PRIOR.value:
-    params['gen']['prior_w'] = jnp.zeros((spec.num_modalities, _LATENT.value))
+  params = {g.name: params[g.name] for g in gen_kind.groups}
   if _SCALE.value == 'softplus':
     # A diagnostic swap of the module's function (objective and sampler
     # both read it), not a setting of the federated runs.
     mmvaeplus.posterior_scale = lambda raw: jax.nn.softplus(raw) + mmvaeplus.ETA
   tx = optax.adam(_LR.value)
+  if _FIXED_PRIOR.value:
+    tx = optax.multi_transform(
+        {'train': tx, 'fixed': optax.set_to_zero()},
+        {k: 'fixed' if k == 'prior_w' else 'train' for k in params})
   opt = tx.init(params)
   xs, test_xs = ds.train.xs, ds.test.xs
   n, m = len(ds.train.y), spec.num_modalities
@@ -141,9 +145,8 @@ def main(argv):
         test_xs, ds.test.y, judges, key=key,
         ranges=recon_metrics.data_ranges(model.spec.kinds))
     mu_train, mu_test = latents(xs), latents(test_xs)
-    if _LEARNED_PRIOR.value:
-      pw = np.asarray(mmvaeplus.prior_w_scale(params['gen'], m,
-                                              _LATENT.value))
+    if 'prior_w' in params:
+      pw = np.asarray(mmvaeplus.prior_w_scale(params, m, _LATENT.value))
       line_pw = f' prior_w_scale(min/median/max)={pw.min():.3f}/{np.median(pw):.3f}/{pw.max():.2f}'
     else:
       line_pw = ''

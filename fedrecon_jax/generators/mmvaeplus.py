@@ -27,6 +27,7 @@ Laplace(0, 1), as the reference's scoring does, not from r(w_n).
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,11 +76,8 @@ def posterior_scale(raw: jax.Array) -> jax.Array:
 
 def prior_w_scale(params: dict, num_modalities: int, d: int) -> jax.Array:
   """[M, d] scales of the priors r(w_n) the cross decodes draw w~_n from:
-  softmax(params['prior_w'][n]) * d + eta; 1 (the prior at its
-  initialisation, less eta) where the params hold no 'prior_w' (a kind that
-  reuses this objective without declaring PRIOR_W)."""
-  if 'prior_w' not in params:
-    return jnp.ones((num_modalities, d))
+  softmax(params['prior_w'][n]) * d + eta."""
+  chex.assert_shape(params['prior_w'], (num_modalities, d))
   return jax.nn.softmax(params['prior_w'], axis=-1) * d + ETA
 
 

@@ -5,7 +5,8 @@ trained MMVAE+; FEDRECON.md).
 
 The release trains the MMVAE+ first and fits the mappings to its latents.
 Here both train in the same rounds, with the MMVAE+ untouched by the
-mappings: its objective is mmvaeplus.objective, and the mapping terms
+mappings: its objective is mmvaeplus.objective (its learned prior
+mmvaeplus.PRIOR_W included), and the mapping terms
 see its encoders and decoders through stop_gradient, so they train T
 alone. T's terms are FedRecon's (mapping.objective): the cross decodes
 -log p(x_n | Dec_n(T(n<-m)(u_m))), u_m ~ q(u | x_m) (the MMVAE+
@@ -61,5 +62,5 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
 
 GENERATORS = (base.Generator(
     'mmvaeplus_map', objective, mapping.infer_latents, sample_latents,
-    order=5, groups=(GEN, MAP), latent_sizes=lambda d: (2 * d, 2 * d),
+    order=5, groups=(GEN, MAP, mmvaeplus.PRIOR_W), latent_sizes=lambda d: (2 * d, 2 * d),
     draw_noise=mmvaeplus.draw_noise, cross_decoding=True),)
