@@ -33,7 +33,6 @@ Re-running skips finished and scored cells.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
@@ -48,7 +47,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from experiments.paper import provenance
-from experiments import train as train_flags
+from experiments import config_flags
 from fedrecon_jax import grid as grid_lib
 from fedrecon_jax import recipe
 from fedrecon_jax.config import Config
@@ -284,14 +283,11 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
 
 def _fixed_flags() -> dict:
   """SETTINGS, then every training flag given on the command line."""
-  fl = flags.FLAGS
-  given = {f.name: fl[f.name].value for f in dataclasses.fields(Config)
-           if f.name not in _NOT_PASSED and fl[f.name].present}
-  return {**SETTINGS, **given}
+  return {**SETTINGS, **config_flags.given(exclude=_NOT_PASSED)}
 
 
 def main(argv):
-  train_flags.start(argv)
+  config_flags.start(argv)
   fl = flags.FLAGS
   started = datetime.datetime.now(datetime.timezone.utc)
   fixed = _fixed_flags()
@@ -334,7 +330,7 @@ def define_flags() -> None:
                       'Results path without extension (.md, .json, .png).')
   flags.DEFINE_string('machine', 'this machine',
                       'What ran it, for the page header.')
-  train_flags.define_flags(exclude=_NOT_PASSED,
+  config_flags.define_flags(exclude=_NOT_PASSED,
                            help_prefix='Passed to every run: ')
 
 

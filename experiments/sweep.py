@@ -28,16 +28,14 @@ compiled programs across cells and shards.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from absl import app
 from absl import flags
 
-from experiments import train as train_flags
+from experiments import config_flags
 from fedrecon_jax import grid as grid_lib
 from fedrecon_jax import preemption
-from fedrecon_jax.config import Config
 
 # Config fields a sweep sets itself or takes as axes: not pass-through flags.
 _NOT_PASSED = ('workdir',) + tuple(grid_lib.AXIS_FLAGS)
@@ -64,7 +62,7 @@ def define_flags() -> None:
     flags.DEFINE_list(name, None, f'Grid axis: comma-separated values of '
                       f'--{key} (default: {grid_lib.FIELDS[key].default!r}'
                       f'{axis}).')
-  train_flags.define_flags(exclude=_NOT_PASSED,
+  config_flags.define_flags(exclude=_NOT_PASSED,
                            help_prefix='Passed to every cell: ')
 
 
@@ -73,13 +71,12 @@ def grid_from_flags() -> grid_lib.Grid:
   axis_flags = {key: fl[name].value
                 for key, name in grid_lib.AXIS_FLAGS.items()
                 if fl[name].present}
-  fixed = {f.name: fl[f.name].value for f in dataclasses.fields(Config)
-           if f.name not in _NOT_PASSED and fl[f.name].present}
+  fixed = config_flags.given(exclude=_NOT_PASSED)
   return grid_lib.make_grid(axis_flags, fixed, fl.config)
 
 
 def main(argv):
-  train_flags.start(argv)
+  config_flags.start(argv)
   fl = flags.FLAGS
   try:
     if not fl.sweep_root:

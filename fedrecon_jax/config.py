@@ -1,7 +1,8 @@
 """A run's settings: each field, its help, and the checks it needs alone.
 
-`experiments/train.py` turns every field of `Config` into an absl flag of the
-same name (same default, same help), so a field added here is a flag there.
+`experiments/config_flags.py` turns every field of `Config` into an absl
+flag of the same name (same default, same help), so a field added here is a
+flag there.
 Plain settings: no registry, no JAX (workdir.py and grid.py read them
 without either). What the settings make of a run (the method and its
 generator, the stages, each stage's plan, DP on or off, the cohort) and the

@@ -1,6 +1,8 @@
 """A Table 2 variant whose training diverged is reported as such, not scored."""
 
 import os
+import subprocess
+import sys
 
 from experiments.paper import table2, table2_page
 from fedrecon_jax import workdir
@@ -25,3 +27,15 @@ def test_diverged_variant_is_a_row_not_a_crash(tmp_path):
       root, 'uci_multifeature', root,
       table2.read_results(root, 'uci_multifeature')))
   assert '| poe | 0 (1 diverged, at rounds 7) |' in page
+
+
+def test_cli_names_a_bad_variant(tmp_path):
+  """The entry point (its shared flags passed through: --gen_rounds)
+  refuses an unknown --variants value by name, before training."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'experiments.paper.table2', '--variants=nope',
+       '--datasets=uci_multifeature', f'--root={tmp_path}', '--gen_rounds=2'],
+      capture_output=True, text=True, check=False)
+  assert out.returncode == 1
+  assert "--variants: 'nope' is not one of" in out.stderr, out.stderr
+  assert not list(tmp_path.iterdir())

@@ -22,7 +22,6 @@ the results page.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 import sys
@@ -32,7 +31,7 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 
-from experiments import train as train_flags
+from experiments import config_flags
 from experiments.paper import table2_scoring
 from fedrecon_jax import generators, recon_metrics, train, workdir
 from fedrecon_jax.config import Config
@@ -210,11 +209,10 @@ _NOT_PASSED = ('dataset', 'method', 'joint_posterior', 'rounds', 'workdir',
 
 
 def main(argv):
-  train_flags.start(argv)
+  config_flags.start(argv)
   fl = flags.FLAGS
   # Only flags given explicitly, so DATASET_SETTINGS fill in the rest.
-  overrides = {f.name: fl[f.name].value for f in dataclasses.fields(Config)
-               if f.name not in _NOT_PASSED and fl[f.name].present}
+  overrides = config_flags.given(exclude=_NOT_PASSED)
   try:
     seeds = [int(s) for s in fl.seeds]
   except ValueError:
@@ -241,7 +239,7 @@ def define_flags() -> None:
                     'Seeds of every variant (trained as one program).')
   flags.DEFINE_integer('draws', recon_metrics.DRAWS,
                        'Draws of sampled latents coherence averages over.')
-  train_flags.define_flags(exclude=_NOT_PASSED,
+  config_flags.define_flags(exclude=_NOT_PASSED,
                            help_prefix='Passed to every run: ')
 
 
