@@ -111,6 +111,14 @@ class Config(DittoSettings, UnimodalSettings):
       '(tune on it; the test set is scored once per final run). Drawn from '
       'its own fixed key: the same samples for every --seed. 0 = off, in '
       '[0, 1).')
+  feature_stats: str = _f(
+      'auto', 'Where the mean and std that standardise vector and sequence '
+      "features come from: 'train' = the pooled training split (every "
+      "client's data: outside a DP guarantee); 'test' = the held-out test "
+      'split, which no client holds (public to the clients, so it costs '
+      "them no privacy); 'auto' = 'test' under DP (--dp_clip > 0), else "
+      "'train'. Images are scaled by 1/255 either way.",
+      choices=('auto', 'train', 'test'))
   local_test_fraction: float = _f(
       0.0, "Share of each client's samples held out as its local test split "
       '(floor(fraction x its samples)), on which the global model '

@@ -47,11 +47,14 @@ VALIDATION_SEED = 20261206
 
 
 def load_data(cfg: Config) -> data.Dataset:
-  """The run's dataset: as loaded, or, with --validation_fraction > 0, with
-  its validation samples (per class, from VALIDATION_SEED) taken out of
-  `train` and put in place of `test` (the test split is then never read)."""
+  """The run's dataset, standardised with the statistics of
+  recipe.feature_stats' split: as loaded, or, with --validation_fraction >
+  0, with its validation samples (per class, from VALIDATION_SEED) taken
+  out of `train` and put in place of `test` (the test split is then never
+  read, but for those statistics under --feature_stats=test)."""
   ds = _load(cfg.dataset, data_dir=cfg.data_dir or None,
-             manual_dir=cfg.manual_dir or None)
+             manual_dir=cfg.manual_dir or None,
+             stats_from=recipe.of(cfg).feature_stats)
   if cfg.validation_fraction == 0:
     return ds
   keep, held = base.stratified_split(ds.train.y,

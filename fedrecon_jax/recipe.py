@@ -76,6 +76,14 @@ class Recipe:
     """Client-level DP-FedAvg is on (--dp_clip > 0)."""
     return self.cfg.dp_clip > 0
 
+  @property
+  def feature_stats(self) -> str:
+    """The split whose statistics standardise the features ('train' or
+    'test'; --feature_stats=auto: 'test' under DP)."""
+    if self.cfg.feature_stats != 'auto':
+      return self.cfg.feature_stats
+    return 'test' if self.dp else 'train'
+
   def cohort_size(self, num_clients: int) -> int:
     """Clients per round, or the expected Poisson cohort, over K clients."""
     return min(self.cfg.clients_per_round, num_clients)
@@ -127,6 +135,10 @@ def validate(cfg: Config) -> Config:
         "each client's local test split (e.g. 0.2)")
   check(recipe.total_rounds >= 1, 'rounds', cfg.rounds,
         '>= 1 in total with --gen_rounds')
+  check(not (recipe.dp and cfg.feature_stats == 'train'), 'feature_stats',
+        cfg.feature_stats, "'test' or 'auto' under DP (--dp_clip > 0): "
+        "'train' standardises with every client's pooled data, outside the "
+        'guarantee')
   if recipe.method.check is not None:
     recipe.method.check(cfg, recipe.dp)
   return cfg

@@ -43,7 +43,8 @@ def test_every_generator_kind_trains_on_image_and_audio(kind, small):
                   small.num_classes)
   gen = generators.get(kind)
   model = Model(spec, latent_dim=8, gen_width=32, map_width=16, task_width=8,
-                latent_sizes=gen.latent_sizes(8))
+                latent_sizes=gen.latent_sizes(8),
+                extra_groups=gen.extra_groups)
   xs = [jnp.asarray(x[::8]) for x in small.train.xs]          # 30 samples
   present = jnp.asarray(np.arange(30)[:, None] % 3 != np.array([[1, 2]]))
   tx = optax.adam(3e-3)

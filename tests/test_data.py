@@ -76,6 +76,46 @@ def test_uci_multifeature_train_standardisation(uci):
   assert not np.allclose(uci.test.xs[0].mean(0), 0, atol=1e-4)
 
 
+def test_standardisation_from_either_split_on_a_hand_built_case():
+  """stats_from picks the split whose mean and std standardise both."""
+  train = np.array([[0.0, 5.0], [2.0, 5.0]], np.float32)
+  test = np.array([[10.0, 1.0], [14.0, 3.0]], np.float32)
+  got = loader._preprocess('vector', train, test, 'test')
+  # Test statistics: mean (12, 2), std (2, 1).
+  np.testing.assert_allclose(got[0], [[-6, 3], [-5, 3]])
+  np.testing.assert_allclose(got[1], [[-1, -1], [1, 1]])
+  got = loader._preprocess('vector', train, test, 'train')
+  # Train statistics: mean (1, 5), std (1, floored 1e-6).
+  np.testing.assert_allclose(got[0], [[-1, 0], [1, 0]])
+  np.testing.assert_allclose(got[1], [[9, -4e6], [13, -2e6]])
+  # Masked sequences [N, T, 1 + mask]: only the reference's real frames.
+  frames = lambda v, m: np.stack([np.array(v, np.float32),
+                                  np.array(m, np.float32)], -1)[None]
+  train, test = frames([1, 3, 99], [1, 1, 0]), frames([4, 8, 50], [1, 1, 0])
+  got = loader._preprocess('masked_sequence', train, test, 'test')  # 6 +- 2
+  np.testing.assert_allclose(got[0][0, :, 0], [-2.5, -1.5, 0])
+  np.testing.assert_allclose(got[1][0, :, 0], [-1, 1, 0])
+  np.testing.assert_array_equal(got[0][0, :, 1], [1, 1, 0])
+
+
+def test_uci_multifeature_test_standardisation(data_dir, uci):
+  """stats_from='test' (what a DP run reads): the test split is standard,
+  and train is the same affine map of its raw values as test."""
+  public = data.load('uci_multifeature', data_dir=data_dir,
+                     stats_from='test')
+  for x, x_pooled in zip(public.test.xs, uci.test.xs):
+    np.testing.assert_allclose(x.mean(0), 0, atol=1e-4)
+    std = x.std(0)
+    np.testing.assert_allclose(std[std > 1e-3], 1, atol=1e-3)
+  # Same samples, another affine map per feature.
+  for a, b in zip(public.train.xs, uci.train.xs):
+    varies = b.std(0) > 0.1
+    corr = [np.corrcoef(a[:, j], b[:, j])[0, 1] for j in np.flatnonzero(varies)]
+    np.testing.assert_allclose(corr, 1, atol=1e-5)
+  with pytest.raises(ValueError, match='--feature_stats'):
+    data.load('uci_multifeature', data_dir=data_dir, stats_from='pooled')
+
+
 def test_uci_multifeature_splits_disjoint_and_deterministic(
     data_dir, tmp_path, uci):
   first = raw_splits('uci_multifeature', data_dir)

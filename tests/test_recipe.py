@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedrecon_jax import generator, generators, param_groups, partition
+from fedrecon_jax import experiment, generator, generators, param_groups
+from fedrecon_jax import partition
 from fedrecon_jax import recipe, rounds
 from fedrecon_jax.config import Config
 from fedrecon_jax.generators import poe
@@ -63,9 +64,27 @@ def test_registry_checks_name_the_flag():
                        (dict(dataset='files'), '--manual_dir'),
                        (dict(method='unimodal', dp_clip=1.0,
                              dp_accountant='rdp'), '--unimodal_modality'),
-                       (dict(gen_rounds=0, rounds=0), '--rounds')):
+                       (dict(gen_rounds=0, rounds=0), '--rounds'),
+                       (dict(dp_clip=1.0, dp_accountant='rdp',
+                             feature_stats='train'), '--feature_stats')):
     with pytest.raises(ValueError, match=named):
       recipe.validate(toy.cfg_for(**flags))
+
+
+def test_dp_runs_standardise_with_the_test_split():
+  """--feature_stats=auto: the pooled training data without DP, the test
+  split (no client's data) under DP; load_data reads that split's stats."""
+  plain = toy.cfg_for(dataset='uci_multifeature_small')
+  dp = toy.cfg_for(dataset='uci_multifeature_small', dp_clip=1.0,
+                   dp_accountant='rdp')
+  assert recipe.of(plain).feature_stats == 'train'
+  assert recipe.of(dp).feature_stats == 'test'
+  for cfg, standard in ((plain, 'train'), (dp, 'test')):
+    ds = experiment.load_data(cfg)
+    for split in ('train', 'test'):
+      mean = np.abs(np.concatenate([x.mean(0) for x in getattr(
+          ds, split).xs])).max()
+      assert (mean < 1e-4) == (split == standard), (cfg.dp_clip, split)
 
 
 # --------------------------------------------- a generator's own group
@@ -145,7 +164,8 @@ def test_a_generator_declares_its_own_parameter_group():
 def test_cross_decoding_is_declared_by_the_kinds_that_read_it(kind):
   gen = generators.get(kind)
   model = Model(SPEC, latent_dim=D, gen_width=8, map_width=8, task_width=4,
-                latent_sizes=gen.latent_sizes(D))
+                latent_sizes=gen.latent_sizes(D),
+                extra_groups=gen.extra_groups)
   params = model.init_params(jax.random.key(0))
   rng = np.random.default_rng(1)
   xs = tuple(rng.normal(size=(5, 4)).astype(np.float32) for _ in range(3))

@@ -8,7 +8,9 @@ installed wheels, or a user's `manual_dir`); nothing is ever downloaded.
 `load(name)` prepares the builder once per `data_dir`, reads both splits and
 returns model-ready float32 arrays:
   * 'vector' modalities [N, d]: standardised per feature with the mean and std
-    of the TRAIN split (std floored at `STD_FLOOR`), applied to both splits.
+    of one split, `stats_from` (the train split by default; the test split
+    where the training data must not be pooled, e.g. under DP), std floored
+    at `STD_FLOOR`, applied to both splits.
   * 'sequence' modalities [N, T, C]: standardised per channel (statistics over
     train samples and time steps), same rule.
   * 'image' modalities [N, C, H, W]: uint8 / 255, in [0, 1].
@@ -17,6 +19,7 @@ returns model-ready float32 arrays:
     to lie in [1, T]) become C standardised channels (statistics over the
     train split's real frames only, padded frames 0) and a last channel,
     the frame mask (1 for the first `length` frames, 0 after).
+    Statistics (vector, sequence, masked_sequence) come from `stats_from`.
 Samples are ordered by the builder's 'index' feature, so the order does not
 depend on how TFDS shuffled the records on disk.
 """
@@ -95,8 +98,11 @@ def builder(name: str, *, data_dir: str | os.PathLike[str] | None = None,
   return cls(data_dir=os.fspath(data_dir), **kwargs)
 
 
+STATS_FROM = ('train', 'test')
+
+
 def load(name: str, *, data_dir: str | None = None,
-         manual_dir: str | None = None) -> Dataset:
+         manual_dir: str | None = None, stats_from: str = 'train') -> Dataset:
   """Prepares (once) and loads dataset `name` as model-ready numpy arrays.
 
   Args:
@@ -108,10 +114,15 @@ def load(name: str, *, data_dir: str | None = None,
       <data_dir>/downloads/manual. Read only when the dataset is not yet
       prepared in `data_dir`. 'files' needs it: its arrays (files.py), and
       a changed folder is prepared anew.
+    stats_from: the split ('train' or 'test') whose mean and std
+      standardise the vector and sequence features of both.
 
   Returns:
     A Dataset; see the module docstring for the preprocessing.
   """
+  if stats_from not in STATS_FROM:
+    raise ValueError(f'stats_from={stats_from!r} (--feature_stats) is not '
+                     f'one of {STATS_FROM}.')
   b = builder(name, data_dir=data_dir, manual_dir=manual_dir)
   # The exists() check avoids tfds' warning about a not-yet-created folder.
   if b.data_path.exists() and b.is_prepared():
@@ -136,7 +147,7 @@ def load(name: str, *, data_dir: str | None = None,
           raw[m], raw[base.length_key(m)], f'dataset {name!r} ({b.data_dir}), '
           f'split {split!r}, modality {m!r}', base.length_key(m))
               for split, raw in (('train', train), ('test', test)))
-    a, t = _preprocess(kind, a, t)
+    a, t = _preprocess(kind, a, t, stats_from)
     train_xs.append(a)
     test_xs.append(t)
   return validate.check_dataset(Dataset(
@@ -159,33 +170,36 @@ def read_split(source: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
   return {k: v[order] for k, v in out.items()}
 
 
-def _preprocess(kind: str, train: np.ndarray, test: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """Makes one modality model-ready; statistics come from `train` only."""
+def _preprocess(kind: str, train: np.ndarray, test: np.ndarray,
+                stats_from: str = 'train') -> tuple[np.ndarray, np.ndarray]:
+  """Makes one modality model-ready; statistics come from the split
+  `stats_from` only."""
+  ref = train if stats_from == 'train' else test
   if kind == 'image':  # One pass over the uint8 data, no float64 copy.
     return tuple(np.divide(a, np.float32(255), dtype=np.float32)
                  for a in (train, test))
   if kind == 'masked_sequence':
-    return _standardise_frames(train, test)
+    return _standardise_frames(train, test, ref)
   if kind not in ('vector', 'sequence'):
     raise ValueError(f'Unknown modality kind {kind!r}; expected one of '
                      f'{base.KINDS}.')
   # 'vector' [N, d]: per feature; 'sequence' [N, T, C]: per channel.
   axes = tuple(range(train.ndim - 1)) if kind == 'sequence' else (0,)
-  train64 = train.astype(np.float64)
-  mean = train64.mean(axis=axes, keepdims=True)
-  std = np.maximum(train64.std(axis=axes, keepdims=True), STD_FLOOR)
-  return (((train64 - mean) / std).astype(np.float32),
-          ((test.astype(np.float64) - mean) / std).astype(np.float32))
+  ref64 = ref.astype(np.float64)
+  mean = ref64.mean(axis=axes, keepdims=True)
+  std = np.maximum(ref64.std(axis=axes, keepdims=True), STD_FLOOR)
+  return tuple(((x.astype(np.float64) - mean) / std).astype(np.float32)
+               for x in (train, test))
 
 
-def _standardise_frames(train: np.ndarray, test: np.ndarray
+def _standardise_frames(train: np.ndarray, test: np.ndarray, ref: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray]:
   """[N, T, C + 1] masked sequences (last channel the mask): each feature
-  channel standardised with the mean and std of the train split's real
-  frames (padding would pull both towards 0), padded frames left at 0."""
-  real = train[..., -1] > 0                                        # [N, T]
-  frames = train[..., :-1][real].astype(np.float64)                # [F, C]
+  channel standardised with the mean and std of the real frames of `ref`
+  (one of the two; padding would pull both towards 0), padded frames left
+  at 0."""
+  real = ref[..., -1] > 0                                          # [N, T]
+  frames = ref[..., :-1][real].astype(np.float64)                  # [F, C]
   mean, std = frames.mean(0), np.maximum(frames.std(0), STD_FLOOR)
   out = []
   for x in (train, test):

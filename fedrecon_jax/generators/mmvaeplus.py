@@ -165,5 +165,6 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
 
 GENERATORS = (base.Generator(
     'mmvaeplus', objective, infer_latents, sample_latents, order=4,
-    groups=(param_groups.GEN, PRIOR_W), latent_sizes=lambda d: (2 * d, 2 * d),
-    draw_noise=draw_noise, cross_decoding=True),)
+    groups=(param_groups.GEN, PRIOR_W),
+    latent_sizes=lambda d: (2 * d, 2 * d), draw_noise=draw_noise,
+    cross_decoding=True),)

@@ -62,5 +62,6 @@ def sample_latents(model, params, xs, pres, mu, logvar, key):
 
 GENERATORS = (base.Generator(
     'mmvaeplus_map', objective, mapping.infer_latents, sample_latents,
-    order=5, groups=(GEN, MAP, mmvaeplus.PRIOR_W), latent_sizes=lambda d: (2 * d, 2 * d),
-    draw_noise=mmvaeplus.draw_noise, cross_decoding=True),)
+    order=5, groups=(GEN, MAP, mmvaeplus.PRIOR_W),
+    latent_sizes=lambda d: (2 * d, 2 * d), draw_noise=mmvaeplus.draw_noise,
+    cross_decoding=True),)
