@@ -3,7 +3,7 @@ trained together.
 
 Each cell trains in its own workdir with fedrecon_jax.train.run; with
 runs_per_program=R, cells that share a program (they differ only in seed,
-missing_rate, alpha or numeric settings: Config.program_key) train R at a
+missing_rate, alpha or numeric settings: recipe.Recipe.program_key) train R at a
 time as one (fedrecon_jax.train.run_group). Running the same grid again
 skips finished cells (summary.json with the requested rounds) and resumes
 unfinished ones from their checkpoints. experiments.sweep is the command;
@@ -32,7 +32,7 @@ def shard(cells: list, shard_index: int, num_shards: int) -> list:
 
 
 def groups(cfgs: list[Config], runs_per_program) -> list[list[Config]]:
-  """Cells that share one program (Config.program_key), in grid order, in
+  """Cells that share one program (recipe.Recipe.program_key), in grid order, in
   groups of at most runs_per_program (an int >= 1, or 'auto':
   memory_plan.runs_per_program per program): each group trains as one."""
   by_key = {}

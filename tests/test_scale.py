@@ -207,8 +207,8 @@ def test_two_processes_equal_one(setup, tmp_path):
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-# ~3 min cold (two whole training runs under jax.distributed; the round-level
-# 2-process test above stays in the default suite): slow.
+# ~3 min cold (two whole training runs under jax.distributed): slow, like
+# the round-level 2-process test above.
 @pytest.mark.slow
 def test_two_process_training_run_equals_one_process(env, tmp_path):
   """The whole training loop under jax.distributed (2 CPU processes sharing

@@ -12,9 +12,9 @@ with T = identity is the "no mapping" row.
   python -m experiments.paper.table2 --root=workdirs/table2 \
       --datasets=uci_multifeature,polymnist_5k
 
-Writes <root>/<dataset>/<variant>/ (an ordinary training workdir; re-running
-skips scored ones, scores trained ones and resumes the others) with the scores
-in its table2.json, the cached probes in <root>/<dataset>/, and for image data
+Writes <root>/<dataset>/<variant>/seed<k>/ (ordinary training workdirs;
+re-running skips scored ones, scores trained ones and resumes the others)
+with the scores in each one's table2.json, the cached probes in <root>/<dataset>/, and for image data
 <root>/<dataset>/grid_<row>.png. Variants may run in separate processes
 (`--variants=poe`) sharing a root. `experiments.paper` turns the JSONs into
 the results page.
