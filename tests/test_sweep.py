@@ -179,6 +179,9 @@ def test_config_files_in_experiments_configs_load():
   reduced = grid_lib.make_grid({}, {}, 'table1_reduced')
   assert len(reduced.cells()) == 5 * 2 * 3
   assert reduced.axes['method'] == full.axes['method']
+  av = grid_lib.make_grid({}, {}, 'table1_av_mnist')
+  assert len(av.cells()) == 3 * 2 * 3
+  assert {c.values['dataset'] for c in av.cells()} == {'av_mnist'}
   smoke = grid_lib.make_grid({'seed': ['3']}, {'rounds': 2}, 'smoke')
   assert [c.values['seed'] for c in smoke.cells()] == [3, 3]
   assert smoke.flags['rounds'] == 2 and smoke.flags['num_clients'] == 6
