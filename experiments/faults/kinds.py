@@ -17,11 +17,11 @@ path it took, of which only some count (`KINDS`: target, counted paths).
                      in its rounds. Counted if one of the two is refused a
                      workdir the other holds (then the second is killed: it
                      would train the other group beside the first).
-  distributed        a 2-process run, in turn: SIGKILL to one process in
-                     the rounds (a lost node; the survivor is killed after
-                     SURVIVOR_SECONDS if it has not ended, as a scheduler
-                     restarts the job), or SIGTERM to both (counted if both
-                     exit 75).
+  distributed        a 2-process run, one of two faults (a fair draw each
+                     time): SIGKILL to one process in the rounds (a lost
+                     node; the survivor is killed after SURVIVOR_SECONDS if
+                     it has not ended, as a scheduler restarts the job), or
+                     SIGTERM to both (counted if both exit 75).
   shards             two shards of the sweep on one root: SIGKILL to one,
                      drawn, in its rounds; it restarts while the other runs.
 
