@@ -171,6 +171,12 @@ def test_learned_prior_is_a_declared_group_trained_federatedly():
                 extra_groups=GEN.extra_groups)
   params = model.init_params(jax.random.key(0))
   np.testing.assert_array_equal(params['prior_w'], np.zeros((M, D)))
+  # The other groups' params are those of a Model without it.
+  plain = Model(toy.SPEC, latent_dim=D, gen_width=8, map_width=8,
+                task_width=4, latent_sizes=GEN.latent_sizes(D))
+  jax.tree.map(np.testing.assert_array_equal,
+               {k: v for k, v in params.items() if k != 'prior_w'},
+               plain.init_params(jax.random.key(0)))
   cfg = toy.cfg_for(method='fedrecon_no_map', joint_posterior='mmvaeplus',
                     gen_optimizer='adam', gen_lr=0.05, local_epochs=2)
   plan = recipe.of(cfg).plan(model, GEN_STAGE, toy.K)

@@ -1,7 +1,6 @@
 """Settings without JAX, and what the recipe and the declared parameter
 groups make of them."""
 
-import dataclasses
 import subprocess
 import sys
 
@@ -10,13 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedrecon_jax import experiment, generator, generators, param_groups
-from fedrecon_jax import partition
-from fedrecon_jax import recipe, rounds
-from fedrecon_jax.config import Config
-from fedrecon_jax.generators import poe
-from fedrecon_jax.hparams import Hparams
-from fedrecon_jax.methods import GEN_STAGE, base
+from fedrecon_jax import experiment, generator, generators, recipe
 from fedrecon_jax.models import DataSpec, Model
 
 import toy
@@ -87,75 +80,11 @@ def test_dp_runs_standardise_with_the_test_split():
       assert (mean < 1e-4) == (split == standard), (cfg.dp_clip, split)
 
 
-# --------------------------------------------- a generator's own group
+# A generator's own parameter group (MMVAE+'s learned prior):
+# test_mmvaeplus.test_learned_prior_is_a_declared_group_trained_federatedly.
 
 SPEC = DataSpec(('a', 'b', 'c'), ('vector',) * 3, ((4,),) * 3, 3)
 D = 4
-
-
-def _prior_weights(counts, model, prior):
-  """[M, d]: row m counts the samples holding modality m."""
-  del model
-  return counts.modality
-
-
-# A learned per-modality prior mean, [M, d], initialised by the generator.
-PRIOR = param_groups.Group(
-    'prior', _prior_weights,
-    init=lambda model, key: jax.random.normal(
-        key, (model.spec.num_modalities, model.latent_dim)))
-
-
-def _objective(model, params, xs, pres, mu, logvar, noise, **kw):
-  loss, terms = poe.objective(model, params, xs, pres, mu, logvar, noise,
-                              **kw)
-  pull = ((mu - params['prior'][:, None]) ** 2).sum(-1)        # [M, B]
-  return loss + (pull * pres).sum(0), terms
-
-
-TOY = dataclasses.replace(generators.get('poe'), name='poe_prior',
-                          objective=_objective,
-                          groups=(param_groups.GEN, PRIOR))
-
-
-def test_a_generator_declares_its_own_parameter_group():
-  """A group declared in the generator's module alone: the Model builds it
-  (the other groups' params unchanged), clients weigh it by its rule, the
-  server averages and steps it."""
-  assert TOY.extra_groups == (PRIOR,)
-  model = Model(SPEC, latent_dim=D, gen_width=8, map_width=8, task_width=4,
-                extra_groups=TOY.extra_groups)
-  plain = Model(SPEC, latent_dim=D, gen_width=8, map_width=8, task_width=4)
-  key = jax.random.key(0)
-  params = model.init_params(key)
-  assert params['prior'].shape == (3, D)
-  jax.tree.map(np.testing.assert_array_equal,
-               {k: v for k, v in params.items() if k != 'prior'},
-               plain.init_params(key))
-  cfg = toy.cfg_for(gen_lr=0.1)
-  plan = dataclasses.replace(
-      base.stage_plan(cfg, GEN_STAGE, groups=TOY.groups,
-                      loss=base.generator_loss(cfg, model, TOY), model=model,
-                      seen_present=False, generator=TOY),
-      num_clients=toy.K, cohort=toy.K)
-  assert plan.groups == ('gen', 'prior')
-  rng = np.random.default_rng(0)
-  xs = [rng.normal(size=(60, 4)).astype(np.float32) for _ in range(3)]
-  y = rng.integers(0, 3, 60).astype(np.int32)
-  present = np.ones((toy.K, 3), bool)
-  present[1, 0] = present[3, 2] = False
-  population = partition.stack_clients(
-      xs, y, np.array_split(np.arange(60), toy.K), present)
-  h = Hparams.of(cfg)
-  trainable, frozen = rounds.split_params(params, plan.groups)
-  one = jax.tree.map(lambda x: x[1], population)
-  _, weights, _ = plan.client_update(h, trainable, frozen, one,
-                                     jax.random.key(1))
-  np.testing.assert_array_equal(weights['prior'], [0, 10, 10])
-  round_ = rounds.make_round(plan, rounds.make_mesh(1))
-  state, _ = round_(round_.init(params, h), round_.place(population),
-                    jax.random.key(2), h)
-  assert not np.allclose(state.params['prior'], params['prior'])
 
 
 # ------------------------------------------------ declared cross-decoding
