@@ -450,36 +450,75 @@ def mapping_retrieval(model: Model, params: Any,
 # ------------------------------------------------------------------- figure
 
 
+def as_picture(kind: str, x: np.ndarray, lo: float, hi: float
+               ) -> np.ndarray:
+  """[k, *shape] samples of one modality -> [k, C, H, W] in [0, 1] for
+  `image_grid`: images as they are; a sequence [k, T, C] as a C x T heat
+  map, (x - lo) / (hi - lo) clipped (pass the true examples' range so that
+  truth and reconstructions share one scale); a masked sequence [k, T, C +
+  1] the same over its real frames, padded frames white; a vector [k, d] a
+  1 x d strip."""
+  x = np.asarray(x, np.float32)
+  if kind == 'image':
+    return x
+  scaled = lambda v: np.clip((v - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+  if kind == 'vector':
+    return scaled(x)[:, None, None, :]
+  if kind == 'masked_sequence':
+    real = x[..., -1:] > 0.5                               # [k, T, 1]
+    pic = np.where(real, scaled(x[..., :-1]), 1.0)
+  else:
+    pic = scaled(x)
+  return np.transpose(pic, (0, 2, 1))[:, None]            # [k, 1, C, T]
+
+
+def picture_range(kind: str, x: np.ndarray) -> tuple[float, float]:
+  """(lo, hi) of `as_picture` for samples x: the values of its real
+  entries (images: (0, 1))."""
+  x = np.asarray(x, np.float32)
+  if kind == 'image':
+    return 0.0, 1.0
+  if kind == 'masked_sequence':
+    x = x[..., :-1][x[..., -1] > 0.5]
+  return float(x.min()), float(x.max())
+
+
 def image_grid(true_xs: Sequence[np.ndarray],
                recon_from_each: Sequence[Sequence[np.ndarray]], *,
                pad: int = 2) -> np.ndarray:
-  """Lays out cross-modal reconstructions of CHW images as one uint8 image.
+  """Lays out cross-modal reconstructions of CHW pictures as one uint8 image.
 
-  Row 0 shows the true images of each target modality; row 1 + m shows the
-  reconstructions from source m alone. Column n holds target modality n; each
-  cell holds the same k examples side by side, `pad` white pixels apart, and
-  cells are 2 * pad apart.
+  Row 0 shows the true pictures of each target modality; row 1 + m shows
+  the reconstructions from source m alone. Column n holds target modality n
+  (its pictures may differ in size from another column's: a row is as tall
+  as its tallest, shorter cells padded white below); each cell holds the
+  same k examples side by side, `pad` white pixels apart, and cells are
+  2 * pad apart.
 
   Args:
-    true_xs: per modality [k, C, H, W] in [0, 1], C in {1, 3}.
-    recon_from_each: [M_src][M_dst] arrays [k, C, H, W] in [0, 1].
+    true_xs: per modality [k, C_n, H_n, W_n] in [0, 1], C_n in {1, 3}.
+    recon_from_each: [M_src][M_dst] arrays shaped as true_xs[dst].
     pad: gap in pixels.
 
   Returns:
-    [(M_src + 1) * H + M_src * 2 * pad,
-     M_dst * (k * W + (k - 1) * pad) + (M_dst - 1) * 2 * pad, 3] uint8.
+    [(M_src + 1) * max H + M_src * 2 * pad,
+     sum_n (k * W_n + (k - 1) * pad) + (M_dst - 1) * 2 * pad, 3] uint8.
   """
   rows = [list(true_xs)] + [list(r) for r in recon_from_each]
-  k, _, h, w = np.shape(true_xs[0])
+  k = np.shape(true_xs[0])[0]
+  height = max(np.shape(x)[2] for x in true_xs)
   for row in rows:
     chex.assert_equal(len(row), len(true_xs))
-    for cell in row:
-      chex.assert_shape(cell, (k, None, h, w))
+    for cell, true in zip(row, true_xs):
+      chex.assert_shape(cell, (k, None, *np.shape(true)[2:]))
 
   def to_hwc(img):                       # [C, H, W] float -> [H, W, 3] uint8
     img = np.clip(np.asarray(img, np.float32), 0.0, 1.0)
-    img = np.broadcast_to(img, (3, h, w)) if img.shape[0] == 1 else img
-    return np.round(np.transpose(img, (1, 2, 0)) * 255).astype(np.uint8)
+    c, h, w = img.shape
+    img = np.broadcast_to(img, (3, h, w)) if c == 1 else img
+    out = np.full((height, w, 3), 255, np.uint8)
+    out[:h] = np.round(np.transpose(img, (1, 2, 0)) * 255).astype(np.uint8)
+    return out
 
   def hcat(parts, gap):
     white = np.full((parts[0].shape[0], gap, 3), 255, np.uint8)

@@ -427,3 +427,21 @@ def test_image_grid_shape_and_values():
   assert np.all(grid[:h, col_b:col_b + w] == 0)        # grey expanded to RGB
   assert np.all(grid[h + 2:2 * h + 2, :w] == 255)      # 2.0 clipped to 1
   assert np.all(grid[h + 2:2 * h + 2, col_b:col_b + w] == 128)
+
+
+def test_pictures_of_sequences_and_a_grid_of_mixed_sizes():
+  """A masked sequence [k, T, C + 1] is a C x T heat map on the truth's
+  scale, padded frames white; columns of different sizes share a row,
+  shorter cells padded white below."""
+  seq = np.zeros((1, 3, 2 + 1), np.float32)              # T = 3, C = 2
+  seq[0, :, :2] = [[-1, 1], [0, 3], [9, 9]]
+  seq[0, :, 2] = [1, 1, 0]                                # frame 2 padded
+  lo_hi = rm.picture_range('masked_sequence', seq)
+  assert lo_hi == (-1.0, 3.0)                             # real frames only
+  pic = rm.as_picture('masked_sequence', seq, *lo_hi)
+  np.testing.assert_allclose(pic[0, 0], [[0, 0.25, 1], [0.5, 1, 1]])
+  img = np.zeros((1, 1, 4, 4), np.float32)
+  grid = rm.image_grid([img, pic], [[img, pic], [img, pic]], pad=1)
+  assert grid.shape == (3 * 4 + 2 * 2, 4 + 2 + 3, 3)
+  np.testing.assert_array_equal(grid[0, 6:, 0], [0, 64, 255])  # row C=0
+  assert np.all(grid[2:4, 6:] == 255)                     # below the map

@@ -93,7 +93,7 @@ def score(cfg: Config, variant: str, probes_dir: str, *, probe_steps: int,
                      'train_seconds': summary['wall_seconds'],
                      'seconds_per_round': float(np.median(
                          [t for t, _ in per_round.values()]))}
-    if exp.spec.kinds[0] == 'image':
+    if 'image' in exp.spec.kinds:
       save_grid(os.path.join(probes_dir, f'grid_{name}_seed{cfg.seed}.png'),
                 kind, exp, state.params, scoring_key(cfg))
   results[variant]['curve'] = coherence_curve(cfg, exp, ckpt, judges,
@@ -153,15 +153,19 @@ def save_grid(path: str, kind: str, exp: experiment.Experiment,
   classes = np.unique(exp.test_y)[:GRID_EXAMPLES]
   idx = [int(np.flatnonzero(exp.test_y == c)[0]) for c in classes]
   true_xs = [x[idx] for x in exp.test_xs]
+  kinds = exp.spec.kinds
+  scales = [recon_metrics.picture_range(k, x) for k, x in zip(kinds, true_xs)]
+  picture = lambda xs: [recon_metrics.as_picture(k, x, *r)
+                        for k, x, r in zip(kinds, xs, scales)]
   fn = recon_metrics.reconstructor(kind, exp.model, params, sample=True)
   rows = []
   for m in range(num):
     present = np.arange(num) == m
     x_hats, _ = recon_metrics.reconstruct_in_chunks(
         fn, true_xs, present, key=jax.random.fold_in(key, m),
-        ranges=recon_metrics.data_ranges(exp.spec.kinds))
-    rows.append([np.asarray(x) for x in x_hats])
-  plt.imsave(path, recon_metrics.image_grid(true_xs, rows))
+        ranges=recon_metrics.data_ranges(kinds))
+    rows.append(picture(x_hats))
+  plt.imsave(path, recon_metrics.image_grid(picture(true_xs), rows))
 
 
 def _jsonable(x):

@@ -59,7 +59,7 @@ def extra_knob(dataset: str, variant: str) -> tuple[str, tuple]:
 # Generator rounds of every trial, per dataset (the final runs train
 # table2.DATASET_SETTINGS' gen_rounds; a trial stops sooner so that every
 # variant's budget fits on 2 cores).
-ROUNDS = {'uci_multifeature': 30, 'polymnist_5k': 40}
+ROUNDS = {'uci_multifeature': 30, 'polymnist_5k': 40, 'av_mnist': 40}
 DRAWS = 3
 
 
