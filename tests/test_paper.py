@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.paper import report, table1_page, table2, table2_scoring
+from experiments.paper import report, table1_page, table2, table2_page
+from experiments.paper import table2_scoring
 from experiments.paper import run as paper
 from fedrecon_jax import generator, sweep
 from fedrecon_jax import grid as grid_lib
@@ -128,3 +129,18 @@ def test_page_reports_the_runs_margins_and_freezing(root, tiny):
                                       os.path.join(root, 'out'))).read()
   assert '| fedrecon_no_T | 2 |' in text             # Table 2 from the runs
   assert 'No Table 2 results' not in text
+
+
+def test_directions_table_reads_target_row_source_column():
+  """coherence_single[n][m] is n rebuilt from m: with two modalities the
+  page shows both directions, mean ± std over seeds."""
+  seeds = [{'modalities': ['image', 'audio'],
+            'coherence_single': [[0.9, 0.2], [0.6, 0.8]]},
+           {'modalities': ['image', 'audio'],
+            'coherence_single': [[0.9, 0.4], [0.8, 0.8]]}]
+  lines = table2_page._directions({'fedrecon': seeds})
+  assert lines[3] == '| generator | image ← audio | audio ← image |'
+  assert lines[5] == '| fedrecon | 30.0 ± 14.1 | 70.0 ± 14.1 |'
+  six = {'x': [{'modalities': list('abcd'),
+                'coherence_single': np.eye(4).tolist()}]}
+  assert table2_page._directions(six) == []     # 12 pairs: the JSON has them

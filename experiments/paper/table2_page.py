@@ -124,6 +124,7 @@ def section(root: str, dataset: str, out: str,
     lines += ['', 'Sampled one-input coherence against FedRecon; a '
               'difference is claimed only where the intervals mean ± std '
               'over seeds separate:', ''] + comp
+  lines += _directions(rows)
   lines += _retrieval(rows)
   lines += coherence_figure(rows, dataset, out)
   lines += [f'', f'Per-pair matrices of every seed (sampled per draw and '
@@ -137,6 +138,37 @@ def section(root: str, dataset: str, out: str,
                 'modality (columns: modalities); row 1+m rebuilt from '
                 'modality m alone, one draw of sampled latents.', '',
                 f'![{name}]({dst})']
+  return lines
+
+
+# Datasets with at most this many modalities get a column per direction.
+MAX_DIRECTIONS = 6
+
+
+def _directions(rows: dict) -> list[str]:
+  """Sampled coherence of each ordered pair n←m (coherence_single[n][m],
+  mean over draws per seed), mean ± std over seeds: where there are few
+  pairs, so that each direction of modalities of different kinds shows."""
+  done = {name: [r for r in per if 'coherence_single' in r]
+          for name, per in rows.items()}
+  first = next((per[0] for per in done.values() if per), None)
+  if first is None:
+    return []
+  names = first['modalities']
+  pairs = [(n, m) for n in range(len(names)) for m in range(len(names))
+           if n != m]
+  if len(pairs) > MAX_DIRECTIONS:
+    return []
+  lines = ['', 'Sampled coherence per direction (%, target ← source, mean ± '
+           'std over seeds):', '',
+           '| generator | ' + ' | '.join(f'{names[n]} ← {names[m]}'
+                                       for n, m in pairs) + ' |',
+           '|---|' + '---|' * len(pairs)]
+  for name, per in done.items():
+    if per:
+      lines.append(f'| {name} | ' + ' | '.join(
+          pm([r['coherence_single'][n][m] for r in per]) for n, m in pairs)
+                   + ' |')
   return lines
 
 
