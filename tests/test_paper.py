@@ -3,6 +3,7 @@ scores land where the page reads them, re-runs do no training, and the
 page's numbers are the runs' numbers."""
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +126,14 @@ def test_page_reports_the_runs_margins_and_freezing(root, tiny):
   assert row.split('|')[2].strip().startswith(f'{margin:+.1f}'), row
   assert os.path.exists(os.path.join(root, 'out', 'freezing.png'))
   assert '| fedopt 0.3 | fedrecon_no_freeze | 2 |' in text
+  # The AV-MNIST page reads its own sweep root the same way (here the same
+  # runs): margins over the baselines it holds, no paper column off UCI.
+  assert paper.write_av_mnist_page(root, os.path.join(root, 'out')) is None
+  shutil.copytree(t1, os.path.join(root, paper.AV_MNIST))
+  av = open(paper.write_av_mnist_page(root, os.path.join(root, 'out'))).read()
+  assert '| server α p | vs unimodal | vs fedrecon_no_freeze |' in av
+  assert next(l for l in av.splitlines() if l.startswith('| fedopt 0.1 0.3')
+              ) == row
   text = open(paper.write_table2_page(root, [DATASET],
                                       os.path.join(root, 'out'))).read()
   assert '| fedrecon_no_T | 2 |' in text             # Table 2 from the runs

@@ -19,7 +19,9 @@ Parts (each skips finished runs, so re-running resumes where it stopped):
           fedrecon_no_freeze at alpha=0.1) with a fluctuation statistic
           (left as it was when root holds no Table 1 runs); <out>/table2.md:
           Table 2 per dataset with its run time and seconds per round, the
-          one-input coherence curves, PolyMNIST reconstruction grids.
+          one-input coherence curves, PolyMNIST reconstruction grids;
+          <out>/table1_av_mnist.md when <root>/table1_av_mnist holds that
+          sweep (run it with experiments.sweep --config=table1_av_mnist).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ TABLE2_PAGE = 'table2.md'
 # FedAvg rows of the reduced grid (config of the same name); the full grid
 # has a server_opt axis of its own.
 FEDAVG = 'table1_fedavg'
+# Table 1 on AV-MNIST: its own sweep (a config of that name) and page.
+AV_MNIST = 'table1_av_mnist'
 
 
 def table1_root(root: str, grid: str) -> str:
@@ -136,6 +140,28 @@ def write_page(root: str, grid: str, datasets, out: str) -> str | None:
   return path
 
 
+def write_av_mnist_page(root: str, out: str) -> str | None:
+  """table1_av_mnist.md: Table 1 on AV-MNIST from the sweep
+  <root>/table1_av_mnist (`python -m experiments.sweep
+  --config=table1_av_mnist`); None (nothing written) without it."""
+  sweep_root = os.path.join(root, AV_MNIST)
+  if not os.path.exists(os.path.join(sweep_root, grid_lib.GRID_FILE)):
+    return None
+  runs = report.load_runs(sweep_root)[1]
+  done = [r.summary for r in runs if r.summary is not None]
+  lines = _header('FedRecon on AV-MNIST: Table 1, an image and a spoken '
+                  'digit') + [
+      f'- {len(done)} of {len(runs)} runs finished (sweep config '
+      f'`{AV_MNIST}`); run time {_compute(done)}.', '',
+      '## Table 1: macro-F1, av_mnist', ''] + table1_section(runs) + [
+          '', '## On complete test samples', '',
+          'The same runs scored with nothing missing (`f1_macro_complete`).',
+          ''] + table1_section(runs, 'f1_macro_complete')
+  path = os.path.join(out, f'{AV_MNIST}.md')
+  metrics_writer.write_text_atomic(path, '\n'.join(lines) + '\n')
+  return path
+
+
 def write_table2_page(root: str, datasets, out: str) -> str:
   """table2.md: per dataset, the run time and seconds per generator round,
   Table 2, the coherence curve and the reconstruction grids."""
@@ -202,6 +228,8 @@ def main(argv):
                         _OUT.value)
       print(page or f'No Table 1 runs in {_ROOT.value}: results.md left as '
             'it was.')
+      print(write_av_mnist_page(_ROOT.value, _OUT.value)
+            or f'No {AV_MNIST} sweep in {_ROOT.value}.')
       print(write_table2_page(_ROOT.value, _DATASETS.value, _OUT.value))
   except grid_lib.GridError as e:
     sys.exit(f'error: {e}')
