@@ -39,3 +39,19 @@ def test_cli_names_a_bad_variant(tmp_path):
   assert out.returncode == 1
   assert "--variants: 'nope' is not one of" in out.stderr, out.stderr
   assert not list(tmp_path.iterdir())
+
+
+def test_publish_copies_scored_seeds_small_files_and_grids(tmp_path):
+  root, dest = tmp_path / 'runs', tmp_path / 'results'
+  for seed, files in ((0, ('table2.json', 'summary.json', 'config.json',
+                           'metrics.jsonl')), (1, ('summary.json',))):
+    d = root / 'ds' / 'moe' / f'seed{seed}'
+    d.mkdir(parents=True)
+    for name in files:
+      (d / name).write_text(name)
+  (root / 'ds' / 'grid_moe_seed0.png').write_text('png')
+  table2.publish(str(root), 'ds', 'moe', [0, 1], str(dest))
+  got = sorted(str(p.relative_to(dest)) for p in dest.rglob('*')
+               if p.is_file())
+  assert got == ['ds/grid_moe_seed0.png', 'ds/moe/seed0/config.json',
+                 'ds/moe/seed0/summary.json', 'ds/moe/seed0/table2.json']

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
 import time
 from typing import Any, Sequence
@@ -33,7 +34,7 @@ from absl import flags
 
 from experiments import config_flags
 from experiments.paper import table2_scoring
-from fedrecon_jax import generators, recon_metrics, train, workdir
+from fedrecon_jax import checkpoint, generators, recon_metrics, train, workdir
 from fedrecon_jax.config import Config
 
 # Variant name -> the Config fields that make it.
@@ -193,6 +194,33 @@ def run_variant(dataset: str, variant: str, root: str,
   return results
 
 
+# What a seed's workdir keeps for the committed results (the page reads
+# these; checkpoints and logs stay behind).
+PUBLISHED = (table2_scoring.RESULTS_JSON, workdir.SUMMARY,
+             checkpoint.CONFIG_FILE)
+
+
+def publish(root: str, dataset: str, variant: str, seeds: Sequence[int],
+            dest: str) -> list[str]:
+  """Copies each scored seed's PUBLISHED files to
+  <dest>/<dataset>/<variant>/seed<k>/ and the dataset's grids to
+  <dest>/<dataset>/, a tree `experiments.paper --parts=report
+  --root=<dest's parent>` reads as it reads <root>; returns the copies."""
+  copied = []
+  for s in seeds:
+    src = os.path.join(root, dataset, variant, f'seed{s}')
+    if not os.path.exists(os.path.join(src, table2_scoring.RESULTS_JSON)):
+      continue
+    out = os.path.join(dest, dataset, variant, f'seed{s}')
+    os.makedirs(out, exist_ok=True)
+    for name in PUBLISHED:
+      if os.path.exists(os.path.join(src, name)):
+        copied.append(shutil.copy2(os.path.join(src, name), out))
+  for grid in glob.glob(os.path.join(root, dataset, 'grid_*.png')):
+    copied.append(shutil.copy2(grid, os.path.join(dest, dataset)))
+  return copied
+
+
 def read_results(root: str, dataset: str
                  ) -> dict[str, list[table2_scoring.Scored]]:
   """What each variant of `dataset` holds so far, in VARIANTS order: per
@@ -234,6 +262,10 @@ def main(argv):
       for variant in fl.variants:
         run_variant(dataset, variant, fl.root, seeds=seeds,
                     probe_steps=fl.probe_steps, draws=fl.draws, **overrides)
+        if fl.publish:
+          n = len(publish(fl.root, dataset, variant, seeds, fl.publish))
+          print(f'table2: {dataset}/{variant}: {n} files to {fl.publish}',
+                flush=True)
   except ValueError as e:
     sys.exit(f'error: {e}')
 
@@ -249,6 +281,9 @@ def define_flags() -> None:
                        'Training steps of each coherence probe.')
   flags.DEFINE_list('seeds', [str(s) for s in SEEDS],
                     'Seeds of every variant (trained as one program).')
+  flags.DEFINE_string('publish', '', 'After each variant, copy its scored '
+                      "seeds' small files and the grids here (e.g. "
+                      'experiments/results/paper/runs/table2, to commit).')
   flags.DEFINE_integer('draws', recon_metrics.DRAWS,
                        'Draws of sampled latents coherence averages over.')
   config_flags.define_flags(exclude=_NOT_PASSED,
