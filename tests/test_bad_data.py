@@ -186,8 +186,8 @@ def test_load_refuses_nan_before_training_and_touches_no_file(
   before = _snapshot(workdir)
   preprocess = loader._preprocess
 
-  def poisoned(kind, train_x, test_x):
-    a, b = preprocess(kind, train_x, test_x)
+  def poisoned(kind, train_x, test_x, stats_from):
+    a, b = preprocess(kind, train_x, test_x, stats_from)
     if a.shape[1] == 64:   # the 'kar' view
       a[7, 5] = np.nan
     return a, b
