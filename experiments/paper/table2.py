@@ -14,10 +14,10 @@ with T = identity is the "no mapping" row.
 
 Writes <root>/<dataset>/<variant>/seed<k>/ (ordinary training workdirs;
 re-running skips scored ones, scores trained ones and resumes the others)
-with the scores in each one's table2.json, the cached probes in <root>/<dataset>/, and for image data
-<root>/<dataset>/grid_<row>.png. Variants may run in separate processes
-(`--variants=poe`) sharing a root. `experiments.paper` turns the JSONs into
-the results page.
+with the scores in each one's table2.json, the cached probes in
+<root>/<dataset>/, and for image data <root>/<dataset>/grid_<row>.png.
+Variants may run in separate processes (`--variants=poe`) sharing a root.
+`experiments.paper` turns the JSONs into the results page.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ _IMAGE_VARIANT_SETTINGS = {'fedrecon': {'match_weight': 10.0},
                            'fedrecon_mmvaeplus': {'match_weight': 10.0}}
 VARIANT_SETTINGS = {name: _IMAGE_VARIANT_SETTINGS
                     for name, s in DATASET_SETTINGS.items()
-                    if s in (_IMAGE_SETTINGS, _AV_SETTINGS)}
+                    if s is not _VECTOR_SETTINGS}
 # polymnist_5k: what the validation tuning chose, variant by variant as it
 # finishes (the others keep the image defaults above until theirs does).
 VARIANT_SETTINGS['polymnist_5k'] = {
