@@ -55,3 +55,35 @@ def test_trials_evaluate_on_a_validation_split_carved_from_train():
   other = experiment.load_data(dataclasses.replace(cfg, seed=7))
   np.testing.assert_array_equal(other.test.y, val.test.y)
   np.testing.assert_array_equal(other.test.xs[0], val.test.xs[0])
+
+
+def test_page_marks_the_choice_and_says_how_each_variant_ran(tmp_path):
+  """A hand-built result: the chosen trial is marked, a diverged one says
+  so, and each variant's command and commit (or '-' for a record written
+  before they were kept) close its dataset's section."""
+  trial = lambda lat, one: {'beta': 1.0, 'gen_lr': 1e-3, 'latent_dim': lat,
+                            'one_input': one, 'all_others': one,
+                            'one_input_means': one, 'train_seconds': 7.0}
+  results = {'toy': {
+      'moe': {'knob': 'latent_dim', 'trials': [trial(16, 0.25),
+                                               trial(32, 0.5)],
+              'chosen': {'beta': 1.0, 'gen_lr': 1e-3, 'latent_dim': 32},
+              'run': {'commit': 'abc1234', 'machine': '2 CPU cores',
+                      'finished': '2026-12-07 03:00',
+                      'command': 'python -m x --variants=moe'}},
+      'poe': {'knob': 'latent_dim', 'trials': [trial(16, None)],
+              'chosen': {'beta': 1.0, 'gen_lr': 1e-3, 'latent_dim': 8}}}}
+  path = str(tmp_path / 't.json')
+  table2_tuning.write_page(results, path, path.replace('.json', '.md'))
+  lines = open(path.replace('.json', '.md')).read().splitlines()
+  rows = [l for l in lines if l.startswith('| moe | 1 |')]
+  assert rows == ['| moe | 1 | 0.001 | latent_dim 16 | 25.0 | 25.0 | 25.0 '
+                  '| 7 |  |',
+                  '| moe | 1 | 0.001 | latent_dim 32 | 50.0 | 50.0 | 50.0 '
+                  '| 7 | **yes** |']
+  assert '| poe | 1 | 0.001 | latent_dim 16 | diverged | diverged | ' \
+         'diverged | 7 |  |' in lines
+  assert ('| moe | abc1234 | 2 CPU cores | 2026-12-07 03:00 | '
+          '`python -m x --variants=moe` |') in lines
+  assert '| poe | - | - | - | `-` |' in lines
+  assert json.load(open(path)) == results
