@@ -87,3 +87,22 @@ def test_page_marks_the_choice_and_says_how_each_variant_ran(tmp_path):
           '`python -m x --variants=moe` |') in lines
   assert '| poe | - | - | - | `-` |' in lines
   assert json.load(open(path)) == results
+
+
+def test_the_grid_starts_from_untuned_values_not_an_earlier_choice():
+  """A rerun tunes from the same start: VARIANT_SETTINGS' choices (MMVAE+'s
+  latent 16 on UCI, FedRecon's L_match 30 on polymnist_5k) do not leak
+  into the grid; fedrecon_mmvaeplus keeps the latent of the MMVAE+ it maps
+  over."""
+  assert table2.VARIANT_SETTINGS['uci_multifeature']['mmvaeplus'][
+      'latent_dim'] != table2.Config.latent_dim
+  assert table2_tuning.extra_knob('uci_multifeature', 'mmvaeplus') == (
+      'latent_dim', table2.Config.latent_dim, table2_tuning.LATENT_SIZES)
+  knob, base, values = table2_tuning.extra_knob('polymnist_5k', 'fedrecon')
+  assert (knob, base) == ('match_weight', 10.0)
+  assert values == pytest.approx((10 / 3, 30.0))
+  cfg = table2_tuning.trial_config('polymnist_5k', 'fedrecon_mmvaeplus', '/x',
+                                   beta=1.0, gen_lr=1e-3, match_weight=10.0)
+  assert cfg.latent_dim == table2.VARIANT_SETTINGS['polymnist_5k'][
+      'mmvaeplus']['latent_dim']
+  assert cfg.workdir.endswith('beta=1,gen_lr=0.001,match_weight=10')

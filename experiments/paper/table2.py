@@ -126,7 +126,7 @@ VARIANT_SETTINGS['uci_multifeature'] = {
     'poe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
     'moe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
     'mopoe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
-    'mmvaeplus': {'beta': 1.0, 'gen_lr': 1e-3, 'latent_dim': 16},
+    'mmvaeplus': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
     # The latent size of the MMVAE+ it maps over, as tuned for mmvaeplus (the
     # mappings do not change how that MMVAE+ trains); then its own tuning.
     'fedrecon_mmvaeplus': {'latent_dim': 16}}
@@ -136,20 +136,36 @@ CURVE_EVERY = 5
 SEEDS = (0, 1, 2)
 
 
+def untuned_settings(dataset: str, variant: str) -> dict[str, Any]:
+  """What the validation tuning starts from, before its choices: the
+  image FedRecon's L_match weight, and for fedrecon_mmvaeplus the latent
+  size of the MMVAE+ it maps over, as tuned for mmvaeplus (the mappings do
+  not change how that MMVAE+ trains)."""
+  out = dict(_IMAGE_VARIANT_SETTINGS.get(variant, {})
+             if dataset in DATASET_SETTINGS
+             and DATASET_SETTINGS[dataset] is not _VECTOR_SETTINGS else {})
+  mmvaeplus = VARIANT_SETTINGS.get(dataset, {}).get('mmvaeplus', {})
+  if variant == 'fedrecon_mmvaeplus' and 'latent_dim' in mmvaeplus:
+    out['latent_dim'] = mmvaeplus['latent_dim']
+  return out
+
+
 def variant_config(dataset: str, variant: str, root: str, seed: int = 0,
-                   **overrides) -> Config:
+                   tuned: bool = True, **overrides) -> Config:
   """Generator stage only (rounds=0); checkpointed at its last round; its
   workdir <root>/<dataset>/<variant>/seed<seed>.
 
   Fields: Config's defaults, then DATASET_SETTINGS[dataset], then
-  VARIANT_SETTINGS[dataset][variant], then overrides.
+  VARIANT_SETTINGS[dataset][variant] (tuned=False: untuned_settings, what
+  the tuning starts from), then overrides.
   """
   if variant not in VARIANTS:
     raise ValueError(f'--variants: {variant!r} is not one of '
                      f'{tuple(VARIANTS)}.')
+  settings = (VARIANT_SETTINGS.get(dataset, {}).get(variant, {}) if tuned
+              else untuned_settings(dataset, variant))
   fields = {'checkpoint_every': CURVE_EVERY,
-            **DATASET_SETTINGS.get(dataset, {}),
-            **VARIANT_SETTINGS.get(dataset, {}).get(variant, {}), **overrides,
+            **DATASET_SETTINGS.get(dataset, {}), **settings, **overrides,
             **VARIANTS[variant], 'dataset': dataset, 'rounds': 0,
             'seed': seed,
             'workdir': os.path.join(root, dataset, variant, f'seed{seed}')}

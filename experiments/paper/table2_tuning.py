@@ -47,13 +47,16 @@ EXTRA_TRIALS = 2
 LATENT_SIZES = (16, 64)    # around Config.latent_dim = 32
 
 
-def extra_knob(dataset: str, variant: str) -> tuple[str, tuple]:
-  """(field, values) of the variant's own knob: the L_match weight of a
-  generator with mappings, every other one's latent size."""
-  cfg = table2.variant_config(dataset, variant, '/unused')
+def extra_knob(dataset: str, variant: str) -> tuple[str, Any, tuple]:
+  """(field, the grid's value, the values tried beyond it) of the
+  variant's own knob: the L_match weight of a generator with mappings,
+  every other one's latent size. The grid's value is the untuned one
+  (table2.untuned_settings), not an earlier tuning's choice."""
+  cfg = table2.variant_config(dataset, variant, '/unused', tuned=False)
   if recipe.of(cfg).generator.uses_mappings:
-    return 'match_weight', (cfg.match_weight / 3, cfg.match_weight * 3)
-  return 'latent_dim', LATENT_SIZES
+    return ('match_weight', cfg.match_weight,
+            (cfg.match_weight / 3, cfg.match_weight * 3))
+  return 'latent_dim', cfg.latent_dim, LATENT_SIZES
 
 
 # Generator rounds of every trial, per dataset (the final runs train
@@ -69,7 +72,8 @@ def _name(fields: dict) -> str:
 
 def trial_config(dataset: str, variant: str, root: str, **fields):
   cfg = table2.variant_config(
-      dataset, variant, root, seed=0, validation_fraction=VALIDATION_FRACTION,
+      dataset, variant, root, seed=0, tuned=False,
+      validation_fraction=VALIDATION_FRACTION,
       gen_rounds=ROUNDS.get(dataset, 30), **fields)
   return dataclasses.replace(cfg, workdir=os.path.join(
       root, dataset, variant, _name(fields)))
@@ -122,11 +126,11 @@ def tune_variant(dataset: str, variant: str, root: str, *,
                  probe_steps: int = 1500) -> dict[str, Any]:
   """The variant's trials and choice: {'trials', 'chosen', 'knob'}."""
   probes_dir = os.path.join(root, dataset)
-  shared = [trial_config(dataset, variant, root, beta=b, gen_lr=lr)
-            for b in BETAS for lr in LRS]
+  knob, base, values = extra_knob(dataset, variant)
+  shared = [trial_config(dataset, variant, root, beta=b, gen_lr=lr,
+                         **{knob: base}) for b in BETAS for lr in LRS]
   trials = _run_trials(shared, variant, probes_dir, probe_steps)
   best = _best(trials)
-  knob, values = extra_knob(dataset, variant)
   extra = [trial_config(dataset, variant, root, beta=best['beta'],
                         gen_lr=best['gen_lr'], **{knob: v}) for v in values]
   trials += _run_trials(extra, variant, probes_dir, probe_steps)
