@@ -141,9 +141,9 @@ def untuned_settings(dataset: str, variant: str) -> dict[str, Any]:
   image FedRecon's L_match weight, and for fedrecon_mmvaeplus the latent
   size of the MMVAE+ it maps over, as tuned for mmvaeplus (the mappings do
   not change how that MMVAE+ trains)."""
-  out = dict(_IMAGE_VARIANT_SETTINGS.get(variant, {})
-             if dataset in DATASET_SETTINGS
-             and DATASET_SETTINGS[dataset] is not _VECTOR_SETTINGS else {})
+  images = DATASET_SETTINGS.get(dataset, _VECTOR_SETTINGS) is not \
+      _VECTOR_SETTINGS
+  out = dict(_IMAGE_VARIANT_SETTINGS.get(variant, {}) if images else {})
   mmvaeplus = VARIANT_SETTINGS.get(dataset, {}).get('mmvaeplus', {})
   if variant == 'fedrecon_mmvaeplus' and 'latent_dim' in mmvaeplus:
     out['latent_dim'] = mmvaeplus['latent_dim']
