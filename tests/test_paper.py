@@ -153,3 +153,20 @@ def test_directions_table_reads_target_row_source_column():
   six = {'x': [{'modalities': list('abcd'),
                 'coherence_single': np.eye(4).tolist()}]}
   assert table2_page._directions(six) == []     # 12 pairs: the JSON has them
+
+
+def test_a_resumed_variant_counts_every_part_of_its_training():
+  """By hand: a run stopped and resumed has a summary holding only its last
+  part (100 s) while its scores sum every round (300 s); the seeds of a
+  variant train as one program, so the longest seed counts once; an
+  unscored seed falls back to its summary."""
+  part = {'devices': '1 x cpu', 'wall_seconds': 100.0}
+  seeds = [table2_scoring.Scored('moe', {'moe': {'train_seconds': 300.0}},
+                                 part),
+           table2_scoring.Scored('moe', {'moe': {'train_seconds': 290.0}},
+                                 part),
+           table2_scoring.Scored('moe', None, part)]
+  assert paper._training_time('moe', seeds) == {'devices': '1 x cpu',
+                                                'wall_seconds': 300.0}
+  assert paper._training_time('moe', seeds[2:]) == part
+  assert paper._training_time('moe', []) is None

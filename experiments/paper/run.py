@@ -98,6 +98,18 @@ def _compute(summaries) -> str:
                    for dev, sec in sorted(by_device.items())) or 'none yet'
 
 
+def _training_time(variant: str, per_seed) -> dict | None:
+  """{'devices', 'wall_seconds'} of a variant's seeds trained as one
+  program: the longest seed's, from its scores where they have it."""
+  times = [(s.scores or {}).get(variant, {}).get(
+      'train_seconds', s.summary['wall_seconds'])
+           for s in per_seed if s.summary is not None]
+  if not times:
+    return None
+  return {'devices': per_seed[0].summary.get('devices', 'unrecorded device'),
+          'wall_seconds': max(times)}
+
+
 def _header(title: str) -> list[str]:
   return [f'# {title}', '',
           f'Generated {datetime.date.today()} by `'
@@ -176,11 +188,11 @@ def write_table2_page(root: str, datasets, out: str) -> str:
         f'{name} {np.median([r["seconds_per_round"] for r in per]):.1f}'
         for name, per in rows.items()
         if all('seconds_per_round' in r for r in per))
-    # The seeds of a variant train as one group, whose wall time each
-    # seed's summary holds: count it once per variant.
-    summaries = [max((s.summary for s in per if s.summary is not None),
-                     key=lambda x: x['wall_seconds'], default=None)
-                 for per in scored[d].values()]
+    # The seeds of a variant train as one group: count its time once. The
+    # scores' train_seconds sums every round in metrics.jsonl, so a run
+    # resumed after a stop counts all its parts (the summary's wall_seconds
+    # holds only the last part's).
+    summaries = [_training_time(v, per) for v, per in scored[d].items()]
     scoring = sum(s.scores.get('seconds', 0.0) for per in scored[d].values()
                   for s in per if s.scores)
     lines.append(f'- {d}: training time {_compute([s for s in summaries if s])}'

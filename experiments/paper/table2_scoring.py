@@ -90,7 +90,9 @@ def score(cfg: Config, variant: str, probes_dir: str, *, probe_steps: int,
         kind, exp.model, state.params, exp.test_xs, exp.test_y, judges,
         key=scoring_key(cfg), draws=draws)
     results[name] = {**_jsonable(metrics), 'seed': cfg.seed,
-                     'train_seconds': summary['wall_seconds'],
+                     # Every round's seconds from metrics.jsonl, so a run
+                     # resumed after a stop counts all its parts.
+                     'train_seconds': sum(sum(v) for v in per_round.values()),
                      'seconds_per_round': float(np.median(
                          [t for t, _ in per_round.values()]))}
     if 'image' in exp.spec.kinds:
