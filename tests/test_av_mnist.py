@@ -188,6 +188,8 @@ def test_patch_conv_1d_is_nn_conv(size):
       conv.apply({'params': p}, x), rtol=1e-5, atol=1e-5)
 
 
+# ~60 s (trains probes and a generator on both modalities): slow.
+@pytest.mark.slow
 def test_coherence_scores_audio_rebuilt_from_images_and_back(data_dir):
   """recon_metrics.table2_metrics on a masked-sequence modality: the
   posterior-mean one-input coherence image -> audio and audio -> image is

@@ -66,6 +66,8 @@ def test_every_generator_kind_trains_on_image_and_audio(kind, small):
   validate._check_frame_mask(np.asarray(rebuilt[1]), kind)
 
 
+# ~50 s (a CLI run to a learning target): slow.
+@pytest.mark.slow
 def test_train_cli_runs_both_stages_and_learns(tmp_path, env):
   """The command line on av_mnist_small (tests/tiny.py's widths and
   cohort: 6 clients of ~40 samples, 3 a round): 2 generator rounds, then

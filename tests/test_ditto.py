@@ -65,6 +65,8 @@ def _run(lam, steps=2):
   return cfg, plan, params, state, personal, touched, (before, w, ids)
 
 
+# ~55 s (the loop reference compiles per client step): slow.
+@pytest.mark.slow
 def test_personal_models_follow_the_loop_reference():
   _, _, params, state, personal, touched, _ = _run(0.1)
   for i in range(toy.K):

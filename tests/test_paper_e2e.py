@@ -1,12 +1,14 @@
-"""The paper pipeline end to end on tiny real runs, in the default tier: a
-Table 1 grid, Table 2 on vectors (uci_multifeature_small) and on images
-(polymnist_5k_small), then the page. An API change anywhere along it (the
-engine, checkpoints, scoring, the page) fails here, in CI's first tier."""
+"""The paper pipeline end to end on tiny real runs: in the default tier a
+Table 1 grid, Table 2 on vectors (uci_multifeature_small), then the page;
+an API change anywhere along it (the engine, checkpoints, scoring, the page)
+fails there, in CI's first tier. Table 2 on images (polymnist_5k_small:
+conv networks and five probes to train, ~2 min) is the slow tier's."""
 
 import json
 import os
 
 import numpy as np
+import pytest
 
 from experiments.paper import report, table2, table2_scoring
 from experiments.paper import run as paper
@@ -25,7 +27,7 @@ IMAGE_RUN = dict(num_clients=2, clients_per_round=2, latent_dim=8,
                  alpha=1e6, missing_rate=0.0, cross_decoding='one')
 
 
-def test_table1_table2_and_page(tmp_path):
+def test_table1_table2_on_vectors_and_page(tmp_path):
   root, data_dir = str(tmp_path / 'runs'), str(tmp_path / 'tfds')
   t1 = paper.table1_root(root, 'reduced')
   grid = grid_lib.make_grid(
@@ -34,10 +36,43 @@ def test_table1_table2_and_page(tmp_path):
       {**TINY, 'data_dir': data_dir, 'eval_every': 1, 'checkpoint_every': 0})
   assert sweep.run_sweep(grid, t1) == []
   t2 = os.path.join(root, 'table2')
-  # One variant a dataset: the slow tier's test_paper scores the others.
-  # Vectors: two seeds as one program, so the page has a std to show.
+  # One variant: the slow tier's test_paper scores the others. Two seeds as
+  # one program, so the page has a std to show.
   table2.run_variant(VECTORS, 'fedrecon', t2, seeds=[0, 1], probe_steps=20,
                      draws=2, data_dir=data_dir, **TINY)
+
+  out = os.path.join(root, 'out')
+  text = open(paper.write_page(root, 'reduced', [VECTORS], out)).read()
+  assert f']({paper.TABLE2_PAGE})' in text
+  page2 = open(paper.write_table2_page(root, [VECTORS], out)).read()
+  _, runs = report.load_runs(t1)
+  f1 = {r.cfg.method: 100 * r.summary['f1_macro'] for r in runs}
+  row = next(l for l in text.splitlines() if l.startswith('| fedopt 0.1 0.3'))
+  margin = f1['fedrecon'] - f1['unimodal']
+  assert row.split('|')[2].strip().startswith(f'{margin:+.1f}'), row
+  assert f'## Table 2: reconstruction, {VECTORS}' in page2
+  assert '| fedrecon_no_T | 2 |' in page2
+  assert 'No Table 2 results' not in page2
+  assert 'median seconds per generator round: fedrecon' in page2
+  assert 'min (probes, draws, curves)' in page2
+  # The page's numbers are the runs': mean ± std (ddof 1) over the seeds.
+  vec_rows, _ = table2.load_results(t2, VECTORS)
+  one = [100 * r['one_input'] for r in vec_rows['fedrecon']]
+  expected = f'| fedrecon | 2 | {np.mean(one):.1f} ± {np.std(one, ddof=1):.1f} |'
+  assert expected in page2, expected
+  assert 'fedrecon − fedrecon_no_T:' in page2
+  with open(os.path.join(out, f'table2_{VECTORS}.json')) as f:
+    matrices = json.load(f)
+  assert [r['seed'] for r in matrices['fedrecon']] == [0, 1]
+  m = len(matrices['fedrecon'][0]['modalities'])
+  assert np.shape(matrices['fedrecon'][0]['coherence_single_per_draw']) == (
+      2, m, m)
+
+
+@pytest.mark.slow
+def test_table2_on_images_and_its_page(tmp_path):
+  root, data_dir = str(tmp_path / 'runs'), str(tmp_path / 'tfds')
+  t2 = os.path.join(root, 'table2')
   table2.run_variant(IMAGES, 'fedrecon', t2, seeds=[0], probe_steps=100,
                      draws=2, data_dir=data_dir, **IMAGE_RUN)
 
@@ -64,33 +99,8 @@ def test_table1_table2_and_page(tmp_path):
   assert 0 < refs['mean_fill_mse'] < refs['zero_fill_mse']
 
   out = os.path.join(root, 'out')
-  text = open(paper.write_page(root, 'reduced', [VECTORS, IMAGES],
-                               out)).read()
-  assert f']({paper.TABLE2_PAGE})' in text
-  page2 = open(paper.write_table2_page(root, [VECTORS, IMAGES], out)).read()
-  _, runs = report.load_runs(t1)
-  f1 = {r.cfg.method: 100 * r.summary['f1_macro'] for r in runs}
-  row = next(l for l in text.splitlines() if l.startswith('| fedopt 0.1 0.3'))
-  margin = f1['fedrecon'] - f1['unimodal']
-  assert row.split('|')[2].strip().startswith(f'{margin:+.1f}'), row
-  for dataset in (VECTORS, IMAGES):
-    assert f'## Table 2: reconstruction, {dataset}' in page2
-  assert '| fedrecon_no_T | 2 |' in page2   # vectors, two seeds
-  assert '| fedrecon_no_T | 1 |' in page2   # images, one
-  assert 'No Table 2 results' not in page2
-  assert 'median seconds per generator round: fedrecon' in page2
-  assert 'min (probes, draws, curves)' in page2
-  # The page's numbers are the runs': mean ± std (ddof 1) over the seeds.
-  vec_rows, _ = table2.load_results(t2, VECTORS)
-  one = [100 * r['one_input'] for r in vec_rows['fedrecon']]
-  expected = f'| fedrecon | 2 | {np.mean(one):.1f} ± {np.std(one, ddof=1):.1f} |'
-  assert expected in page2, expected
-  assert 'fedrecon − fedrecon_no_T:' in page2
-  with open(os.path.join(out, f'table2_{VECTORS}.json')) as f:
-    matrices = json.load(f)
-  assert [r['seed'] for r in matrices['fedrecon']] == [0, 1]
-  m = len(matrices['fedrecon'][0]['modalities'])
-  assert np.shape(matrices['fedrecon'][0]['coherence_single_per_draw']) == (
-      2, m, m)
+  page2 = open(paper.write_table2_page(root, [IMAGES], out)).read()
+  assert f'## Table 2: reconstruction, {IMAGES}' in page2
+  assert '| fedrecon_no_T | 1 |' in page2
   assert os.path.exists(os.path.join(out, f'grid_{IMAGES}_fedrecon.png'))
   assert os.path.exists(os.path.join(out, f'coherence_{IMAGES}.png'))
