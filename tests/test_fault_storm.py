@@ -18,8 +18,6 @@ def _check(result, per_kind, chosen):
   assert compare.clean(result) and not result['problems'], result
 
 
-# ~80 s of subprocess runs: slow (the default tier keeps the page test).
-@pytest.mark.slow
 def test_a_short_seeded_storm_loses_and_changes_nothing(env, tmp_path):
   """Every CI run storms a little: one run of the tiny model hit by a
   SIGTERM in its rounds, a SIGKILL in a metrics line and one in a
