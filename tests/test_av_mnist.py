@@ -202,7 +202,7 @@ def test_coherence_scores_audio_rebuilt_from_images_and_back(data_dir):
                   tuple(x.shape[1:] for x in small.train.xs),
                   small.num_classes)
   model = Model(spec, latent_dim=8, gen_width=32, map_width=16, task_width=8)
-  params = model.init(jax.random.key(0))
+  params = model.init_params(jax.random.key(0))
   judges = [probes.train_probe(x, small.train.y, 10, key=jax.random.key(i),
                                steps=40)
             for i, x in enumerate(small.train.xs)]

@@ -20,14 +20,14 @@ def _check(result, per_kind, chosen):
 
 def test_a_short_seeded_storm_loses_and_changes_nothing(env, tmp_path):
   """Every CI run storms a little: one run of the tiny model hit by a
-  SIGTERM in its rounds, a SIGKILL in a metrics line and one in a
-  checkpoint commit (seeded), each counted only if it took its path, then
-  every file compared with an uninterrupted run's."""
-  chosen = ('sigterm', 'sigkill_in_append', 'sigkill_in_save')
+  SIGTERM in its rounds and a SIGKILL in a checkpoint commit (seeded), each
+  counted only if it took its path, then every file compared with an
+  uninterrupted run's (the slow tier storms every kind)."""
+  chosen = ('sigterm', 'sigkill_in_save')
   result = storm.run_part(str(tmp_path), seed=0, per_kind=1, chosen=chosen,
                           target='run', env=env)
   _check(result, 1, chosen)
-  assert result['starts'] >= 4, result   # each fault cost a start
+  assert result['starts'] >= 3, result   # each fault cost a start
 
 
 @pytest.mark.slow   # references and passes of 3 targets: several minutes

@@ -49,6 +49,10 @@ def test_uninterrupted_run_layout(reference):
              for n in os.listdir(reference))
 
 
+# The default tier's short fault storm (test_fault_storm.py) kills a run in
+# a checkpoint commit and a metrics line and compares every file: this
+# longer check of one mid-run SIGKILL runs in the slow tier.
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(env, reference,
                                                        tmp_path):
   workdir = str(tmp_path / 'killed')
