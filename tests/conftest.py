@@ -17,13 +17,15 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 # milliseconds): each cache hit deserializes an XLA:CPU executable, and CI
 # once died in that deserialization (a segfault in a test worker).
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
-# LLVM at -O0: a stage-1 round program of the tests' small models compiles in
-# ~14 s instead of ~21 s and runs ~2x slower, a good trade for programs that
-# run a few rounds. Subprocesses inherit it; tests that set XLA_FLAGS for
-# fake devices replace it.
+# LLVM at -O0 without its expensive passes: a stage-1 round program of the
+# tests' small models compiles in ~14 s instead of ~21 s and runs ~2x slower,
+# a good trade for programs that run a few rounds (the expensive passes cost
+# another ~10% of a compile-bound test). Subprocesses inherit it; tests that
+# set XLA_FLAGS for fake devices replace it.
 if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             ' --xla_backend_optimization_level=0').strip()
+  os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
+      ' --xla_llvm_disable_expensive_passes=true').strip()
 
 
 @pytest.fixture(scope='session')

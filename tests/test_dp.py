@@ -147,8 +147,10 @@ def _uniform_weights(stage_plan):
   return dataclasses.replace(stage_plan, client_update=update)
 
 
-@pytest.mark.parametrize('stage, chunk', [(GEN_STAGE, 1), (TASK_STAGE, 0),
-                                          (TASK_STAGE, 3)])
+# One case in the default tier, the others in the slow tier (~15 s each).
+@pytest.mark.parametrize('stage, chunk', [
+    pytest.param(GEN_STAGE, 1, marks=pytest.mark.slow), (TASK_STAGE, 0),
+    pytest.param(TASK_STAGE, 3, marks=pytest.mark.slow)])
 def test_round_inf_clip_zero_noise_is_uniform_fedavg_bitwise(stage, chunk):
   """Two rounds of DP-FedAvg with C = inf, z = 0 (cohort 4 of 6) equal
   FedAvg with uniform weights bit for bit: one client a chunk, the whole

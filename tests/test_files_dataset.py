@@ -88,9 +88,10 @@ def test_polymnist_5k_images_as_files_load_equal(data_dir, tmp_path):
       np.testing.assert_array_equal(x, y[::2])
 
 
-# The image case compiles the conv networks twice (~30-50 s): slow.
-@pytest.mark.parametrize('name', [
-    tiny.DATASET, pytest.param('polymnist_5k_small', marks=pytest.mark.slow)])
+# Two runs each (~25 s for vectors, 30-50 s for images): slow; the default
+# tier reads files in test_resume_refuses_changed_files_and_follows_a_moved_folder.
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [tiny.DATASET, 'polymnist_5k_small'])
 def test_training_on_files_equals_training_on_the_builtin(name, data_dir,
                                                          tmp_path):
   """tests/tiny.py's model, 2 + 2 rounds (1 + 1 on images: a conv round

@@ -18,7 +18,9 @@ import toy
 R = 3
 
 
-@pytest.mark.parametrize('stage', [GEN_STAGE, TASK_STAGE])
+# The task stage's case in the slow tier (~12 s each; CI runs both).
+@pytest.mark.parametrize('stage', [
+    GEN_STAGE, pytest.param(TASK_STAGE, marks=pytest.mark.slow)])
 def test_runs_axis_equals_each_run_alone(stage):
   """3 runs (own seed key, partition and client learning rate) as one
   program, two rounds, == each run's own solo rounds; one trace of each

@@ -40,6 +40,9 @@ def plan(big, **kw):
       Hparams.of(cfg), cfg=cfg)
 
 
+# Each compiles a round to read its memory plan (~20 s): slow; CI runs both
+# tiers.
+@pytest.mark.slow
 def test_auto_chunks_a_1024_client_round_that_does_not_fit(big, monkeypatch):
   # The memory rule alone (on CPU `auto` also caps clients in flight).
   monkeypatch.setattr(memory_plan, 'CPU_IN_FLIGHT', {1: K, 2: K})
@@ -60,6 +63,7 @@ def test_auto_chunks_a_1024_client_round_that_does_not_fit(big, monkeypatch):
 
 
 
+@pytest.mark.slow
 def test_auto_runs_per_program_fits_the_budget(env):
   """--runs_per_program=auto off CPU: R = budget // a solo run's program
   bytes, and the group program of that R really fits the budget; on CPU 1."""

@@ -160,6 +160,7 @@ def test_reconstruction_latents():
 # ------------------------------------------------ the learned prior's group
 
 
+@pytest.mark.slow   # a client update and a round compiled (~25 s)
 def test_learned_prior_is_a_declared_group_trained_federatedly():
   """MMVAE+ declares PRIOR_W: the Model builds it (zeros, [M, d]); a
   client's update moves only the rows of the modalities it holds, and its
