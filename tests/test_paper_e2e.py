@@ -55,6 +55,7 @@ def test_table1_table2_on_vectors_and_page(tmp_path):
   assert 'No Table 2 results' not in page2
   assert 'median seconds per generator round: fedrecon' in page2
   assert 'min (probes, draws, curves)' in page2
+  assert '; no scores yet: poe, moe, mopoe, mmvaeplus' in page2, page2
   # The page's numbers are the runs': mean ± std (ddof 1) over the seeds.
   vec_rows, _ = table2.load_results(t2, VECTORS)
   one = [100 * r['one_input'] for r in vec_rows['fedrecon']]

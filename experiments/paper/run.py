@@ -195,12 +195,16 @@ def write_table2_page(root: str, datasets, out: str) -> str:
     summaries = [_training_time(v, per) for v, per in scored[d].items()]
     scoring = sum(s.scores.get('seconds', 0.0) for per in scored[d].values()
                   for s in per if s.scores)
+    missing = [v for v, per in scored[d].items()
+               if not any(s.scores for s in per)]
     lines.append(f'- {d}: training time {_compute([s for s in summaries if s])}'
                  ' (each variant\'s seeds as one program)'
                  + (f'; scoring {scoring / 60:.1f} min (probes, draws, '
                     'curves)' if scoring else '')
                  + (f'; median seconds per generator round: {per_round}'
-                    if per_round else '') + '.')
+                    if per_round else '')
+                 + (f'; no scores yet: {", ".join(missing)}' if missing else '')
+                 + '.')
   if os.path.exists(os.path.join(out, 'reading.md')):
     lines += ['', 'How to read these numbers: [reading.md](reading.md).']
   for d in datasets:
