@@ -80,10 +80,11 @@ def prior_scale(params, d):
   return softmax_scale(np.float64(params['prior_w'][d]))
 
 
-def reference(model, params, xs, noise, i, one=False):
+def reference(model, params, xs, noise, i, one=False, cross_weight=1.0):
   """-ELBO of sample i: the mean over present sources r of
   -[log p(x_r | u_r) + sum_{d != r} log p(x_d | w~_d, z_r)
-    + beta (log p(u_r) - log q(w_r | x_r) - log mean_m q(z_r | x_m))]."""
+    + beta (log p(u_r) - log q(w_r | x_r) - log mean_m q(z_r | x_m))],
+  the cross sum times cross_weight (1: the reference's objective)."""
   mu, raw = (np.float64(a[:, i]) for a in jax.jit(model.encode)(
       params['gen'], xs))
   decode = jax.jit(model.decode, static_argnums=1)
@@ -107,10 +108,11 @@ def reference(model, params, xs, noise, i, one=False):
     if one:
       t = (r + 1 + int(np.floor(float(noise['pick'][r]) * (M - 1)))) % M
       if t in present:
-        lpx -= (M - 1) * dec_nll(t, np.concatenate([w_prior(t), z]))
+        lpx -= cross_weight * (M - 1) * dec_nll(
+            t, np.concatenate([w_prior(t), z]))
     else:
-      lpx -= sum(dec_nll(d, np.concatenate([w_prior(d), z]))
-                 for d in present if d != r)
+      lpx -= cross_weight * sum(dec_nll(d, np.concatenate([w_prior(d), z]))
+                                for d in present if d != r)
     terms.append(-(lpx + BETA * (lpu - lqz - lqw)))
   return np.mean(terms)
 
@@ -131,6 +133,19 @@ def test_per_sample_loss_matches_reference(spec, cross, learned):
   want = [reference(model, params, xs, noise, i, one=cross == 'one')
           for i in range(B)]
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_cross_weight_scales_only_the_cross_decodes():
+  """The diagnostic ablation of central_generator --cross_weight: the
+  cross decodes' NLL times the weight, every other term as the reference."""
+  model, params, xs, noise = make_setup(SPEC_SAME)
+  got = jax.jit(lambda p: GEN.objective(
+      model, p, xs, jnp.asarray(PRESENT).T.astype(jnp.float32),
+      *model.encode(p['gen'], xs), noise, beta=BETA, cross_decoding='all',
+      cross_weight=0.5)[0])(params)
+  want = [reference(model, params, xs, noise, i, cross_weight=0.5)
+          for i in range(B)]
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
 
 
 def test_no_gradient_into_absent_modalities():

@@ -58,6 +58,10 @@ _SCALE = flags.DEFINE_enum(
     'mmvaeplus, an ablation: the Laplace posteriors\' scale softmax(raw) * d '
     '+ eta (the reference) or softplus(raw) + eta (the alternative left '
     'commented out in its code: every entry free).')
+_CROSS_WEIGHT = flags.DEFINE_float(
+    'cross_weight', 1.0, 'mmvaeplus, an ablation: weight of the cross '
+    'decodes\' NLL (1: the reference\'s objective; 0: each source rebuilds '
+    'only itself, so the shared z gets no cross-modal signal).')
 _PROBES = flags.DEFINE_string('probe_dir', 'workdirs/table2/polymnist_5k',
                               'Where the coherence probes are cached.')
 
@@ -120,9 +124,14 @@ def main(argv):
   def step(params, opt, batch, key):
     def loss(p):
       present = jnp.ones((batch[0].shape[0], m), bool)
-      per_sample, terms = generator.objective(
-          _KIND.value, model, p, batch, present, key, beta=_BETA.value,
-          match_weight=1.0, cross_decoding=_CROSS.value)
+      extra = ({'cross_weight': _CROSS_WEIGHT.value}
+               if _KIND.value == 'mmvaeplus' else {})
+      mu, logvar = model.encode(p['gen'], batch)
+      per_sample, terms = gen_kind.objective(
+          model, p, batch, present.T.astype(jnp.float32), mu, logvar,
+          gen_kind.noise(key, m, batch[0].shape[0], model.latent_dim),
+          beta=_BETA.value, match_weight=1.0, cross_decoding=_CROSS.value,
+          **extra)
       return per_sample.mean(), jax.tree.map(jnp.mean, terms)
     (_, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
     updates, opt = tx.update(grads, opt, params)

@@ -97,8 +97,12 @@ PRIOR_W = param_groups.Group('prior_w', _prior_weights, init=_prior_init)
 
 
 def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
-              cross_decoding, **unused):
-  """Per-sample negative mixture ELBO [B] (see the module docstring)."""
+              cross_decoding, cross_weight=1.0, **unused):
+  """Per-sample negative mixture ELBO [B] (see the module docstring).
+
+  cross_weight scales the cross decodes' NLL: 1 is the reference's objective
+  and every run's; other values are a diagnostic ablation
+  (experiments.benchmarks.central_generator --cross_weight)."""
   num_m, gen = len(xs), params['gen']
   d = mu.shape[-1] // 2
   scale = posterior_scale(logvar)                         # [M, B, 2d]
@@ -127,7 +131,7 @@ def objective(model, params, xs, pres, mu, logvar, noise, *, beta,
     nll = base.nll_own(model, gen, cross_u.reshape(num_m, -1, 2 * d), xs)
     off = 1.0 - np.eye(num_m, dtype=np.float32)[..., None]
     cross = (nll * pres[:, None] * off).sum(0)            # [M(r), B]
-  rec = self_nll + cross
+  rec = self_nll + cross_weight * cross
   reg = lqz + lqw - lpu
   return base.masked_mean(rec + beta * reg, pres, 0), {
       'nll': base.masked_mean(rec, pres, 0),
