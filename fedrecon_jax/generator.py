@@ -32,24 +32,26 @@ CROSS_DECODING = ('all', 'one')
 
 def objective(kind, model: Model, params: dict, xs: Sequence[jax.Array],
               present: jax.Array, key: jax.Array, *, beta: float,
-              match_weight: float, cross_decoding: str = 'all'):
+              match_weight: float, cross_decoding: str = 'all', **options):
   """Per-sample generator loss [B] and a dict of per-sample terms.
 
   Every negative log-likelihood is the modality kind's (`Model.nll`): Laplace
   for images, unit-variance Gaussian for features, with their constants.
   cross_decoding: see CROSS_DECODING (read by the kinds that declare it,
-  Generator.cross_decoding).
+  Generator.cross_decoding). options: a kind's own keyword arguments
+  (diagnostic ablations, e.g. MMVAE+'s cross_weight).
   """
   noise = generators.get(kind).noise(key, len(xs), present.shape[0],
                                      model.latent_dim)
   return objective_from_noise(kind, model, params, xs, present, noise,
                               beta=beta, match_weight=match_weight,
-                              cross_decoding=cross_decoding)
+                              cross_decoding=cross_decoding, **options)
 
 
 def objective_from_noise(kind, model: Model, params: dict, xs,
                          present: jax.Array, noise: dict, *, beta: float,
-                         match_weight: float, cross_decoding: str = 'all'):
+                         match_weight: float, cross_decoding: str = 'all',
+                         **options):
   """`objective` with its randomness given (`draw_noise`)."""
   gen = generators.get(kind)
   if not gen.trainable:
@@ -62,7 +64,7 @@ def objective_from_noise(kind, model: Model, params: dict, xs,
   mu, logvar = model.encode(params['gen'], xs)            # [M, B, d]
   return gen.objective(model, params, xs, pres, mu, logvar, noise,
                        beta=beta, match_weight=match_weight,
-                       cross_decoding=cross_decoding)
+                       cross_decoding=cross_decoding, **options)
 
 
 def infer_latents(kind, model: Model, params: dict, xs, present):

@@ -139,10 +139,9 @@ def test_cross_weight_scales_only_the_cross_decodes():
   """The diagnostic ablation of central_generator --cross_weight: the
   cross decodes' NLL times the weight, every other term as the reference."""
   model, params, xs, noise = make_setup(SPEC_SAME)
-  got = jax.jit(lambda p: GEN.objective(
-      model, p, xs, jnp.asarray(PRESENT).T.astype(jnp.float32),
-      *model.encode(p['gen'], xs), noise, beta=BETA, cross_decoding='all',
-      cross_weight=0.5)[0])(params)
+  got = jax.jit(lambda p: generator.objective_from_noise(
+      GEN, model, p, xs, jnp.asarray(PRESENT), noise, beta=BETA,
+      match_weight=0.0, cross_decoding='all', cross_weight=0.5)[0])(params)
   want = [reference(model, params, xs, noise, i, cross_weight=0.5)
           for i in range(B)]
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)

@@ -126,12 +126,9 @@ def main(argv):
       present = jnp.ones((batch[0].shape[0], m), bool)
       extra = ({'cross_weight': _CROSS_WEIGHT.value}
                if _KIND.value == 'mmvaeplus' else {})
-      mu, logvar = model.encode(p['gen'], batch)
-      per_sample, terms = gen_kind.objective(
-          model, p, batch, present.T.astype(jnp.float32), mu, logvar,
-          gen_kind.noise(key, m, batch[0].shape[0], model.latent_dim),
-          beta=_BETA.value, match_weight=1.0, cross_decoding=_CROSS.value,
-          **extra)
+      per_sample, terms = generator.objective(
+          _KIND.value, model, p, batch, present, key, beta=_BETA.value,
+          match_weight=1.0, cross_decoding=_CROSS.value, **extra)
       return per_sample.mean(), jax.tree.map(jnp.mean, terms)
     (_, terms), grads = jax.value_and_grad(loss, has_aux=True)(params)
     updates, opt = tx.update(grads, opt, params)
