@@ -129,7 +129,8 @@ VARIANT_SETTINGS['uci_multifeature'] = {
     'mmvaeplus': {'beta': 1.0, 'gen_lr': 1e-3, 'latent_dim': 16},
     # The latent size of the MMVAE+ it maps over, as tuned for mmvaeplus (the
     # mappings do not change how that MMVAE+ trains); then its own tuning.
-    'fedrecon_mmvaeplus': {'latent_dim': 16}}
+    'fedrecon_mmvaeplus': {'beta': 1.0, 'gen_lr': 1e-3, 'match_weight': 1.0,
+                           'latent_dim': 16}}
 # Generator rounds between the checkpoints the coherence curve scores.
 CURVE_EVERY = 5
 # Seeds of every variant: Table 2 reports their mean and std.
