@@ -62,6 +62,10 @@ _CROSS_WEIGHT = flags.DEFINE_float(
     'cross_weight', 1.0, 'mmvaeplus, an ablation: weight of the cross '
     'decodes\' NLL (1: the reference\'s objective; 0: each source rebuilds '
     'only itself, so the shared z gets no cross-modal signal).')
+_CROSS_WARMUP = flags.DEFINE_integer(
+    'cross_warmup', 0, 'mmvaeplus, an ablation: steps over which the cross '
+    'decodes\' weight ramps linearly from 0 to --cross_weight (0: no ramp), '
+    'so the latents can take the digit from the self terms first.')
 _PROBES = flags.DEFINE_string('probe_dir', 'workdirs/table2/polymnist_5k',
                               'Where the coherence probes are cached.')
 
@@ -121,10 +125,10 @@ def main(argv):
   n, m = len(ds.train.y), spec.num_modalities
 
   @jax.jit
-  def step(params, opt, batch, key):
+  def step(params, opt, batch, key, cross_weight):
     def loss(p):
       present = jnp.ones((batch[0].shape[0], m), bool)
-      extra = ({'cross_weight': _CROSS_WEIGHT.value}
+      extra = ({'cross_weight': cross_weight}
                if _KIND.value == 'mmvaeplus' else {})
       per_sample, terms = generator.objective(
           _KIND.value, model, p, batch, present, key, beta=_BETA.value,
@@ -190,7 +194,9 @@ def main(argv):
     i = s % per_epoch
     idx = order[i * _BATCH.value:(i + 1) * _BATCH.value]
     key, k = jax.random.split(key)
-    params, opt, terms = step(params, opt, [x[idx] for x in xs], k)
+    ramp = min(1.0, s / _CROSS_WARMUP.value) if _CROSS_WARMUP.value else 1.0
+    params, opt, terms = step(params, opt, [x[idx] for x in xs], k,
+                              jnp.float32(_CROSS_WEIGHT.value * ramp))
     if s == 0:      # the first step's compile is not counted as training
       jax.block_until_ready(params)
       mark = time.time()
