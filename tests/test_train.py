@@ -44,9 +44,8 @@ def optimised_run(env, workdir, *flags) -> dict:
   these runs execute for minutes, where the tests' LLVM -O0 (conftest.py)
   would double their time. Returns summary.json."""
   env = {k: v for k, v in env.items() if k != 'XLA_FLAGS'}
-  subprocess.run([sys.executable, '-m', 'experiments.train',
-                  f'--workdir={workdir}', f'--data_dir={env["TFDS_DATA_DIR"]}',
-                  *flags], env=env, check=True, timeout=1200)
+  tiny.run([sys.executable, '-m', 'experiments.train', f'--workdir={workdir}',
+            f'--data_dir={env["TFDS_DATA_DIR"]}', *flags], env)
   with open(os.path.join(workdir, 'summary.json')) as f:
     return json.load(f)
 
