@@ -20,6 +20,10 @@ arguments:
     ENOSPC after half of it is written (metrics_writer.append cuts it off).
   * enospc_in_tensorboard_at_round: r -> round r's TensorBoard record fails
     the same way.
+  * kill_deleting_step: s -> the process SIGKILLs itself right after
+    removing the first file of old checkpoint step s, wherever that step's
+    folder lies under checkpoints/ (a node lost halfway through deleting
+    a step that fell out of --keep_checkpoints).
 The patches change when bytes reach the disk, never which bytes: an
 uninjected run's results are the reference (a failed write stops the run).
 """
@@ -31,6 +35,7 @@ import json
 import os
 import re
 import runpy
+import signal
 import sys
 import time
 
@@ -113,17 +118,37 @@ def _patch_appends(seconds: float, enospc: dict[str, int]) -> None:
   metrics_writer.write_all = torn
 
 
+def _patch_unlinks(step: int) -> None:
+  """Kills the process once a file of checkpoints/[<folder>/]<step>/ is
+  removed (shutil.rmtree unlinks by name relative to a dir_fd)."""
+  pattern = re.compile(rf'/checkpoints/(?:[^/]*\D[^/]*/)?{step}/')
+
+  def wrap(remove):
+    def patched(path, *, dir_fd=None):
+      remove(path, dir_fd=dir_fd)
+      full = str(path) if dir_fd is None else os.path.join(
+          os.readlink(f'/proc/self/fd/{dir_fd}'), str(path))
+      if pattern.search(full):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return patched
+
+  os.unlink = wrap(os.unlink)
+  os.remove = wrap(os.remove)
+
+
 def install(spec: dict) -> None:
   """Applies the patches `spec` (see the module docstring) asks for."""
   enospc = {file: spec[k] for k, file in _ENOSPC_KEYS.items() if k in spec}
   unknown = set(spec) - {'enospc_at_round', 'save_seconds', 'append_seconds',
-                         *_ENOSPC_KEYS}
+                         'kill_deleting_step', *_ENOSPC_KEYS}
   if unknown:
     raise ValueError(f'${ENV}: unknown keys {sorted(unknown)}.')
   if 'enospc_at_round' in spec or spec.get('save_seconds'):
     _patch_saves(spec.get('enospc_at_round'), spec.get('save_seconds', 0.0))
   if spec.get('append_seconds') or enospc:
     _patch_appends(spec.get('append_seconds', 0.0), enospc)
+  if 'kill_deleting_step' in spec:
+    _patch_unlinks(spec['kill_deleting_step'])
 
 
 def main() -> None:

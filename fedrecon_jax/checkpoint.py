@@ -31,6 +31,12 @@ Safety on resume:
     latest) and count them among the checkpoints kept. If none is readable
     the run refuses to start and changes nothing, since starting over would
     truncate metrics.jsonl.
+  * Old steps are deleted in two moves: orbax renames a step that falls
+    out of --keep_checkpoints into checkpoints/deleting/ (one atomic
+    rename), and this module empties that folder before the next save, on
+    close and at start. A kill inside orbax's own rmtree used to leave a
+    half-deleted step listed among the checkpoints; a kill while emptying
+    deleting/ leaves only what the next start removes.
   * Unfinished saves of a killed run (`<r>.orbax-checkpoint-tmp*`, which
     orbax does not list as checkpoints but would rmtree before saving step r
     again) are moved to checkpoints_corrupt/ too.
@@ -42,6 +48,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 
 from absl import logging
@@ -56,6 +63,7 @@ from fedrecon_jax import workdir as workdir_lib
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'checkpoints_corrupt'
+DELETING_DIR = 'deleting'   # inside CHECKPOINT_DIR
 
 
 class IncompatibleRunError(ValueError):
@@ -89,7 +97,7 @@ class Checkpointer:
     self.mngr = ocp.CheckpointManager(
         self.dir, options=ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep_checkpoints, create=True,
-            enable_async_checkpointing=True))
+            enable_async_checkpointing=True, todelete_subdir=DELETING_DIR))
     self.fingerprint = self.data = None
 
   def maybe_save(self, state: server.ServerState, round_: int, metrics=None,
@@ -110,14 +118,18 @@ class Checkpointer:
             'partition': self.fingerprint, 'data': self.data,
             'metrics': list(metrics)}
     tree = _tree(state)
-    # save() also waits for the previous async save: either may fail.
+    # save() would wait for the previous async save anyway (which may
+    # fail); waiting first lets the steps it set aside be emptied.
     with self._write_errors(round_):
+      self.mngr.wait_until_finished()
+      self._empty_deleting()
       return self.mngr.save(round_, force=force, args=ocp.args.Composite(
           state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
 
   def close(self) -> None:
     with self._write_errors(None):
       self.mngr.wait_until_finished()
+      self._empty_deleting()
     self.mngr.close()
 
   @contextlib.contextmanager
@@ -146,6 +158,7 @@ class Checkpointer:
     self.fingerprint = partition_fingerprint(exp.population)
     self.data = data_fingerprint(exp.population)
     self._check_config_file(cfg)
+    self._empty_deleting()
     self._set_aside_unfinished_saves()
     bad = []
     state = None
@@ -243,6 +256,11 @@ class Checkpointer:
         logging.warning('Moving the unfinished save %s to %s/.', name,
                         CORRUPT_DIR)
         self._move_aside(name)
+
+  def _empty_deleting(self) -> None:
+    """Removes the steps orbax set aside for deletion, and the folder."""
+    if jax.process_index() == 0:
+      shutil.rmtree(os.path.join(self.dir, DELETING_DIR), ignore_errors=True)
 
   def _move_aside(self, name: str) -> None:
     if jax.process_index() != 0:

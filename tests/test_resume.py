@@ -69,6 +69,27 @@ def test_sigkill_then_resume_matches_uninterrupted_run(env, reference,
   assert got == records(reference)
 
 
+def test_a_kill_while_deleting_an_old_step_leaves_nothing_unreadable(
+    env, reference, tmp_path):
+  """Saving round 8 drops step 2 (--keep_checkpoints=3). The process is
+  SIGKILLed right after the first file of step 2 is removed (the fault
+  storm's node loss, aimed at the deletion); a rerun must leave exactly the
+  uninterrupted run's files: no half-deleted step among the checkpoints."""
+  workdir_ = str(tmp_path / 'deleting')
+  cmd = [tiny.sys.executable, '-m', 'experiments.fault_inject',
+         *train_cmd(workdir_)[2:]]
+  proc = tiny.run(cmd, {**env, 'FAULT_INJECT': '{"kill_deleting_step": 2}'},
+                  check=False)
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  assert tiny.rounds_logged(workdir_) == TOTAL_ROUNDS
+
+  train(env, workdir_)
+  got = compare.compare([(workdir_, reference)])
+  assert compare.clean(got) and not got['problems'], got
+  assert sorted(os.listdir(os.path.join(workdir_, 'checkpoints'))) == [
+      '4', '6', '8']
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_previous(env, reference,
                                                           tmp_path):
   workdir = str(tmp_path / 'corrupt')
