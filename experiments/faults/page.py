@@ -50,7 +50,11 @@ def add_up(parts: list[dict]) -> dict:
     seconds.update(p.get('seconds', {}))
     counts.update({k: p.get(k, 0) for k in _COUNTS})
     differing.update(p.get('values_differing', {}))
-    problems += [f'seed {p["seed"]}: {x}' for x in p.get('problems', [])]
+    # 'fixed' is added to a part's JSON by hand once a fix has landed: the
+    # part's result stays as it was measured.
+    fixed = f' (fixed since: {p["fixed"]})' if p.get('fixed') else ''
+    problems += [f'seed {p["seed"]}: {x}{fixed}'
+                 for x in p.get('problems', [])]
   effective = {k: sum(n for path, n in paths[k].items()
                       if path in kinds.KINDS[k][2]) for k in kinds.KINDS}
   return {'paths': paths, 'effective': effective, 'seconds': seconds,
