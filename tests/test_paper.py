@@ -140,6 +140,16 @@ def test_page_reports_the_runs_margins_and_freezing(root, tiny):
   assert 'No Table 2 results' not in text
 
 
+def test_a_report_without_table2_runs_leaves_table2_md(tmp_path):
+  """--parts=report on a root of other parts (say an av_mnist Table 1
+  sweep) must not overwrite the committed table2.md with an empty page."""
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'table2.md').write_text('kept')
+  assert paper.write_table2_page(str(tmp_path), [DATASET], str(out)) is None
+  assert (out / 'table2.md').read_text() == 'kept'
+
+
 def test_directions_table_reads_target_row_source_column():
   """coherence_single[n][m] is n rebuilt from m: with two modalities the
   page shows both directions, mean ± std over seeds."""

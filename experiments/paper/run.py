@@ -174,11 +174,14 @@ def write_av_mnist_page(root: str, out: str) -> str | None:
   return path
 
 
-def write_table2_page(root: str, datasets, out: str) -> str:
+def write_table2_page(root: str, datasets, out: str) -> str | None:
   """table2.md: per dataset, the run time and seconds per generator round,
-  Table 2, the coherence curve and the reconstruction grids."""
-  os.makedirs(out, exist_ok=True)
+  Table 2, the coherence curve and the reconstruction grids. None (nothing
+  written) without <root>/table2, so a report of other parts leaves it."""
   t2 = os.path.join(root, 'table2')
+  if not os.path.isdir(t2):
+    return None
+  os.makedirs(out, exist_ok=True)
   lines = _header('FedRecon on shipped data: Table 2, reconstruction')
   scored = {d: table2.read_results(t2, d) for d in datasets}
   for d in datasets:
@@ -246,7 +249,8 @@ def main(argv):
             'it was.')
       print(write_av_mnist_page(_ROOT.value, _OUT.value)
             or f'No {AV_MNIST} sweep in {_ROOT.value}.')
-      print(write_table2_page(_ROOT.value, _DATASETS.value, _OUT.value))
+      print(write_table2_page(_ROOT.value, _DATASETS.value, _OUT.value)
+            or f'No Table 2 runs in {_ROOT.value}: table2.md left as it was.')
   except grid_lib.GridError as e:
     sys.exit(f'error: {e}')
   print(f'paper: done in {time.time() - t0:.0f} s', flush=True)
