@@ -164,7 +164,9 @@ def write_av_mnist_page(root: str, out: str) -> str | None:
   lines = _header('FedRecon on AV-MNIST: Table 1, an image and a spoken '
                   'digit') + [
       f'- {len(done)} of {len(runs)} runs finished (sweep config '
-      f'`{AV_MNIST}`); run time {_compute(done)}.', '',
+      f'`{AV_MNIST}`); run time {_compute(done)}, summed over runs '
+      '(runs trained together as one program, --runs_per_program, each '
+      'count its wall time).', '',
       '## Table 1: macro-F1, av_mnist', ''] + table1_section(runs) + [
           '', '## On complete test samples', '',
           'The same runs scored with nothing missing (`f1_macro_complete`).',
