@@ -53,3 +53,32 @@ def test_the_page_adds_the_parts_up(tmp_path):
   assert '| sigterm | 5 | outside_handler: 2 | 10 |' in text, text
   assert '| saves quarantined | 1 |' in text
   assert 'Not reached yet: sigkill 0' in text
+  assert 'Since the last fix' not in text   # no fix noted on any part
+
+
+def _part(seed, counted, **extra):
+  return {'seed': seed, 'commit': f'c{seed}', 'per_kind': counted,
+          'starts': 9, 'wall_seconds': 60.0,
+          'faults': {k: {sorted(counted_paths)[0]: counted}
+                     for k, (_, _, counted_paths) in kinds.KINDS.items()},
+          'effective': {k: counted for k in kinds.KINDS},
+          'values_differing': {f: 0 for f in compare.FILES}, 'problems': [],
+          **extra}
+
+
+def test_the_page_counts_again_since_the_last_fix(tmp_path):
+  folder = str(tmp_path)
+  page.write_part(folder, _part(0, 60))
+  page.write_part(folder, _part(1, 5, unreadable_left=1, problems=['torn'],
+                                fixed='f00: fixed'))
+  page.write_part(folder, _part(2, 50))
+  page.write_part(folder, _part(3, 50))
+  text = page.render(page.read_parts(folder))
+  assert 'Goal: 100 counted faults of each kind. Reached.' in text
+  assert ('Since the last fix (parts seeds 2-3, from c2): at least 100 '
+          'counted faults of each kind (goal reached), nothing lost, '
+          'differing or unreadable.') in text, text
+  page.write_part(folder, _part(3, 40, rounds_lost=1))
+  text = page.render(page.read_parts(folder))
+  assert 'at least 90 counted faults of each kind (goal 100), with ' \
+         'problems' in text, text

@@ -64,6 +64,28 @@ def add_up(parts: list[dict]) -> dict:
                                   for p in parts)}
 
 
+def since_last_fix(parts: list[dict]) -> list[str]:
+  """The goal counted again over the parts after the last one a fix was
+  noted on (they ran with every fix in), so a reader need not trust it."""
+  fixed = [p['seed'] for p in parts if p.get('fixed')]
+  if not fixed:
+    return []
+  after = [p for p in parts if p['seed'] > max(fixed)]
+  if not after:
+    return ['No part has run since the last fix.']
+  total = add_up(after)
+  least = min(total['effective'].values())
+  clean = not total['problems'] and not any(total['differing'].values()) and (
+      not any(total['counts'][k] for k in ('rounds_lost', 'rounds_duplicated',
+                                           'torn_lines', 'unreadable_left')))
+  return [f'Since the last fix (parts seeds {after[0]["seed"]}-'
+          f'{after[-1]["seed"]}, from {after[0]["commit"]}): at least '
+          f'{least} counted faults of each kind ('
+          + ('goal reached' if least >= GOAL else f'goal {GOAL}') + '), '
+          + ('nothing lost, differing or unreadable.' if clean
+             else 'with problems: see below.')]
+
+
 def _kind_rows(total: dict) -> list[str]:
   rows = ['| kind | counted | not counted (path: n) | s per counted fault |',
           '|---|---|---|---|']
@@ -103,6 +125,8 @@ def render(parts: list[dict]) -> str:
       f'Goal: {GOAL} counted faults of each kind. ' + (
           'Reached.' if not short else 'Not reached yet: ' + ', '.join(
               f'{k} {n}' for k, n in short.items()) + '.'),
+      '',
+      *since_last_fix(parts),
       '',
       *_kind_rows(total),
       '',
