@@ -44,6 +44,19 @@ def test_table1_table2_on_vectors_and_page(tmp_path):
   out = os.path.join(root, 'out')
   text = open(paper.write_page(root, 'reduced', [VECTORS], out)).read()
   assert f']({paper.TABLE2_PAGE})' in text
+  # What is committed of a sweep (--publish) gives the same page.
+  published = str(tmp_path / 'published')
+  paper.publish_sweep(t1, os.path.join(published, os.path.basename(t1)))
+  files = {os.path.relpath(os.path.join(d, f), published)
+           for d, _, fs in os.walk(published) for f in fs}
+  cells = [c for c in os.listdir(t1) if c.startswith('method=')]
+  assert len(cells) == 2 and files == {
+      os.path.join(os.path.basename(t1), grid_lib.GRID_FILE), *(
+          os.path.join(os.path.basename(t1), c, n)
+          for c in cells for n in paper.PUBLISHED)}, files
+  again = open(paper.write_page(published, 'reduced', [VECTORS],
+                                str(tmp_path / 'out2'))).read()
+  assert again == text
   page2 = open(paper.write_table2_page(root, [VECTORS], out)).read()
   _, runs = report.load_runs(t1)
   f1 = {r.cfg.method: 100 * r.summary['f1_macro'] for r in runs}

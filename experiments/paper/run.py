@@ -22,12 +22,15 @@ Parts (each skips finished runs, so re-running resumes where it stopped):
           one-input coherence curves, PolyMNIST reconstruction grids;
           <out>/table1_av_mnist.md when <root>/table1_av_mnist holds that
           sweep (run it with experiments.sweep --config=table1_av_mnist).
+  --publish copies what the pages read of each Table 1 sweep (no
+          checkpoints) into a folder to commit; --root=<it> rereads it.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import sys
 import time
 
@@ -42,7 +45,7 @@ from experiments.paper.table1_page import ablation_section, freezing_figure
 from experiments.paper import table2_scoring
 from experiments.paper.table1_page import table1_section
 from fedrecon_jax import grid as grid_lib
-from fedrecon_jax import metrics_writer, sweep
+from fedrecon_jax import checkpoint, metrics_writer, sweep, workdir
 
 _ROOT = flags.DEFINE_string('root', 'workdirs',
                             'Where the runs go (<root>/table1_reduced, ...).')
@@ -53,6 +56,11 @@ _PARTS = flags.DEFINE_list('parts', ['table1', 'table2', 'report'],
 _TABLE1 = flags.DEFINE_enum('table1', 'reduced', ['reduced', 'full'],
                             'Table 1 grid: table1_reduced (30 runs) or '
                             'table1 (180 runs).')
+_PUBLISH = flags.DEFINE_string(
+    'publish', '', 'After each Table 1 sweep, copy what its page reads (the '
+    "grid, each cell's metrics, summary and config) to <publish>/<sweep "
+    "name>, a tree --parts=report --root=<publish> reads as it reads <root> "
+    '(e.g. experiments/results/paper/runs, to commit).')
 _DATASETS = flags.DEFINE_list('table2_datasets',
                               ['uci_multifeature', 'polymnist_5k'],
                               'Datasets of Table 2.')
@@ -84,6 +92,25 @@ def table1_runs(root: str, grid: str) -> list:
     if os.path.exists(os.path.join(sweep_root, grid_lib.GRID_FILE)):
       runs += report.load_runs(sweep_root)[1]
   return runs
+
+
+# What a cell keeps for the committed results; checkpoints and logs stay.
+PUBLISHED = (workdir.METRICS_FILE, workdir.SUMMARY, checkpoint.CONFIG_FILE)
+
+
+def publish_sweep(sweep_root: str, dest: str) -> list[str]:
+  """Copies the sweep's grid and each cell's PUBLISHED files to dest
+  (same layout); returns the copies."""
+  os.makedirs(dest, exist_ok=True)
+  copied = [shutil.copy2(os.path.join(sweep_root, grid_lib.GRID_FILE), dest)]
+  for cell in sorted(os.listdir(sweep_root)):
+    src = os.path.join(sweep_root, cell)
+    names = [n for n in PUBLISHED if os.path.exists(os.path.join(src, n))]
+    if os.path.isdir(src) and names:
+      os.makedirs(os.path.join(dest, cell), exist_ok=True)
+      copied += [shutil.copy2(os.path.join(src, n), os.path.join(dest, cell))
+                 for n in names]
+  return copied
 
 
 # ------------------------------------------------------------------- header
@@ -238,6 +265,10 @@ def main(argv):
       for name, sweep_root in sweeps:
         failed = sweep.run_sweep(grid_lib.make_grid({}, {}, name), sweep_root)
         print(f'report: {report.write_report(sweep_root)}', flush=True)
+        if _PUBLISH.value:
+          dest = os.path.join(_PUBLISH.value, os.path.basename(sweep_root))
+          n = len(publish_sweep(sweep_root, dest))
+          print(f'{name}: {n} files to {dest}', flush=True)
         if failed:
           print(f'{name}: {len(failed)} cell(s) failed: {failed}', flush=True)
     if 'table2' in _PARTS.value:
