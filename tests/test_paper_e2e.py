@@ -6,13 +6,14 @@ conv networks and five probes to train, ~2 min) is the slow tier's."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from experiments.paper import report, table2, table2_scoring
 from experiments.paper import run as paper
-from fedrecon_jax import sweep
+from fedrecon_jax import sweep, workdir
 from fedrecon_jax import grid as grid_lib
 
 import tiny
@@ -44,16 +45,23 @@ def test_table1_table2_on_vectors_and_page(tmp_path):
   out = os.path.join(root, 'out')
   text = open(paper.write_page(root, 'reduced', [VECTORS], out)).read()
   assert f']({paper.TABLE2_PAGE})' in text
-  # What is committed of a sweep (--publish) gives the same page.
+  # What is committed of a sweep (--publish) gives the same page; a cell
+  # still running (no summary yet) is left behind.
   published = str(tmp_path / 'published')
-  paper.publish_sweep(t1, os.path.join(published, os.path.basename(t1)))
+  name = os.path.basename(t1)
+  cells = sorted(c for c in os.listdir(t1) if c.startswith('method='))
+  running = str(tmp_path / 'running')
+  shutil.copytree(t1, running)
+  os.remove(os.path.join(running, cells[1], workdir.SUMMARY))
+  paper.publish_sweep(running, os.path.join(published, name))
+  assert sorted(os.listdir(os.path.join(published, name))) == sorted([
+      cells[0], grid_lib.GRID_FILE])
+  paper.publish_sweep(t1, os.path.join(published, name))
   files = {os.path.relpath(os.path.join(d, f), published)
            for d, _, fs in os.walk(published) for f in fs}
-  cells = [c for c in os.listdir(t1) if c.startswith('method=')]
   assert len(cells) == 2 and files == {
-      os.path.join(os.path.basename(t1), grid_lib.GRID_FILE), *(
-          os.path.join(os.path.basename(t1), c, n)
-          for c in cells for n in paper.PUBLISHED)}, files
+      os.path.join(name, grid_lib.GRID_FILE),
+      *(os.path.join(name, c, n) for c in cells for n in paper.PUBLISHED)}
   again = open(paper.write_page(published, 'reduced', [VECTORS],
                                 str(tmp_path / 'out2'))).read()
   assert again == text

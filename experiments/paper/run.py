@@ -99,14 +99,16 @@ PUBLISHED = (workdir.METRICS_FILE, workdir.SUMMARY, checkpoint.CONFIG_FILE)
 
 
 def publish_sweep(sweep_root: str, dest: str) -> list[str]:
-  """Copies the sweep's grid and each cell's PUBLISHED files to dest
-  (same layout); returns the copies."""
+  """Copies the sweep's grid and each finished cell's PUBLISHED files to
+  dest (same layout); returns the copies. Unfinished cells stay behind: a
+  sweep over a root seeded with the copy reruns them from the start and
+  skips the rest, so a sweep can be committed in parts."""
   os.makedirs(dest, exist_ok=True)
   copied = [shutil.copy2(os.path.join(sweep_root, grid_lib.GRID_FILE), dest)]
   for cell in sorted(os.listdir(sweep_root)):
     src = os.path.join(sweep_root, cell)
     names = [n for n in PUBLISHED if os.path.exists(os.path.join(src, n))]
-    if os.path.isdir(src) and names:
+    if os.path.exists(os.path.join(src, workdir.SUMMARY)):
       os.makedirs(os.path.join(dest, cell), exist_ok=True)
       copied += [shutil.copy2(os.path.join(src, n), os.path.join(dest, cell))
                  for n in names]
