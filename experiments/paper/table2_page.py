@@ -74,6 +74,36 @@ def comparisons(rows: dict, key: str = 'one_input') -> list[str]:
   return lines
 
 
+# Bars on sampled one-input coherence (mean over seeds) that every generator
+# and the best one should reach, per dataset: the Table 2 issue's for
+# PolyMNIST, where the references report 66-87% at full scale.
+TARGETS = {'polymnist_5k': (0.30, 0.45)}
+# Rows that are readings of another row's generator, not generators.
+NOT_GENERATORS = ('fedrecon_no_T',)
+
+
+def targets(rows: dict, dataset: str) -> list[str]:
+  """Which generators fall short of the dataset's TARGETS, if it has any."""
+  if dataset not in TARGETS:
+    return []
+  every, best_bar = TARGETS[dataset]
+  score = {name: np.mean([r['one_input'] for r in per_seed])
+           for name, per_seed in rows.items()
+           if name not in NOT_GENERATORS
+           and any('one_input' in r for r in per_seed)}
+  if not score:
+    return []
+  best = max(score, key=score.get)
+  low = [f'{n} {pct(v)}' for n, v in score.items() if v < every]
+  return ['', f'Targets on {dataset} (sampled one-input coherence, mean over '
+          f'seeds): every generator >= {pct(every)}%, the best >= '
+          f'{pct(best_bar)}%. Best: {best} {pct(score[best])}% ('
+          + ('reached' if score[best] >= best_bar else 'short') + '). '
+          + (f'Below {pct(every)}%: {", ".join(low)}.' if low else
+             f'Every generator reaches {pct(every)}%.')
+          + ' Their curves: the figure below.']
+
+
 def section(root: str, dataset: str, out: str,
             scored: dict[str, list[table2_scoring.Scored]]) -> list[str]:
   """Table 2 of `dataset` from its variants' files (table2.read_results)."""
@@ -124,6 +154,7 @@ def section(root: str, dataset: str, out: str,
     lines += ['', 'Sampled one-input coherence against FedRecon; a '
               'difference is claimed only where the intervals mean ± std '
               'over seeds separate:', ''] + comp
+  lines += targets(rows, dataset)
   lines += _directions(rows)
   lines += _retrieval(rows)
   lines += coherence_figure(rows, dataset, out)
