@@ -141,7 +141,9 @@ VARIANT_SETTINGS['av_mnist'] = {
     **_IMAGE_VARIANT_SETTINGS,
     'fedrecon': {'beta': 1.0, 'gen_lr': 3e-3, 'match_weight': 10.0 / 3},
     'moe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
-    'mopoe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16}}
+    'mopoe': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16},
+    'poe': {'beta': 1.0, 'gen_lr': 1e-3, 'latent_dim': 16},
+    'mmvaeplus': {'beta': 1.0, 'gen_lr': 3e-3, 'latent_dim': 16}}
 # Generator rounds between the checkpoints the coherence curve scores.
 CURVE_EVERY = 5
 # Seeds of every variant: Table 2 reports their mean and std.
