@@ -44,11 +44,13 @@ from absl import flags
 import matplotlib
 matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from experiments.paper import provenance
 from experiments import config_flags
 from fedrecon_jax import grid as grid_lib
+from fedrecon_jax.data import loader
 from fedrecon_jax import recipe
 from fedrecon_jax.config import Config
 
@@ -81,6 +83,12 @@ METRICS = {
     'coherence_loo': ('coherence, all others (n <- rest)',
                       lambda s, row: np.mean(row['coherence_loo'])),
 }
+
+
+# Issue 37's bar: macro-F1 within TARGET_F1_GAP of no DP at an epsilon of at
+# most TARGET_EPSILON (at a delta of at most 1/K).
+TARGET_EPSILON = 8.0
+TARGET_F1_GAP = 0.05
 
 
 def grids(fixed: dict, noise_multipliers, seeds,
@@ -189,12 +197,41 @@ def collect(root: str, grids_: dict) -> list[dict]:
   return rows
 
 
+def operating_points(rows: list[dict]) -> list[str]:
+  """One line per delta in the rows' `epsilon_at`: the noised level of best
+  macro-F1 among those with epsilon <= TARGET_EPSILON at that delta, its gap
+  to no DP, and whether it is within TARGET_F1_GAP."""
+  base = next((r for r in rows if kind(r) == 'no_dp' and 'f1_macro' in r),
+              None)
+  noised = [r for r in rows if kind(r) == 'dp' and 'f1_macro' in r]
+  if base is None or not noised:
+    return []
+  f1 = base['f1_macro']['mean']
+  lines = []
+  for delta in noised[0]['epsilon_at']:
+    ok = [r for r in noised if r['epsilon_at'][delta] <= TARGET_EPSILON]
+    head = f'- At δ = {delta}, ε ≤ {TARGET_EPSILON:g}: '
+    if not ok:
+      lines.append(head + 'no level reaches it.')
+      continue
+    best = max(ok, key=lambda r: r['f1_macro']['mean'])
+    gap = f1 - best['f1_macro']['mean']
+    verdict = ('within' if gap <= TARGET_F1_GAP else 'not within')
+    lines.append(
+        head + f'best z = {best["noise_multiplier"]:g} '
+        f'(ε {best["epsilon_at"][delta]:.3g}), macro-F1 '
+        f'{_fmt(best["f1_macro"])}, {100 * gap:.1f} points below no DP '
+        f'({f1:.3f}): {verdict} {100 * TARGET_F1_GAP:g} points.')
+  return lines
+
+
 def _fmt(x: dict) -> str:
   return f'{x["mean"]:.3f} ± {x["std"]:.3f}' if x else 'n/a'
 
 
-def figure(rows: list[dict], path: str) -> None:
-  """Each METRICS entry against epsilon (log axis); no DP as a band."""
+def figure(rows: list[dict], path: str, chance: float) -> None:
+  """Each METRICS entry against epsilon (log axis); no DP as a band, chance
+  (1 / classes) and TARGET_EPSILON as lines."""
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
   dp_rows = sorted((r for r in rows if kind(r) == 'dp'
                     and 'f1_macro' in r), key=lambda r: r['epsilon'])
@@ -218,7 +255,17 @@ def figure(rows: list[dict], path: str) -> None:
         ls, name = bands[kind(r)]
         ax.axhline(m, color='k', ls=ls, lw=1, label=name)
         ax.axhspan(m - s, m + s, color='k', alpha=0.1)
+    ax.axhline(chance, color='tab:red', ls=':', lw=1,
+               label=f'chance (1/{round(1 / chance)})')
+    ax.axvline(TARGET_EPSILON, color='tab:gray', lw=0.8,
+               label=f'ε = {TARGET_EPSILON:g}')
     ax.set_xscale('log')
+    # Labels on the epsilons drawn only: a log axis under two decades
+    # otherwise labels its minor ticks on top of each other.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks([r['epsilon'] for r in dp_rows],
+                  [f'{r["epsilon"]:.3g}' for r in dp_rows])
+    ax.set_ylabel(label)
     ax.set_xlabel(f'final ε at δ = {dp_rows[0]["delta"]:.2g}' if dp_rows
                   else 'final ε')
     ax.set_title(label, fontsize=10)
@@ -242,7 +289,7 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
   os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
   with open(out + '.json', 'w') as f:
     json.dump({**meta, 'rows': rows}, f, indent=1)
-  figure(rows, out + '.png')
+  figure(rows, out + '.png', meta['chance'])
   s = meta['settings']
   lines = [
       '# FedRecon under client-level DP-FedAvg: privacy against utility', '',
@@ -260,10 +307,15 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
       'trained on real data judge reconstructions of the test set '
       '(table2_scoring); mean ± std over seeds.', '',
       f'![privacy-utility]({os.path.basename(out)}.png)', '',
-      '| noise z | final ε | δ | ε at 1e-5 / 1/K^1.1 | seeds | '
+      f'Noise on the mean update: std z C / D per coordinate, D = '
+      f'{s["clients_per_round"]} (the expected cohort); chance is '
+      f'{meta["chance"]:.2g}.', '',
+      f'Issue 37\'s bar, macro-F1 within {100 * TARGET_F1_GAP:g} points of no '
+      f'DP at ε ≤ {TARGET_EPSILON:g}:', '', *operating_points(rows), '',
+      '| noise z | z C / D | final ε | δ | ε at 1e-5 / 1/K^1.1 | seeds | '
       + ' | '.join(
           label for label, _ in METRICS.values()) + ' | train s per run |',
-      '|---' * (len(METRICS) + 6) + '|']
+      '|---' * (len(METRICS) + 7) + '|']
   for r in rows:
     z = {'no_dp': 'no DP', 'control': '0 (C = ∞: no clip, no noise)',
          'clip_only': '0 (clip only)'}.get(kind(r))
@@ -274,7 +326,10 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
         f' ({len(r["diverged"])} diverged)' if r['diverged'] else '')
     cols = [_fmt(r.get(k)) for k in (*METRICS, 'train_seconds')]
     both = ' / '.join(f'{v:.3g}' for v in r.get('epsilon_at', {}).values())
-    lines.append(f'| {z} | {eps:.3g} | {delta} | {both or "-"} | {seeds} | '
+    sigma = ((r['noise_multiplier'] or 0) * (r['dp_clip'] or 0)
+             / s['clients_per_round'] if kind(r) == 'dp' else 0)
+    lines.append(f'| {z} | {sigma:.3g} | {eps:.3g} | {delta} | {both or "-"} '
+                 f'| {seeds} | '
                  + ' | '.join(cols) + ' |')
   with open(out + '.md', 'w') as f:
     f.write('\n'.join(lines) + '\n')
@@ -306,6 +361,9 @@ def main(argv):
           'finished': finished.strftime('%Y-%m-%d %H:%M'),
           'wall_seconds': (finished - started).total_seconds(),
           'machine': fl.machine,
+          'chance': 1 / loader.builder(
+              fixed['dataset'], data_dir=fixed.get('data_dir') or None,
+              manual_dir=fixed.get('manual_dir') or None).NUM_CLASSES,
           'settings': {**Config(workdir='-', **fixed).to_dict(),
                        'workdir': fl.root}}
   page = write_page(collect(fl.root, grids_), fl.out, meta)

@@ -60,3 +60,30 @@ def test_privacy_utility_page(env, tmp_path):
   assert rows[2.0]['epsilon'] < rows[1.0]['epsilon'] < math.inf
   assert math.isinf(rows[0.0]['epsilon']) and '0 (clip only)' in text
   assert math.isinf(rows['control']['epsilon']) and '(C = ∞' in text
+
+
+def _level(z, f1, eps_at):
+  return {'noise_multiplier': z, 'dp_clip': 1.0 if z is not None else None,
+          'f1_macro': {'mean': f1, 'std': 0.01}, 'epsilon_at': eps_at}
+
+
+def test_operating_points_pick_the_best_level_under_the_epsilon_bar():
+  """A hand-built page: at delta 1e-05 only z = 2 is under epsilon 8 (37
+  points below no DP), at 0.0019 z = 1 is too and is the better (19 below);
+  a third delta where z = 0.5 gets under the bar, 4 points below: within."""
+  from experiments import privacy_utility as pu
+  rows = [_level(None, 0.93, {}),
+          _level(0.5, 0.89, {'1e-05': 40.0, '0.0019': 28.0, '0.1': 7.5}),
+          _level(1.0, 0.74, {'1e-05': 9.97, '0.0019': 6.5, '0.1': 3.0}),
+          _level(2.0, 0.56, {'1e-05': 3.4, '0.0019': 2.1, '0.1': 1.0})]
+  lines = pu.operating_points(rows)
+  assert lines == [
+      '- At δ = 1e-05, ε ≤ 8: best z = 2 (ε 3.4), macro-F1 0.560 ± 0.010, '
+      '37.0 points below no DP (0.930): not within 5 points.',
+      '- At δ = 0.0019, ε ≤ 8: best z = 1 (ε 6.5), macro-F1 0.740 ± 0.010, '
+      '19.0 points below no DP (0.930): not within 5 points.',
+      '- At δ = 0.1, ε ≤ 8: best z = 0.5 (ε 7.5), macro-F1 0.890 ± 0.010, '
+      '4.0 points below no DP (0.930): within 5 points.']
+  # Nothing noised under the bar says so.
+  assert pu.operating_points([rows[0], _level(0.5, 0.9, {'1e-05': 9.0})]) == [
+      '- At δ = 1e-05, ε ≤ 8: no level reaches it.']
