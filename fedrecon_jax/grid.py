@@ -7,7 +7,8 @@ A grid is axes (Config field -> values, in cell-name order) and fixed flags
 (a JSON object {"grid": {...}, "flags": {...}}, or a .py module defining
 GRID and optionally FLAGS: a path, or a name in experiments/configs/). The
 sweep root's grid.json records its grid, and a root that holds another grid
-is refused. No JAX here.
+is refused, unless the new grid only adds values to the recorded axes (its
+cells include every recorded one: a sweep may grow). No JAX here.
 """
 
 from __future__ import annotations
@@ -238,7 +239,9 @@ def _grid_diff(have: dict, want: dict) -> list[str]:
   out = []
   h_axes, w_axes = have.get('grid', {}), want['grid']
   for key in sorted(set(h_axes) | set(w_axes)):
-    if h_axes.get(key) != w_axes.get(key):
+    grows = key in h_axes and key in w_axes and all(
+        v in w_axes[key] for v in h_axes[key])
+    if not grows:
       out.append(f'{flag_name(key)}: {h_axes.get(key, "(not an axis)")} there, '
                  f'{w_axes.get(key, "(not an axis)")} now')
   # Resumable flags (e.g. more --rounds) may differ: the cells go on.

@@ -250,3 +250,30 @@ def test_cell_written_by_another_process_is_left_to_it(monkeypatch, tmp_path,
   assert calls == [grid.cells()[1].name]
   assert f'skipping {grid.cells()[0].name}: --workdir=' in out
   assert 'in use' in out and '(1 done, 1 left, ETA' in out
+
+
+def test_a_root_accepts_a_grid_that_only_adds_values(tmp_path):
+  """More values on a recorded axis keep every recorded cell: accepted, and
+  grid.json records the larger grid. Fewer values, or a new axis, is
+  another grid: refused."""
+  root = str(tmp_path)
+  small = grid_lib.make_grid({'method': ['zero_fill'], 'alpha': ['0.1']}, {})
+  grid_lib.check_sweep_root(small, root)
+  large = grid_lib.make_grid({'method': ['zero_fill'],
+                              'alpha': ['0.1', '5.0']}, {})
+  grid_lib.check_sweep_root(large, root)
+  assert grid_lib.read_grid(root).axes['alpha'] == [0.1, 5.0]
+  with pytest.raises(grid_lib.GridError, match='--alphas: \\[0.1, 5.0\\] '
+                     'there, \\[0.1\\] now'):
+    grid_lib.check_sweep_root(small, root)
+  other = grid_lib.make_grid({'method': ['zero_fill'], 'alpha': ['0.1', '5.0'],
+                              'seed': ['0', '1']}, {})
+  grid_lib.check_sweep_root(other, root)   # seed was an axis of [0]: grows
+  with pytest.raises(grid_lib.GridError, match='--alphas'):
+    grid_lib.check_sweep_root(
+        grid_lib.make_grid({'method': ['zero_fill'], 'alpha': ['1.0']}, {}),
+        root)
+  with pytest.raises(grid_lib.GridError, match=r'\(not an axis\) there'):
+    grid_lib.check_sweep_root(grid_lib.make_grid(
+        {'method': ['zero_fill'], 'alpha': ['0.1', '5.0'], 'seed': ['0', '1'],
+         'server_opt': ['fedavg']}, {}), root)
