@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -10,9 +11,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
+@functools.cache
 def commit() -> str:
   """HEAD's short hash, '-dirty' when tracked files differ from it;
-  'unknown' outside a git checkout."""
+  'unknown' outside a git checkout. Read once per process: the state the
+  code ran from, not one that the process's own first page made dirty."""
   try:
     sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
