@@ -326,8 +326,8 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
         f' ({len(r["diverged"])} diverged)' if r['diverged'] else '')
     cols = [_fmt(r.get(k)) for k in (*METRICS, 'train_seconds')]
     both = ' / '.join(f'{v:.3g}' for v in r.get('epsilon_at', {}).values())
-    sigma = ((r['noise_multiplier'] or 0) * (r['dp_clip'] or 0)
-             / s['clients_per_round'] if kind(r) == 'dp' else 0)
+    sigma = (r['noise_multiplier'] * r['dp_clip'] / s['clients_per_round']
+             if kind(r) == 'dp' else 0)
     lines.append(f'| {z} | {sigma:.3g} | {eps:.3g} | {delta} | {both or "-"} '
                  f'| {seeds} | '
                  + ' | '.join(cols) + ' |')
