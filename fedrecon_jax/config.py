@@ -30,7 +30,7 @@ HPARAMS = ('client_lr', 'gen_lr', 'momentum', 'weight_decay', 'clip_norm',
            'fedprox_mu', 'server_lr', 'gen_server_lr', 'server_eps',
            'server_b1', 'server_b2', 'beta', 'match_weight', 'dp_clip',
            'dp_noise_multiplier', 'dp_target_quantile', 'dp_clip_lr',
-           'dp_clip_count_stddev')
+           'dp_clip_count_stddev', 'dp_group_count_multiplier')
 
 # What runs that share one program may differ in: HPARAMS, and settings
 # that change only the data a run's clients hold (its partition, padded to
@@ -175,6 +175,17 @@ class Config(DittoSettings, UnimodalSettings):
       "clients within the clip (Andrew et al.'s sigma_b, e.g. expected "
       'cohort / 20); accounted with the update noise. Needs > 0 when '
       '--dp_clip_lr > 0 and --dp_noise_multiplier > 0.')
+  dp_denominator: str = _f(
+      'group', "What DP-FedAvg divides the noised sum by: 'group' = for each "
+      'parameter group, the noised count of clients that trained it (a '
+      "modality's networks, a mapping T(n<-m)); 'fixed' = the cohort size "
+      "(McMahan et al. 2018's estimator), which shrinks the step of a group "
+      'few clients train.', choices=('group', 'fixed'))
+  dp_group_count_multiplier: float = _f(
+      5.0, "--dp_denominator=group: noise std on the trainer counts, in "
+      'units of their sensitivity sqrt(R)/2 (R classes of clients); '
+      'accounted with the update noise. Needs > 0 when '
+      '--dp_noise_multiplier > 0.')
   dp_log_nonprivate: bool = _f(
       True, 'Under DP, also log the round diagnostics computed from the '
       "cohort's data without noise (client loss terms, participant and "
@@ -322,7 +333,8 @@ class Config(DittoSettings, UnimodalSettings):
     """Issue 37's settings: sampling, accountant, adaptive clipping."""
     check(0 <= self.dp_target_quantile <= 1, 'dp_target_quantile',
            self.dp_target_quantile, 'in [0, 1]')
-    for name in ('dp_clip_lr', 'dp_clip_count_stddev'):
+    for name in ('dp_clip_lr', 'dp_clip_count_stddev',
+                 'dp_group_count_multiplier'):
       v = getattr(self, name)
       check(v >= 0 and math.isfinite(v), name, v, 'a finite number >= 0')
     if self.dp_clip <= 0:
@@ -336,6 +348,11 @@ class Config(DittoSettings, UnimodalSettings):
            self.dp_clip_count_stddev,
            '> 0 when --dp_clip_lr > 0 under noise (an exact count of '
            'clipped clients is not private)')
+    check(self.dp_denominator == 'fixed' or self.dp_noise_multiplier == 0
+           or self.dp_group_count_multiplier > 0, 'dp_group_count_multiplier',
+           self.dp_group_count_multiplier,
+           '> 0 when --dp_denominator=group under noise (exact counts of '
+           'trainers are not private)')
     check(self.client_sampling == 'poisson' or self.dp_accountant == 'rdp',
            'dp_accountant', self.dp_accountant,
            "'rdp' with --client_sampling=fixed (dp_accounting's PLD has no "

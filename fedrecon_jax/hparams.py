@@ -34,6 +34,8 @@ class Hparams:
   dp_target_quantile: jax.Array   # adaptive clipping's gamma (dp.next_clip)
   dp_clip_lr: jax.Array           # its eta (0 = the clip stays at dp_clip)
   dp_clip_count_stddev: jax.Array  # its sigma_b, noise on the clipped count
+  # noise on the per-group trainer counts, / their sensitivity (dp.py)
+  dp_group_count_multiplier: jax.Array
 
   @classmethod
   def of(cls, source) -> 'Hparams':

@@ -97,3 +97,46 @@ def task_weights(counts_: Counts, model, params: dict) -> dict:
 
 GEN = Group('gen', modality_weights)
 MAP = Group('map', pair_weights)
+
+
+def count_ids(model, groups, trainable: dict) -> np.ndarray:
+  """[S] static ints: for each entry of a client's contribution weights
+  raveled (client.contribution_weights of `groups`, as server.client_sums
+  ravels them), the class of clients that train it, numbered 0..R-1 over
+  the classes used; -1 for an entry no client trains. A class is one entry
+  of Counts ("holds modality m", "holds m and n", "saw task input m",
+  "holds a sample"); T(n<-m) and T(m<-n) share one, as their counts are
+  equal. dp.py divides each entry by its class's noised count.
+
+  Found by running the groups' rules on Counts whose entries are their own
+  ids (twice, with two encodings): a rule must select Counts entries, as
+  every rule here does; one that computes with them is refused."""
+  m = model.spec.num_modalities
+  undirected: dict = {}
+  pair = [undirected.setdefault(tuple(sorted(p)), len(undirected))
+          for p in map(tuple, np.asarray(model.spec.pairs))]
+  ids = np.concatenate([np.arange(m), m + np.asarray(pair, int),
+                        m + len(undirected) + np.arange(m),
+                        [2 * m + len(undirected)]]) + 1
+  sizes = np.cumsum([0, m, len(pair), m, 1])
+
+  def probe(code):
+    c = code(ids).astype(np.float64)
+    counts_ = Counts(*(c[a:b] for a, b in zip(sizes[:-1], sizes[1:])))
+    counts_ = counts_._replace(total=counts_.total[0])
+    weights = {g.name: g.weight(counts_, model, trainable[g.name])
+               for g in groups}
+    return np.concatenate([np.broadcast_to(np.asarray(w), np.shape(w)).ravel()
+                           for w in jax.tree.leaves(weights)])
+
+  first, second = probe(lambda i: i), probe(lambda i: 1000 + 3 * i)
+  known = np.isin(first, ids) & (second == 1000 + 3 * first)
+  never = (first == 0) & (second == 0)
+  if not (known | never).all():
+    raise ValueError(
+        f'parameter groups {[g.name for g in groups]}: a weight rule does '
+        'not select entries of the client counts (param_groups.Counts), so '
+        '--dp_denominator=group cannot tell which clients trained an entry; '
+        "use --dp_denominator=fixed or a rule that selects counts.")
+  used = np.unique(first[known])
+  return np.where(known, np.searchsorted(used, first), -1).astype(np.int32)

@@ -24,7 +24,10 @@ so together they are one Gaussian mechanism on the pair (update sum / its
 sensitivity, count / its sensitivity) with multiplier
 (z_1^-2 + z_2^-2)^-1/2 (Andrew et al. 2021, Section 3): that is the
 round's event, so the PLD accountant (which takes a Poisson-sampled
-Gaussian only) accounts it exactly.
+Gaussian only) accounts it exactly. Per-group denominators
+(--dp_denominator=group) release a third on the same cohort, the centred
+trainer counts, with multiplier mu (--dp_group_count_multiplier) under
+add/remove, mu / 2 under replace-one; it joins the sum the same way.
 
 The two stages compose: the generator stage's rounds then the task stage's,
 as one ComposedDpEvent.
@@ -63,6 +66,9 @@ class Stage(NamedTuple):
   noise_multiplier: float
   sampling: str = FIXED
   count_stddev: float = 0.0
+  # Per-group denominators' count noise over its sensitivity (dp.py), 0
+  # when none is released.
+  group_multiplier: float = 0.0
 
 
 def default_delta(num_clients: int) -> float:
@@ -76,10 +82,12 @@ def gaussian_multiplier(stage: Stage) -> float:
   count composed in. 0 = not private."""
   poisson = stage.sampling == POISSON
   update = stage.noise_multiplier if poisson else stage.noise_multiplier / 2
-  if update <= 0 or not stage.count_stddev:
+  if update <= 0:
     return update
-  count = stage.count_stddev / (0.5 if poisson else 1.0)
-  return (update ** -2 + count ** -2) ** -0.5
+  # Replace-one moves each count twice as far as add/remove does.
+  others = (stage.count_stddev / (0.5 if poisson else 1.0),
+            stage.group_multiplier / (1.0 if poisson else 2.0))
+  return (update ** -2 + sum(m ** -2 for m in others if m)) ** -0.5
 
 
 def round_event(stage: Stage):
@@ -183,8 +191,10 @@ def schedule(recipe, num_clients: int) -> list[Stage]:
   first = recipe.stage1_rounds
   rounds = ((first,) if first else ()) + (cfg.rounds,)
   count = cfg.dp_clip_count_stddev if cfg.dp_clip_lr > 0 else 0.0
+  group = (cfg.dp_group_count_multiplier if cfg.dp_denominator == 'group'
+           else 0.0)
   return [Stage(num_clients, cohort, n, cfg.dp_noise_multiplier,
-                cfg.client_sampling, count) for n in rounds]
+                cfg.client_sampling, count, group) for n in rounds]
 
 
 def run_delta(cfg, num_clients: int) -> float:

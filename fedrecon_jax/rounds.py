@@ -13,8 +13,9 @@ One round of one stage, for R runs at once, is one jitted program:
       jax.vmap(client_update) over the chunk (spmd axis `clients`)
       server.client_sums: weighted sums over the chunk's clients, added up
     (with --dp_clip, dp.client_sums: each client weighted by its clip
-    scale, and dp.finish_sums: noise from the round key, / the cohort size
-    or qK; dp.next_clip moves an adaptive clip)
+    scale, and dp.finish_sums: noise from the round key, / each group's
+    noised count of trainers, or the cohort size or qK; dp.next_clip moves
+    an adaptive clip)
     server.apply_sums: the server step on the total
   -> state [R, ...]
 
@@ -169,6 +170,7 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
   # The clip this round uses: --dp_clip, or where adaptive clipping has
   # moved it (ServerState.dp).
   clip = state.dp['clip'] if plan.dp else None
+  classes = plan.count_ids(trainable) if plan.dp_groups else None
   update = _with_client_state(plan, h)
   if chunk == 1:
     # One client at a time (the CPU default in stage 1) without a vmap: a
@@ -191,7 +193,8 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
     local, weights, metrics, cstate = run_chunk(
         trainable, frozen, data, client_keys(rkey, ids),
         jax.tree.map(lambda x: x[ids], clients))
-    sums = (dp.client_sums(local, weights, metrics, valid, trainable, clip)
+    sums = (dp.client_sums(local, weights, metrics, valid, trainable, clip,
+                           classes)
             if plan.dp else
             server.client_sums(local, weights, metrics, valid))
     return sums, _scatter(clients, ids, valid, cstate)
@@ -214,7 +217,8 @@ def one_round(plan: StagePlan, chunk: int, num_chunks: int | None,
     # The noise from the round key, so each run on a runs axis draws its
     # own; its streams are apart from the cohort's (0) and clients' (id + 1).
     sums = dp.finish_sums(jax.random.fold_in(rkey, _NOISE_STREAM), trainable,
-                          sums, clip, h.dp_noise_multiplier, denominator)
+                          sums, clip, h.dp_noise_multiplier, denominator,
+                          classes, h.dp_group_count_multiplier)
     dp_state = {'clip': dp.next_clip(
         jax.random.fold_in(rkey, _COUNT_STREAM), clip, sums['unclipped'], h,
         denominator)}

@@ -204,8 +204,13 @@ class WeightSums:
 
   def spread(self, params) -> jax.Array:
     """[N]: each entry of `params` raveled with its weight's sum."""
-    shapes = [p.shape for p in jax.tree.leaves(params)]
-    return self.sums[_weight_index(shapes, self.shapes)]
+    return self.sums[self.index(params)]
+
+  def index(self, params) -> np.ndarray:
+    """[N] static ints: the weight entry of each entry of `params`
+    raveled."""
+    return _weight_index([p.shape for p in jax.tree.leaves(params)],
+                         self.shapes)
 
 
 def _weight_index(param_shapes, weight_shapes) -> np.ndarray:

@@ -113,6 +113,35 @@ def test_adaptive_clip_count_composes_as_a_second_gaussian(
           privacy.epsilon([without], 1e-5, accountant='rdp'))
 
 
+@pytest.mark.parametrize('sampling, relation, scale', [
+    (privacy.POISSON, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+     1.0),
+    (privacy.FIXED, dp_accounting.NeighboringRelation.REPLACE_ONE, 2.0)])
+def test_group_counts_compose_as_a_third_gaussian(sampling, relation, scale):
+  """The per-group trainer counts (noise mu times their add/remove
+  sensitivity; replace-one moves them twice as far) are a third Gaussian
+  on the round's cohort: three events composed by dp_accounting equal the
+  round's one. The schedule releases them only with
+  --dp_denominator=group."""
+  z, sigma_b, mu, n = 1.1, 2.0, 3.0, 20
+  three = rdp.RdpAccountant(neighboring_relation=relation)
+  three.compose(dp_accounting.GaussianDpEvent(z / scale), n)
+  three.compose(dp_accounting.GaussianDpEvent(sigma_b / (0.5 * scale)), n)
+  three.compose(dp_accounting.GaussianDpEvent(mu / scale), n)
+  stage = privacy.Stage(50, 50, n, z, sampling, sigma_b, mu)
+  one = rdp.RdpAccountant(neighboring_relation=relation)
+  one.compose(dp_accounting.GaussianDpEvent(
+      privacy.gaussian_multiplier(stage)), n)
+  assert one.get_epsilon(1e-5) == pytest.approx(three.get_epsilon(1e-5),
+                                                rel=1e-6)
+  cfg = dict(workdir='/tmp/unused', num_clients=120, dp_clip=1.0,
+             dp_noise_multiplier=z, dp_group_count_multiplier=mu)
+  assert [s.group_multiplier for s in privacy.schedule(
+      recipe.of(Config(**cfg)), 120)] == [mu, mu]
+  assert [s.group_multiplier for s in privacy.schedule(
+      recipe.of(Config(**cfg, dp_denominator='fixed')), 120)] == [0.0, 0.0]
+
+
 def test_per_round_pld_equals_the_accountant():
   """epsilon_after composes one round at a time onto a cached PLD (and
   resumes from scratch when asked out of order); each equals the

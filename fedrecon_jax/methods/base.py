@@ -15,6 +15,7 @@ WORKSPACE.md, "Adding a method").
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -85,6 +86,12 @@ class StagePlan:
   # Poisson sampling's inclusion probability q (sampling.py); `cohort` is
   # then the static slot count the round computes. 0: a fixed-size cohort.
   rate: float = 0.0
+  # trainable -> param_groups.count_ids of the trained groups: DP's
+  # per-group denominators (dp.py); set by stage_plan.
+  count_ids: Callable | None = None
+  # DP divides each entry by its class's noised count (count_ids), not by
+  # the cohort (--dp_denominator=group); set by the recipe.
+  dp_groups: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +173,9 @@ def stage_plan(cfg, stage: int, *, groups: tuple[Group, ...], loss: LossFn,
   # loop body) hits jit's trace cache instead of tracing it again.
   return StagePlan(stage=stage, groups=tuple(g.name for g in groups),
                    client_update=jax.jit(update),
-                   server_tx=server_tx(cfg, stage), **fields)
+                   server_tx=server_tx(cfg, stage),
+                   count_ids=functools.partial(param_groups.count_ids, model,
+                                               groups), **fields)
 
 
 def cohort(client_sampling: str, size: int, num_clients: int) -> dict:
