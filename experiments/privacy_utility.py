@@ -91,13 +91,24 @@ TARGET_EPSILON = 8.0
 TARGET_F1_GAP = 0.05
 
 
+def _denominator_text(s: dict) -> str:
+  """The page's words for --dp_denominator (dp.py)."""
+  if s.get('dp_denominator', 'fixed') == 'fixed':
+    return 'the fixed denominator (the expected cohort on every group)'
+  return ('per-group denominators (each group divided by the clients that '
+          'trained it, counted with noise '
+          f'{s["dp_group_count_multiplier"]:g} times its sensitivity, '
+          'accounted)')
+
+
 def grids(fixed: dict, noise_multipliers, seeds,
           control: bool = True) -> dict[str, grid_lib.Grid]:
   """{'no_dp': seed, 'dp': z x seed, 'control': seed} over the same fixed
   flags. The control is DP-FedAvg with C = inf and z = 0: FedAvg with
-  uniform client weights and the fixed denominator on every group, neither
-  clipped nor noised, so the page separates what those cost (against no
-  DP) from what clipping costs (z = 0) and what noise costs (z > 0)."""
+  uniform client weights and DP's denominators (--dp_denominator: noised
+  trainer counts per group, or the cohort on every group), neither clipped
+  nor noised, so the page separates what those cost (against no DP) from
+  what clipping costs (z = 0) and what noise costs (z > 0)."""
   out = {'no_dp': grid_lib.Grid({'seed': list(seeds)},
                                 {**fixed, 'dp_clip': 0.0}),
          'dp': grid_lib.Grid({'dp_noise_multiplier': list(noise_multipliers),
@@ -300,16 +311,18 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
       f'(alpha {s["alpha"]}, missing rate {s["missing_rate"]}), '
       + _sampling_text(s) +
       f'{s["gen_rounds"]} generator + {s["rounds"]} task rounds; DP-FedAvg '
-      f'(McMahan et al. 2018, fixed denominator) in both stages with clip '
-      f'C = {s["dp_clip"]}; epsilon from dp-accounting\'s '
+      f'(McMahan et al. 2018) in both stages with clip C = {s["dp_clip"]} '
+      f'and {_denominator_text(s)}; epsilon from dp-accounting\'s '
       f'{s.get("dp_accountant", "rdp").upper()} accountant '
       'at the delta shown, both stages composed. Coherence: the probes '
       'trained on real data judge reconstructions of the test set '
       '(table2_scoring); mean ± std over seeds.', '',
       f'![privacy-utility]({os.path.basename(out)}.png)', '',
       f'Noise on the mean update: std z C / D per coordinate, D = '
-      f'{s["clients_per_round"]} (the expected cohort); chance is '
-      f'{meta["chance"]:.2g}.', '',
+      f'{s["clients_per_round"]} (the expected cohort; with per-group '
+      'denominators a group divides by its trainers, so its noise is '
+      f'larger by D over their number); chance is {meta["chance"]:.2g}.',
+      '',
       f'Issue 37\'s bar, macro-F1 within {100 * TARGET_F1_GAP:g} points of no '
       f'DP at ε ≤ {TARGET_EPSILON:g}:', '', *operating_points(rows), '',
       '| noise z | z C / D | final ε | δ | ε at 1e-5 / 1/K^1.1 | seeds | '
@@ -379,7 +392,7 @@ def define_flags() -> None:
                     'DP noise multipliers z, one level each.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every level.')
   flags.DEFINE_bool('control', True, 'Also train the C = inf, z = 0 control '
-                    '(uniform weights and the fixed denominator alone).')
+                    '(uniform weights and the denominators alone).')
   flags.DEFINE_string('runs_per_program', '3', 'Cells trained at a time as '
                       'one program (a runs axis); see experiments.sweep.')
   flags.DEFINE_integer('probe_steps', 1500,

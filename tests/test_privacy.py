@@ -195,6 +195,9 @@ def test_private_record_marks_or_drops_what_dp_does_not_cover():
      '--dp_target_quantile=1.5'),
     (dict(client_sampling='uniform'), "--client_sampling='uniform'"),
     (dict(dp_accountant='moments'), "--dp_accountant='moments'"),
+    (dict(dp_clip=1.0, client_sampling='poisson', dp_noise_multiplier=1.0,
+          dp_group_count_multiplier=0.0), '--dp_group_count_multiplier=0.0'),
+    (dict(dp_denominator='cohort'), "--dp_denominator='cohort'"),
 ])
 def test_config_refuses_naming_the_flag(flags, named):
   with pytest.raises(ValueError, match=named.replace('(', r'\(')):
