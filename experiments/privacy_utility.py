@@ -72,6 +72,10 @@ SETTINGS = {'dataset': 'uci_multifeature', 'method': 'fedrecon',
             # used fixed cohorts under replace-one with RDP.
             'client_sampling': 'poisson', 'dp_accountant': 'pld'}
 VARIANT = 'fedrecon'
+# Flags that mean something only under DP (a run without DP refuses some):
+# the no-DP cells leave them out.
+_DP_ONLY = ('dp_clip_lr', 'dp_target_quantile', 'dp_clip_count_stddev',
+            'dp_denominator', 'dp_group_count_multiplier')
 # Set by this script per cell; every other training flag passes through.
 _NOT_PASSED = ('workdir', 'seed', 'dp_noise_multiplier')
 # The page's metrics: name -> (label, how it is read from a cell's
@@ -109,8 +113,9 @@ def grids(fixed: dict, noise_multipliers, seeds,
   trainer counts per group, or the cohort on every group), neither clipped
   nor noised, so the page separates what those cost (against no DP) from
   what clipping costs (z = 0) and what noise costs (z > 0)."""
+  no_dp = {k: v for k, v in fixed.items() if k not in _DP_ONLY}
   out = {'no_dp': grid_lib.Grid({'seed': list(seeds)},
-                                {**fixed, 'dp_clip': 0.0}),
+                                {**no_dp, 'dp_clip': 0.0}),
          'dp': grid_lib.Grid({'dp_noise_multiplier': list(noise_multipliers),
                               'seed': list(seeds)}, fixed)}
   if control:

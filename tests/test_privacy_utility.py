@@ -87,3 +87,16 @@ def test_operating_points_pick_the_best_level_under_the_epsilon_bar():
   # Nothing noised under the bar says so.
   assert pu.operating_points([rows[0], _level(0.5, 0.9, {'1e-05': 9.0})]) == [
       '- At δ = 1e-05, ε ≤ 8: no level reaches it.']
+
+
+def test_no_dp_cells_leave_out_the_dp_only_flags():
+  """Adaptive clipping's flags passed to the page reach the DP cells and not
+  the no-DP ones, which would refuse them (--dp_clip_lr needs DP)."""
+  from experiments import privacy_utility  # pylint: disable=g-import-not-at-top
+  from fedrecon_jax.config import Config  # pylint: disable=g-import-not-at-top
+  fixed = {**privacy_utility.SETTINGS, 'dp_clip_lr': 0.2,
+           'dp_clip_count_stddev': 2.5}
+  grids = privacy_utility.grids(fixed, [1.0], [0])
+  assert grids['dp'].flags['dp_clip_lr'] == 0.2
+  assert 'dp_clip_lr' not in grids['no_dp'].flags
+  Config(workdir='/tmp/unused', seed=0, **grids['no_dp'].flags).validate()
