@@ -96,9 +96,8 @@ def client_sums(local, weights, metrics, valid, trainable, clip,
   sums = server.client_sums(local, weights, metrics, valid)
   flat = jax.vmap(lambda t: ravel_pytree(t)[0])(local)             # [c, N]
   deltas = flat - ravel_pytree(trainable)[0][None]
-  shape = lambda s: jnp.broadcast_to(s, (len(valid),))
   if ids is None:
-    trained = jax.tree.map(lambda w: shape(1.0), weights)
+    trained = jax.tree.map(lambda w: jnp.ones(len(valid)), weights)
   else:
     trained = jax.tree.map(lambda w: (w > 0).astype(jnp.float32), weights)
     member = jax.vmap(lambda t: ravel_pytree(t)[0])(trained)        # [c, S]
