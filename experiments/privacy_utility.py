@@ -95,6 +95,16 @@ TARGET_EPSILON = 8.0
 TARGET_F1_GAP = 0.05
 
 
+def _clip_text(s: dict) -> str:
+  """The page's words for the clip: fixed, or adaptive (dp.next_clip)."""
+  if not s.get('dp_clip_lr'):
+    return f'clip C = {s["dp_clip"]}'
+  return (f'an adaptive clip from C = {s["dp_clip"]} (Andrew et al. 2021: '
+          f'target quantile {s["dp_target_quantile"]:g}, clip learning rate '
+          f'{s["dp_clip_lr"]:g}, count noise std '
+          f'{s["dp_clip_count_stddev"]:g}, accounted)')
+
+
 def _denominator_text(s: dict) -> str:
   """The page's words for --dp_denominator (dp.py)."""
   if s.get('dp_denominator', 'fixed') == 'fixed':
@@ -316,7 +326,7 @@ def write_page(rows: list[dict], out: str, meta: dict) -> str:
       f'(alpha {s["alpha"]}, missing rate {s["missing_rate"]}), '
       + _sampling_text(s) +
       f'{s["gen_rounds"]} generator + {s["rounds"]} task rounds; DP-FedAvg '
-      f'(McMahan et al. 2018) in both stages with clip C = {s["dp_clip"]} '
+      f'(McMahan et al. 2018) in both stages with {_clip_text(s)} '
       f'and {_denominator_text(s)}; epsilon from dp-accounting\'s '
       f'{s.get("dp_accountant", "rdp").upper()} accountant '
       'at the delta shown, both stages composed. Coherence: the probes '

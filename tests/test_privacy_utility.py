@@ -100,3 +100,16 @@ def test_no_dp_cells_leave_out_the_dp_only_flags():
   assert grids['dp'].flags['dp_clip_lr'] == 0.2
   assert 'dp_clip_lr' not in grids['no_dp'].flags
   Config(workdir='/tmp/unused', seed=0, **grids['no_dp'].flags).validate()
+
+
+def test_page_says_which_clip_and_denominator():
+  from experiments import privacy_utility  # pylint: disable=g-import-not-at-top
+  fixed = {'dp_clip': 1.0, 'dp_clip_lr': 0.0, 'dp_denominator': 'fixed'}
+  assert privacy_utility._clip_text(fixed) == 'clip C = 1.0'
+  assert 'fixed denominator' in privacy_utility._denominator_text(fixed)
+  adaptive = {'dp_clip': 1.0, 'dp_clip_lr': 0.2, 'dp_target_quantile': 0.5,
+              'dp_clip_count_stddev': 2.5, 'dp_denominator': 'group',
+              'dp_group_count_multiplier': 5.0}
+  assert 'adaptive clip from C = 1.0' in privacy_utility._clip_text(adaptive)
+  assert 'quantile 0.5' in privacy_utility._clip_text(adaptive)
+  assert 'noise 5 times' in privacy_utility._denominator_text(adaptive)
