@@ -489,7 +489,9 @@ def test_count_ids_classes_of_the_toy_model():
   task = toy.stage_plan(toy.cfg_for(dp_clip=1.0), TASK_STAGE)
   task_ids = task.count_ids(rounds.split_params(params, task.groups)[0])
   assert sorted(set(task_ids.tolist())) == [0, 1, 2, 3]
+  # Samples lacking modality m: under the plain ids its values happen to be
+  # other classes' ids (the task inputs'), under the second encoding not.
   bad = param_groups.Group('map', lambda c, m, p: jax.tree.map(
-      lambda _: c.pair + c.total, p))
+      lambda _: c.total - c.modality, p))
   with pytest.raises(ValueError, match='dp_denominator=fixed'):
     param_groups.count_ids(model, (bad,), trainable)
