@@ -126,9 +126,8 @@ def _expand_to(scale, w):
 
 def _class_entries(ids) -> np.ndarray:
   """[R] static: for each class 0..R-1 of `ids`, its first weight entry."""
-  ids = np.asarray(ids)
-  return np.array([int(np.argmax(ids == r)) for r in range(ids.max() + 1)],
-                  dtype=np.int32)
+  classes, first = np.unique(np.asarray(ids), return_index=True)
+  return first[classes >= 0].astype(np.int32)
 
 
 def next_clip(key, clip, unclipped, h, denominator):

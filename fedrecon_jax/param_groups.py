@@ -126,8 +126,7 @@ def count_ids(model, groups, trainable: dict) -> np.ndarray:
     counts_ = counts_._replace(total=counts_.total[0])
     weights = {g.name: g.weight(counts_, model, trainable[g.name])
                for g in groups}
-    return np.concatenate([np.broadcast_to(np.asarray(w), np.shape(w)).ravel()
-                           for w in jax.tree.leaves(weights)])
+    return np.concatenate([np.ravel(w) for w in jax.tree.leaves(weights)])
 
   first, second = probe(lambda i: i), probe(lambda i: 1000 + 3 * i)
   known = np.isin(first, ids) & (second == 1000 + 3 * first)

@@ -161,8 +161,7 @@ def _plan(recipe: Recipe, model: Model, stage: int,
     plan = dataclasses.replace(
         recipe.method.plan(recipe, model, stage), num_clients=num_clients,
         dp=recipe.dp, dp_groups=recipe.cfg.dp_denominator == 'group',
-        **methods.base.cohort(recipe.cfg.client_sampling,
-                                            size, num_clients))
+        **methods.base.cohort(recipe.cfg.client_sampling, size, num_clients))
     server.check_elementwise(plan.server_tx(recipe.hparams()),
                              f'--method={recipe.cfg.method} stage {stage}')
     _PLANS[key] = plan
